@@ -1,0 +1,82 @@
+"""``weightspace spec ARCH``: discover, verify and print a model's permutation symmetry."""
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+
+from ..checkpoint import atomic_write_text
+from ..symmetry import SpecError, spec
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "spec", help="discover and verify the permutation symmetry of a model",
+        description="Trace ARCH (an architecture reference or a checkpoint) with torch.fx, "
+                    "discover its permutation groups, verify them by permuting a perturbed "
+                    "copy of the model, and print the result.")
+    p.add_argument("arch", metavar="ARCH",
+                   help="e.g. 'resnet20?width=4', 'mlp:64-128-10', 'timm:resnet18', or a "
+                        ".safetensors checkpoint")
+    p.add_argument("--input-shape", type=_shape, default=None,
+                   help="example input shape, e.g. 1,3,32,32 (default: the model's own)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--out", help="also write the spec as JSON to this file (atomic)")
+    p.add_argument("--no-verify", action="store_true", help="skip the verification forward")
+    p.add_argument("--seed", type=int, default=0, help="seed of input and permutations")
+    p.add_argument("--allow-code", action="store_true",
+                   help="allow references to user code (package.module:factory)")
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(s) for s in text.replace("x", ",").split(","))
+    except ValueError:
+        raise SpecError(f"--input-shape must be integers like 1,3,32,32, got {text!r}") from None
+    if not shape or any(s < 1 for s in shape):
+        raise SpecError(f"--input-shape must be positive integers, got {text!r}")
+    return shape
+
+
+def run(args) -> int:
+    t0 = time.perf_counter()
+    result = spec(args.arch, args.input_shape, check=not args.no_verify, seed=args.seed,
+                  allow_code=args.allow_code)
+    seconds = time.perf_counter() - t0
+    obj = result.to_dict()
+    obj["seconds"] = round(seconds, 3)
+    if args.out:
+        atomic_write_text(args.out, json.dumps(obj, indent=1))
+    if args.json:
+        print(json.dumps(obj))
+    else:
+        print(_table(result, seconds))
+    return 0
+
+
+def _table(s, seconds: float) -> str:
+    lines = [f"{s.arch}  input {list(s.input_shape)}", ""]
+    w = max([len(g.name) for g in s.groups] + [5])
+    lines.append(f"{'group':<{w}}  {'size':>6}  {'members':>7}  per-block of")
+    for g in s.groups:
+        lines.append(f"{g.name:<{w}}  {g.size:>6}  {len(g.members):>7}  {g.parent or ''}")
+    lines.append("")
+    reasons = Counter()
+    for f in s.fixed:
+        reasons[f.reason] += len(f.members)
+    lines.append("fixed axes (parameter axes that are not permuted, by reason):")
+    for reason, n in reasons.most_common():
+        lines.append(f"  {n:>5}  {reason}")
+    lines.append("")
+    lines.append(f"groups: {len(s.groups)}  "
+                 f"(per-block: {sum(g.parent is not None for g in s.groups)})   "
+                 f"permutable hidden units: {100 * s.permutable_fraction:.1f}%")
+    if s.verified is None:
+        lines.append("verification: skipped")
+    else:
+        lines.append(f"verification: {'PASSED' if s.verified else 'FAILED'}  "
+                     f"(max relative output change {s.max_abs_diff:.2e})")
+    for f in s.failures:
+        lines.append(f"  ! {f}")
+    lines.append(f"time: {seconds:.2f} s")
+    return "\n".join(lines)

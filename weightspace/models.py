@@ -1,0 +1,123 @@
+"""Built-in architectures of the weight-space literature (small, CIFAR-style).
+
+* ``mlp``: fully connected net on flattened inputs;
+* ``vgg11``: CIFAR VGG-11 (3x3 convs, 5 max-pools, one linear classifier);
+* ``resnet20``: CIFAR ResNet-20 as in Git Re-Basin (3 stages x 3 basic blocks, widths
+  16w/32w/64w, 1x1 conv shortcuts when the shape changes).
+
+Each takes ``norm`` = ``bn`` (BatchNorm), ``ln`` (LayerNorm over channels) or ``none``.
+"""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import nn
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channel axis of an NCHW tensor."""
+
+    def forward(self, x):
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+def _norm2d(kind: str, channels: int) -> nn.Module:
+    if kind == "bn":
+        return nn.BatchNorm2d(channels)
+    if kind == "ln":
+        return LayerNorm2d(channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"norm must be bn, ln or none, not {kind!r}")
+
+
+def _act(name: str) -> type[nn.Module]:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, not {name!r}")
+    return ACTIVATIONS[name]
+
+
+class MLP(nn.Sequential):
+    """``mlp:64-128-128-10``: input width, hidden widths, output width."""
+
+    def __init__(self, widths: list[int], act: str = "relu", bias: bool = True):
+        if len(widths) < 2 or any(w < 1 for w in widths):
+            raise ValueError(f"mlp needs at least two positive widths, got {widths}")
+        layers: list[nn.Module] = [nn.Flatten()]
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+            layers.append(nn.Linear(a, b, bias=bias))
+            if i < len(widths) - 2:
+                layers.append(_act(act)())
+        super().__init__(*layers)
+        self.widths = list(widths)
+
+
+class VGG(nn.Module):
+    CFG = {"vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]}
+
+    def __init__(self, name: str = "vgg11", width: float = 1, num_classes: int = 10,
+                 norm: str = "bn", in_chans: int = 3, act: str = "relu"):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = in_chans
+        for v in self.CFG[name]:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+                continue
+            out = max(1, int(round(v * width)))
+            layers += [nn.Conv2d(c, out, 3, padding=1, bias=norm == "none"), _norm2d(norm, out),
+                       _act(act)()]
+            c = out
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(c, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.pool(self.features(x)).flatten(1))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, norm: str, act: str):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.norm1 = _norm2d(norm, cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.norm2 = _norm2d(norm, cout)
+        self.act = _act(act)()
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                          _norm2d(norm, cout))
+
+    def forward(self, x):
+        y = self.act(self.norm1(self.conv1(x)))
+        y = self.norm2(self.conv2(y))
+        return self.act(y + self.shortcut(x))
+
+
+class ResNet20(nn.Module):
+    def __init__(self, width: int = 1, num_classes: int = 10, norm: str = "bn",
+                 in_chans: int = 3, act: str = "relu", depth: int = 20):
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        n = (depth - 2) // 6
+        w = [16 * width, 32 * width, 64 * width]
+        self.conv1 = nn.Conv2d(in_chans, w[0], 3, 1, 1, bias=False)
+        self.norm1 = _norm2d(norm, w[0])
+        self.act = _act(act)()
+        blocks, c = [], w[0]
+        for i, cout in enumerate(w):
+            for j in range(n):
+                blocks.append(BasicBlock(c, cout, 2 if (i > 0 and j == 0) else 1, norm, act))
+                c = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c, num_classes)
+
+    def forward(self, x):
+        x = self.blocks(self.act(self.norm1(self.conv1(x))))
+        return self.fc(self.pool(x).flatten(1))

@@ -1,0 +1,74 @@
+"""Permutation symmetry of a model: discovered with torch.fx, verified, applied, exported.
+
+>>> spec = symmetry_of(model, torch.randn(1, 3, 32, 32))
+>>> perms = random_perms(spec, seed=0)
+>>> model.load_state_dict(apply(spec, perms, model.state_dict()))   # same function
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .discover import TraceError, discover, trace
+from .structure import (FixedAxes, Group, Perms, Spec, SpecError, apply, identity_perms, invert,
+                   layout_index, parse_member, random_perms)
+from .verify import TOLERANCE, Verification, verify, verify_and_repair
+
+
+def symmetry_of(model: nn.Module, example_input, check: bool = True, seed: int = 0) -> Spec:
+    """The permutation spec of ``model``, discovered on ``example_input`` and verified.
+
+    Verification applies an independent random permutation to every group and requires the
+    outputs (eval mode, float32) to agree to ``TOLERANCE`` relative max abs difference.
+    Groups that fail are reported in ``spec.failures`` and fixed to identity.
+    """
+    spec = discover(model, example_input)
+    if check:
+        verify_and_repair(model, spec, example_input, seed=seed)
+    return spec
+
+
+def spec(ref: str, input_shape: tuple[int, ...] | None = None, check: bool = True,
+         seed: int = 0, allow_code: bool = False) -> Spec:
+    """The verified spec of an architecture reference or a checkpoint file (CLI ``spec``)."""
+    from pathlib import Path
+
+    from ..arch import build, input_shape as default_shape
+    if ref.endswith((".safetensors", ".pt", ".pth")) or Path(ref).is_file():
+        from ..checkpoint import load_model
+        model = load_model(ref, allow_code=allow_code)
+        arch = model.weightspace_arch
+    else:
+        model, arch = build(ref, allow_code=allow_code), ref
+    shape = tuple(input_shape) if input_shape else default_shape(arch, model)
+    result = symmetry_of(model.eval(), torch.randn(shape, generator=torch.Generator()
+                                                   .manual_seed(seed)), check=check, seed=seed)
+    result.input_shape = list(shape)
+    result.arch = arch
+    return result
+
+
+def load_spec(text: str, model: nn.Module, example_input, seed: int = 0) -> Spec:
+    """Import a (possibly hand-edited) JSON spec; it must pass verification on ``model``."""
+    spec = Spec.from_json(text)
+    state = model.state_dict()
+    for key, shape in spec.shapes.items():
+        if key not in state:
+            raise SpecError(f"spec names {key!r}, which the model does not have")
+        if tuple(state[key].shape) != tuple(shape):
+            raise SpecError(f"spec shape {list(shape)} for {key!r} does not match the model's "
+                            f"{list(state[key].shape)}")
+    res = verify(model, spec, example_input, seed=seed)
+    spec.verified, spec.max_abs_diff = res.ok, res.max_abs_diff
+    if not res.ok:
+        culprits = ", ".join(res.failed[:5]) or "a combination of groups"
+        raise SpecError(f"spec fails verification: permuting changes the outputs by "
+                        f"{res.max_abs_diff:.3g} (relative); culprit group(s): {culprits}")
+    return spec
+
+
+__all__ = [
+    "spec", "symmetry_of", "load_spec", "discover", "trace", "verify", "verify_and_repair", "apply",
+    "random_perms", "identity_perms", "invert", "layout_index", "parse_member", "Spec", "Group",
+    "FixedAxes", "Perms", "SpecError", "TraceError", "Verification", "TOLERANCE",
+]
