@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
     p.add_argument("arch", metavar="ARCH",
                    help="e.g. 'resnet20?width=4', 'mlp:64-128-10', 'timm:resnet18', or a "
                         ".safetensors checkpoint")
-    p.add_argument("--input-shape", type=_shape, default=None,
+    p.add_argument("--input-shape", default=None,
                    help="example input shape, e.g. 1,3,32,32 (default: the model's own)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--out", help="also write the spec as JSON to this file (atomic)")
@@ -40,7 +40,8 @@ def _shape(text: str) -> tuple[int, ...]:
 
 def run(args) -> int:
     t0 = time.perf_counter()
-    result = spec(args.arch, args.input_shape, check=not args.no_verify, seed=args.seed,
+    shape = _shape(args.input_shape) if args.input_shape else None
+    result = spec(args.arch, shape, check=not args.no_verify, seed=args.seed,
                   allow_code=args.allow_code)
     seconds = time.perf_counter() - t0
     obj = result.to_dict()

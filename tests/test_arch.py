@@ -1,0 +1,59 @@
+import pytest
+import torch
+from torch import nn
+
+from weightspace.arch import ArchError, build, input_shape, list_archs, parse, parse_value
+
+
+def test_values_parse_to_python_types():
+    assert parse_value("3") == 3 and parse_value("0.5") == 0.5
+    assert parse_value("true") is True and parse_value("False") is False
+    assert parse_value("bn") == "bn"
+    assert parse("resnet20?width=4&norm=ln").kwargs == {"width": 4, "norm": "ln"}
+
+
+@pytest.mark.parametrize("ref", [
+    "mlp:64-128-128-10", "mlp:64-32-10?act=gelu&bias=false", "vgg11?width=0.25&norm=none",
+    "vgg11?width=0.25&norm=ln&num_classes=7", "resnet20?width=2&norm=bn", "resnet20?norm=ln",
+    "timm:resnet18?num_classes=10", "torchvision:resnet18?num_classes=10",
+    "tests.factories:tiny_net?hidden=5",
+])
+def test_references_build_models_that_run(ref):
+    model = build(ref).eval()
+    assert isinstance(model, nn.Module)
+    shape = input_shape(ref, model)
+    if ref.startswith(("timm", "torchvision", "tests.")):
+        shape = (1, 3, 32, 32)
+    with torch.no_grad():
+        out = model(torch.randn(shape))
+    assert out.shape[0] == 1
+
+
+def test_builtin_options_take_effect():
+    assert build("vgg11?num_classes=7&width=0.25").classifier.out_features == 7
+    assert build("resnet20?width=4").conv1.out_channels == 64
+    assert isinstance(build("mlp:4-8-2?act=gelu")[2], nn.GELU)
+    assert build("mlp:4-8-2?bias=false")[1].bias is None
+    assert set(list_archs()) >= {"mlp", "vgg11", "resnet20"}
+
+
+@pytest.mark.parametrize("ref,match", [
+    ("resnet99", "unknown architecture"),
+    ("resnet20?colour=red", "unknown option"),
+    ("resnet20?norm=xx", "norm must be"),
+    ("mlp:64-abc-10", "integers"),
+    ("mlp", "needs a ':' argument"),
+    ("timm:not_a_model_xyz", "timm has no model"),
+    ("timm:resnet18?bogus_kwarg=1", "bad option|unexpected"),
+    ("torchvision:not_a_model", "torchvision has no model"),
+    ("nosuchpkg.mod:factory", "cannot import"),
+    ("", "empty"),
+])
+def test_bad_references_are_clear_errors(ref, match):
+    with pytest.raises(ArchError, match=match):
+        build(ref)
+
+
+def test_user_code_needs_permission():
+    with pytest.raises(ArchError, match="refusing"):
+        build("os:getcwd", allow_code=False)
