@@ -216,3 +216,27 @@ def test_resnet50_spec_is_fast():
     seconds = time.perf_counter() - t
     assert spec.verified and spec.permutable_fraction == 1.0
     assert seconds < 15  # target 5 s on 2 cores; generous bound against a loaded CI machine
+
+
+def test_embedding_and_conv1d_join_the_residual_stream():
+    class Seq(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(20, 12)
+            self.pos = nn.Parameter(torch.randn(1, 7, 12))
+            self.conv = nn.Conv1d(12, 12, 3, padding=1, groups=3)
+            self.fc = nn.Linear(12, 4)
+
+        def forward(self, idx):
+            h = self.emb(idx) + self.pos
+            h = h + self.conv(h.transpose(1, 2)).transpose(1, 2)
+            return self.fc(h.mean(1))
+
+    model = Seq().eval()
+    x = torch.randint(0, 20, (2, 7))
+    spec = symmetry_of(model, x)
+    assert spec.verified and spec.permutable_fraction == 1.0
+    stream = max(spec.groups, key=lambda g: len(g.members))
+    assert {"emb.weight:1", "pos:2", "fc.weight:1"} <= set(stream.members)
+    assert any(f.reason == "vocabulary" for f in spec.fixed)
+    _check_function_preserved(model, spec, x)
