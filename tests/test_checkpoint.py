@@ -1,4 +1,3 @@
-import json
 import pickle
 
 import pytest
@@ -104,4 +103,3 @@ def test_bad_meta_json(tmp_path, model):
               metadata={"weightspace.arch": REF, "weightspace.meta": "{oops"})
     with pytest.raises(CheckpointError, match="weightspace.meta"):
         read_checkpoint(path)
-    json.dumps({})  # keep json import honest
