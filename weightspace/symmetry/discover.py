@@ -224,8 +224,8 @@ def _build_spec(lab: _Labeler, shapes: dict[str, tuple]) -> Spec:
         members = sorted({m for m, _ in occurrences[name]}, key=_natural)
         groups.append(Group(name, sizes[name], members, parents.get(name)))
     fixed_list = sorted(fixed.values(), key=lambda f: _natural(f.members[0]))
-    spec = Spec(groups, layouts, {k: shapes[k] for k in {m.rpartition(":")[0]
-                                                          for m in layouts}}, fixed_list)
+    keys = sorted({m.rpartition(":")[0] for m in layouts}, key=_natural)  # stable JSON
+    spec = Spec(groups, layouts, {k: shapes[k] for k in keys}, fixed_list)
     spec.permutable_fraction = permutable_fraction(spec)
     return spec
 

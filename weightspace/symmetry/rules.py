@@ -267,7 +267,7 @@ def split_dim(c: Ctx, x: Labels, dim: int, sizes: list[int]) -> list[Labels]:
     return [x[:dim] + [p] + x[dim + 1:] for p in parts]
 
 
-def index(c: Ctx, x: Labels, shape, idx, out_shape) -> Labels | None:
+def index(c: Ctx, x: Labels, shape, idx) -> Labels | None:
     """Basic indexing ``x[idx]`` with ints, slices, None and Ellipsis."""
     if not isinstance(idx, tuple):
         idx = (idx,)
@@ -304,7 +304,7 @@ def index(c: Ctx, x: Labels, shape, idx, out_shape) -> Labels | None:
             continue
         return None
     out.extend(labs[d:])
-    c.g.collapse([a for a in out])
+    c.g.collapse(out)
     return out
 
 
@@ -429,7 +429,7 @@ def spatial(c: Ctx, x: Labels, out_shape) -> Labels:
     return x[:2] + c.fresh(out_shape[2:], "spatial")
 
 
-def einsum(c: Ctx, eq: str, ops: list, labs: list[Labels], out_shape) -> Labels | None:
+def einsum(c: Ctx, eq: str, labs: list[Labels], out_shape) -> Labels | None:
     """``torch.einsum`` without ellipsis: letters shared between operands are unified."""
     if "..." in eq or "->" not in eq:
         return None
@@ -529,7 +529,7 @@ def function_rule(c: Ctx, name: str, args, kwargs, labs, klabs, out):
         return movedim(x, arg(1, "source"), arg(2, "destination"))
     if name == "getitem":
         if isinstance(t0, torch.Tensor):
-            return index(c, x, t0.shape, args[1], out.shape)
+            return index(c, x, t0.shape, args[1])
         if isinstance(x, (list, tuple)) and isinstance(args[1], int):
             return x[args[1]]
         return None
@@ -603,9 +603,8 @@ def function_rule(c: Ctx, name: str, args, kwargs, labs, klabs, out):
             c.fix_all(mask, "attention mask")
         return sdpa(c, x, labs[1], labs[2], t0.shape, args[1].shape, args[2].shape)
     if name == "einsum":
-        ops = list(args[1:]) if len(args) > 2 or isinstance(args[1], torch.Tensor) else args[1]
         olabs = list(labs[1:]) if len(args) > 2 or isinstance(args[1], torch.Tensor) else labs[1]
-        return einsum(c, args[0], ops, list(olabs), out.shape)
+        return einsum(c, args[0], list(olabs), out.shape)
     if name == "pad":
         return pad(c, x, list(arg(1, "pad")))
     if name in SPATIAL:
