@@ -2,7 +2,7 @@
 
 Forms (``?k=v&k2=v2`` options everywhere; values parse as int, float, bool or str):
 
-* ``mlp:64-128-128-10`` (``act=relu|gelu``, ``bias=true``), ``vgg11?width=1&norm=bn``,
+* ``mlp:64-128-128-10`` (``act=relu|gelu``, ``bias=true``, ``dropout=0.1``), ``vgg11?width=1&norm=bn``,
   ``resnet20?width=4&num_classes=10&norm=bn|ln`` — the built-ins (``list_archs()``);
 * ``timm:NAME?k=v`` — ``timm.create_model(NAME, pretrained=False, **kw)``;
 * ``torchvision:NAME?k=v`` — ``torchvision.models.get_model(NAME, weights=None, **kw)``;
@@ -90,6 +90,20 @@ def parse(ref: str) -> ArchRef:
     raise ArchError(f"cannot parse architecture reference {ref!r}")
 
 
+def format_value(v) -> str:
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def with_options(ref: str, **options) -> str:
+    """``ref`` with ``options`` set (replacing same-named ones): ``mlp:8-4?act=gelu``."""
+    if not options:
+        return ref
+    head, _, query = ref.strip().partition("?")
+    kw = dict(parse_qsl(query, keep_blank_values=True))
+    kw.update({k: format_value(v) for k, v in options.items()})
+    return head + "?" + "&".join(f"{k}={v}" for k, v in kw.items())
+
+
 def build(ref: str, allow_code: bool = True) -> nn.Module:
     """Build the model a reference names (untrained; ``pretrained`` is never downloaded)."""
     r = parse(ref)
@@ -156,12 +170,12 @@ def input_shape(ref: str, model: nn.Module | None = None) -> tuple[int, ...]:
 
 
 @register_arch("mlp", lambda r: (1, int(r.arg.split("-")[0])))
-def _mlp(arg: str = "", act: str = "relu", bias: bool = True) -> nn.Module:
+def _mlp(arg: str = "", act: str = "relu", bias: bool = True, dropout: float = 0.0) -> nn.Module:
     try:
         widths = [int(w) for w in arg.split("-")]
     except ValueError:
         raise ArchError(f"mlp widths must be integers separated by '-', got {arg!r}") from None
-    return models.MLP(widths, act=act, bias=bias)
+    return models.MLP(widths, act=act, bias=bias, dropout=dropout)
 
 
 def _image_input(r: ArchRef) -> tuple[int, ...]:

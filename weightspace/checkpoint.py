@@ -2,7 +2,8 @@
 
 Metadata keys: ``weightspace.arch`` (reference, enough to rebuild the module),
 ``weightspace.version`` and ``weightspace.meta`` (free-form JSON: seed, dataset, metrics).
-Writes are atomic (temp file in the same directory + ``os.replace``). Loading never runs
+Writes are atomic (temp file in the same directory + ``os.replace``) and bitwise
+reproducible (the header's keys are sorted). Loading never runs
 pickled code: ``.pt`` / ``.pth`` files go through ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
 from . import __version__
@@ -54,7 +55,21 @@ def save_checkpoint(path: str | Path, model: nn.Module | dict, arch: str,
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     metadata = {ARCH_KEY: arch, VERSION_KEY: __version__,
                 META_KEY: json.dumps(meta or {}, sort_keys=True)}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    blob = canonical_safetensors(save(tensors, metadata=metadata))
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(blob))
+
+
+def canonical_safetensors(blob: bytes) -> bytes:
+    """The same safetensors file with its JSON header keys sorted.
+
+    safetensors writes the header from a hash map, so two saves of identical tensors and
+    metadata can differ in key order; sorting makes checkpoints bitwise reproducible. Data
+    offsets are relative to the end of the header, so only the header changes."""
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # keep the data 8-byte aligned, as safetensors does
+    return len(text).to_bytes(8, "little") + text + blob[8 + n:]
 
 
 def read_checkpoint(path: str | Path, arch: str | None = None):

@@ -41,16 +41,22 @@ def _act(name: str) -> type[nn.Module]:
 
 
 class MLP(nn.Sequential):
-    """``mlp:64-128-128-10``: input width, hidden widths, output width."""
+    """``mlp:64-128-128-10``: input width, hidden widths, output width (``dropout`` after
+    each hidden activation when > 0)."""
 
-    def __init__(self, widths: list[int], act: str = "relu", bias: bool = True):
+    def __init__(self, widths: list[int], act: str = "relu", bias: bool = True,
+                 dropout: float = 0.0):
         if len(widths) < 2 or any(w < 1 for w in widths):
             raise ValueError(f"mlp needs at least two positive widths, got {widths}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         layers: list[nn.Module] = [nn.Flatten()]
         for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
             layers.append(nn.Linear(a, b, bias=bias))
             if i < len(widths) - 2:
                 layers.append(_act(act)())
+                if dropout > 0:  # only then: dropout-free checkpoints keep their keys
+                    layers.append(nn.Dropout(dropout))
         super().__init__(*layers)
         self.widths = list(widths)
 

@@ -7,10 +7,12 @@ import sys
 from ..arch import ArchError
 from ..checkpoint import CheckpointError
 from ..symmetry import SpecError, TraceError
-from . import spec_cmd
+from ..zoo import DatasetError, TrainError, ZooError
+from . import spec_cmd, zoo_cmd
 
-VERBS = {"spec": spec_cmd}
-USER_ERRORS = (ArchError, CheckpointError, SpecError, TraceError, FileNotFoundError)
+VERBS = {"spec": spec_cmd, "zoo": zoo_cmd}
+USER_ERRORS = (ArchError, CheckpointError, SpecError, TraceError, DatasetError, TrainError,
+               ZooError, FileNotFoundError)
 
 
 def parser() -> argparse.ArgumentParser:

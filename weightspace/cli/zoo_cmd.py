@@ -1,0 +1,173 @@
+"""``weightspace zoo train|list|eval``: build a model zoo and look inside it."""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+
+import torch
+
+from ..checkpoint import read_checkpoint
+from ..zoo import HParams, Zoo, ZooError, load_dataset, load_grid, train_zoo
+from ..zoo.train import OPTIMIZERS, SCHEDULES, evaluate
+
+HP = HParams()
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("zoo", help="train, list and evaluate model zoos",
+                       description="Model zoos: many networks of one architecture, trained "
+                                   "batched across seeds, stored as safetensors + manifest.")
+    zs = p.add_subparsers(dest="zoo_verb", metavar="ZOO_VERB", required=True)
+
+    t = zs.add_parser("train", help="train a zoo (resumes an unfinished one)",
+                      description="Train --models networks per grid point (seeds seed0, "
+                                  "seed0+1, ...). Rerunning the same command skips finished "
+                                  "models. Under `accelerate launch` the models are sharded "
+                                  "across processes with identical results.")
+    t.add_argument("--arch", required=True, help="architecture reference, e.g. mlp:64-64-64-10")
+    t.add_argument("--dataset", default="digits",
+                   help="digits (default), fashion-mnist, mnist, cifar10, cifar100; options "
+                        "like fashion-mnist?train_size=5000")
+    t.add_argument("--data-root", default=None, help="where the dataset files are")
+    t.add_argument("--models", type=int, required=True, help="models per grid point")
+    t.add_argument("--seed0", type=int, default=0, help="first seed (default 0)")
+    t.add_argument("--epochs", type=int, default=HP.epochs)
+    t.add_argument("--batch-size", type=int, default=HP.batch_size)
+    t.add_argument("--lr", type=float, default=HP.lr)
+    t.add_argument("--optimizer", choices=OPTIMIZERS, default=HP.optimizer)
+    t.add_argument("--weight-decay", type=float, default=HP.weight_decay)
+    t.add_argument("--momentum", type=float, default=HP.momentum, help="SGD momentum")
+    t.add_argument("--schedule", choices=SCHEDULES, default=HP.schedule)
+    t.add_argument("--grid", default=None,
+                   help="JSON or TOML file of hyperparameter lists, e.g. "
+                        '{"lr": [0.001, 0.01], "act": ["relu", "gelu"]}; training keys '
+                        f"({', '.join(sorted(HParams.keys()))}) or architecture options")
+    t.add_argument("--checkpoints-per-model", type=int, default=1,
+                   help="keep K checkpoints per model, evenly spaced in epochs (last = final)")
+    t.add_argument("--chunk-size", type=int, default=32,
+                   help="models trained together in one batched step (default 32)")
+    t.add_argument("--no-batched", action="store_true", help="train one model at a time")
+    t.add_argument("--out", required=True, help="zoo directory")
+    t.add_argument("--force", action="store_true",
+                   help="discard an existing zoo in --out made with other settings")
+    t.add_argument("--allow-code", action="store_true",
+                   help="allow references to user code (package.module:factory)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--json", action="store_true", help="print a JSON summary")
+
+    ls = zs.add_parser("list", help="table of a zoo's models")
+    ls.add_argument("zoo", metavar="ZOO_DIR")
+    ls.add_argument("--json", action="store_true", help="print the models as JSON")
+
+    ev = zs.add_parser("eval", help="recompute metrics from the checkpoints",
+                       description="Load every finished checkpoint and evaluate it on the "
+                                   "validation split and --split.")
+    ev.add_argument("zoo", metavar="ZOO_DIR")
+    ev.add_argument("--split", choices=("train", "val", "test"), default="test")
+    ev.add_argument("--data-root", default=None, help="where the dataset files are")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args) -> int:
+    return {"train": _train, "list": _list, "eval": _eval}[args.zoo_verb](args)
+
+
+def _train(args) -> int:
+    hp = HParams(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                 optimizer=args.optimizer, weight_decay=args.weight_decay,
+                 momentum=args.momentum, schedule=args.schedule)
+    grid = load_grid(args.grid) if args.grid else None
+    res = train_zoo(args.out, args.arch, args.dataset, hp, models=args.models,
+                    seed0=args.seed0, grid=grid, checkpoints_per_model=args.checkpoints_per_model,
+                    chunk_size=args.chunk_size, batched=not args.no_batched, force=args.force,
+                    data_root=args.data_root, allow_code=args.allow_code,
+                    progress=not args.no_progress and not args.json,
+                    log=lambda m: print(m, file=sys.stderr))
+    if res.get("skipped") is None:  # not the main process of a multi-process run
+        return 0
+    if args.json:
+        print(json.dumps(res, indent=1))
+        return 0
+    rate = 60 * res["trained"] / max(res["seconds"], 1e-9)
+    line = (f"trained {res['trained']} model(s), {res['skipped']} already done, in "
+            f"{res['seconds']:.1f} s ({rate:.0f} models/min); zoo {args.out}: "
+            f"{res.get('done', 0)}/{res.get('total', 0)} done")
+    if "mean_test_acc" in res:
+        line += (f", mean val acc {res['mean_val_acc']:.4f}, mean test acc "
+                 f"{res['mean_test_acc']:.4f} +- {res['std_test_acc']:.4f}")
+    if res.get("diverged"):
+        line += f", {res['diverged']} diverged"
+    print(line)
+    return 0
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) >= 1e-3 or v == 0 else f"{v:.1e}"
+    return str(v)
+
+
+def _list(args) -> int:
+    m = Zoo(args.zoo).read()
+    if args.json:
+        print(json.dumps({"zoo": args.zoo, "arch": m.get("arch"), "dataset": m.get("dataset"),
+                          "models": m["models"], "summary": m.get("summary", {})}, indent=1))
+        return 0
+    varying = list(m.get("settings", {}).get("grid", {}))
+    cols = ["id", "seed", "status", *varying, "train_acc", "val_acc", "test_acc"]
+    rows = [[e.get("id"), e.get("seed"), e.get("status"),
+             *(e.get("hparams", {}).get(k) for k in varying),
+             *(e.get("metrics", {}).get(c) for c in cols[-3:])] for e in m["models"]]
+    rows = [[_fmt(v) if v is not None else "-" for v in r] for r in rows]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c)
+              for i, c in enumerate(cols)]
+    print(f"zoo {args.zoo}: {m.get('arch')} on {m.get('dataset', {}).get('name')}, "
+          f"{len(m['models'])} model(s)")
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+    s = m.get("summary", {})
+    if "mean_test_acc" in s:
+        print(f"mean val acc {s['mean_val_acc']:.4f}, mean test acc {s['mean_test_acc']:.4f} "
+              f"+- {s['std_test_acc']:.4f} over {s['done']} model(s)")
+    return 0
+
+
+def _eval(args) -> int:
+    zoo = Zoo(args.zoo)
+    m = zoo.read()
+    entries = [e for e in m["models"] if e.get("status") == "done"]
+    if not entries:
+        raise ZooError(f"{args.zoo}: no finished models to evaluate")
+    ds = m.get("dataset", {})
+    data = load_dataset(ds.get("name", ""), args.data_root or ds.get("data_root"))
+    splits = list(dict.fromkeys(["val", args.split]))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    by_arch: dict[str, list] = {}
+    for e in entries:
+        state, arch, _ = read_checkpoint(zoo.model_path(e["id"]))
+        by_arch.setdefault(arch, []).append((e, state))
+    results = {}
+    for arch, items in by_arch.items():
+        states = [s for _, s in items]
+        for split in splits:
+            x, y = data[split]
+            losses, accs = evaluate(arch, states, x.to(device), y.to(device))
+            for (e, _), lo, a in zip(items, losses, accs):
+                results.setdefault(e["id"], {"id": e["id"], "seed": e.get("seed")})
+                results[e["id"]].update({f"{split}_acc": a, f"{split}_loss": lo})
+    models = [results[e["id"]] for e in entries]
+    out = {"zoo": args.zoo, "dataset": data.name, "splits": splits, "models": models}
+    for split in splits:
+        out[f"mean_{split}_acc"] = statistics.fmean(r[f"{split}_acc"] for r in models)
+        out[f"std_{split}_acc"] = statistics.pstdev(r[f"{split}_acc"] for r in models)
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    for r in models:
+        print("  ".join([r["id"]] + [f"{s}_acc {r[f'{s}_acc']:.4f}" for s in splits]))
+    print("  ".join([f"mean over {len(models)}:"] +
+                    [f"{s}_acc {out[f'mean_{s}_acc']:.4f} +- {out[f'std_{s}_acc']:.4f}"
+                     for s in splits]))
+    return 0

@@ -1,0 +1,142 @@
+"""A zoo on disk: ``ZOO_DIR/manifest.json`` + ``ZOO_DIR/models/<id>.safetensors``.
+
+The manifest is the index (settings, dataset, one entry per model with its seed,
+hyperparameters, metrics and status); every checkpoint is self-describing on its own (its
+metadata repeats the entry's id, seed, hyperparameters and metrics), so a model whose file
+landed but whose manifest update did not (a ``kill -9`` in between) is recovered from the
+file. Every write is atomic (temp file + rename): the manifest is valid JSON at any moment.
+
+One writer at a time: ``writer_lock()`` holds an ``flock`` on ``ZOO_DIR/.lock`` (released by
+the kernel even when the process is killed). Processes of one ``accelerate launch`` share
+the writer's lock and serialise manifest updates through ``ZOO_DIR/.manifest.lock``.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Callable, Iterator
+
+from ..checkpoint import CheckpointError, atomic_write_text, load_model, read_checkpoint
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory locks
+    fcntl = None
+
+FORMAT = "weightspace.zoo"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class ZooError(ValueError):
+    """A zoo directory that cannot be read, is busy, or does not match a command."""
+
+
+class Zoo:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST
+
+    def model_path(self, model_id: str) -> Path:
+        return self.root / "models" / f"{model_id}.safetensors"
+
+    def snapshot_path(self, model_id: str, epoch: int) -> Path:
+        return self.root / "checkpoints" / model_id / f"epoch{epoch:04d}.safetensors"
+
+    def exists(self) -> bool:
+        return self.manifest_path.is_file()
+
+    # ------------------------------------------------------------------ manifest
+    def read(self) -> dict:
+        if not self.manifest_path.is_file():
+            raise ZooError(f"{self.root} is not a zoo (no {MANIFEST})")
+        try:
+            m = json.loads(self.manifest_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ZooError(f"{self.manifest_path}: not valid JSON ({e})") from None
+        if not isinstance(m, dict) or m.get("format") != FORMAT:
+            raise ZooError(f"{self.manifest_path}: not a weightspace zoo manifest "
+                           f"(format {m.get('format') if isinstance(m, dict) else None!r})")
+        if m.get("version", 0) > FORMAT_VERSION:
+            raise ZooError(f"{self.manifest_path}: zoo format version {m['version']} is newer "
+                           f"than this weightspace understands ({FORMAT_VERSION})")
+        if not isinstance(m.get("models"), list):
+            raise ZooError(f"{self.manifest_path}: key 'models' must be a list")
+        return m
+
+    def write(self, manifest: dict) -> None:
+        atomic_write_text(self.manifest_path, json.dumps(manifest, indent=1) + "\n")
+
+    def update(self, fn: Callable[[dict], None]) -> dict:
+        """Read-modify-write the manifest under the manifest lock."""
+        with self._flock(".manifest.lock", blocking=True):
+            m = self.read()
+            fn(m)
+            self.write(m)
+            return m
+
+    def models(self, status: str | None = "done") -> list[dict]:
+        return [e for e in self.read()["models"] if status is None or e.get("status") == status]
+
+    def entry(self, model_id: str) -> dict:
+        for e in self.read()["models"]:
+            if e["id"] == model_id:
+                return e
+        raise ZooError(f"{self.root}: no model with id {model_id!r}")
+
+    def load(self, model_id: str):
+        """The model ``model_id`` as an ``nn.Module`` (architecture from its metadata)."""
+        return load_model(self.model_path(model_id))
+
+    def recover(self, model_id: str, settings_hash: str) -> dict | None:
+        """The zoo metadata of a finished checkpoint of this zoo, or None."""
+        path = self.model_path(model_id)
+        if not path.is_file():
+            return None
+        try:
+            _, _, meta = read_checkpoint(path)
+        except CheckpointError:
+            return None
+        zoo = meta.get("zoo", {})
+        return meta if zoo.get("settings_hash") == settings_hash else None
+
+    def clean_temp(self) -> None:
+        """Remove temp files a killed writer left behind (``.<name>.XXXX.tmp``)."""
+        for d in (self.root, self.root / "models", *self.root.glob("checkpoints/*")):
+            for p in d.glob(".*.tmp") if d.is_dir() else ():
+                with contextlib.suppress(OSError):
+                    p.unlink()
+
+    # ------------------------------------------------------------------ locks
+    @contextlib.contextmanager
+    def writer_lock(self) -> Iterator[None]:
+        """Exclusive right to write this zoo; refuses at once if another process holds it."""
+        with self._flock(".lock", blocking=False):
+            yield
+
+    @contextlib.contextmanager
+    def _flock(self, name: str, blocking: bool) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / name
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+                except BlockingIOError:
+                    holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                    raise ZooError(f"{self.root} is being written by another process "
+                                   f"(pid {holder}); wait for it to finish or use another "
+                                   f"--out") from None
+                if not blocking:
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
