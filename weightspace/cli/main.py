@@ -8,11 +8,13 @@ from ..arch import ArchError
 from ..checkpoint import CheckpointError
 from ..symmetry import SpecError, TraceError
 from ..zoo import DatasetError, TrainError, ZooError
-from . import spec_cmd, zoo_cmd
+from ..functional import StateError
+from . import align_cmd, canonicalize_cmd, spec_cmd, zoo_cmd
 
-VERBS = {"spec": spec_cmd, "zoo": zoo_cmd}
+VERBS = {"spec": spec_cmd, "zoo": zoo_cmd, "align": align_cmd,
+         "canonicalize": canonicalize_cmd}
 USER_ERRORS = (ArchError, CheckpointError, SpecError, TraceError, DatasetError, TrainError,
-               ZooError, FileNotFoundError)
+               ZooError, StateError, FileNotFoundError)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,0 +1,238 @@
+"""Canonicalization: planted permutations are recovered, alignment never changes a function,
+the objective never decreases, zoo canonicalization is invertible bitwise, bad input fails."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from weightspace.arch import build, input_shape
+from weightspace.canonicalize import (activation_matching, align, transfusion_matching,
+                                      weight_matching)
+from weightspace.canonicalize.zoo import canonicalize_zoo, restore
+from weightspace.checkpoint import read_checkpoint, save_checkpoint
+from weightspace.cli.main import main
+from weightspace.functional import lerp_states, loss_acc
+from weightspace.symmetry import apply, invert, random_perms, symmetry_of
+from weightspace.symmetry import spec as discover
+from weightspace.zoo import HParams, Zoo, ZooError, load_dataset, train_zoo
+
+from .conftest import rel_diff
+
+VIT = "timm:vit_tiny_patch16_224?img_size=32&patch_size=4&depth=2"
+DEIT = "timm:deit_tiny_patch16_224?img_size=32&patch_size=4&depth=2"
+ARCHS = ["mlp:64-64-64-10", "resnet20?width=1", "resnet20?width=1&norm=ln",
+         "vgg11?width=0.25", "timm:resnet18", VIT, DEIT]
+
+_SPECS = {}
+
+
+def spec_of(ref):
+    if ref not in _SPECS:
+        model = build(ref).eval()
+        x = torch.randn(input_shape(ref, model), generator=torch.Generator().manual_seed(0))
+        _SPECS[ref] = (symmetry_of(model, x), x)
+    return _SPECS[ref]
+
+
+def init_state(ref, seed):
+    torch.manual_seed(seed)
+    return build(ref).state_dict()
+
+
+def perturbed(ref, seed):
+    """Random init with BN statistics and affine params moved off their defaults."""
+    g = torch.Generator().manual_seed(seed + 10_000)
+    out = {}
+    for k, v in init_state(ref, seed).items():
+        if v.is_floating_point() and ("running" in k or k.endswith((".bias",)) or
+                                      "norm" in k or "bn" in k):
+            v = v + 0.1 * torch.randn(v.shape, generator=g)
+            if "running_var" in k:
+                v = v.abs() + 0.5
+        out[k] = v
+    return out
+
+
+@pytest.mark.parametrize("ref", ARCHS)
+def test_planted_permutation_recovered_20_of_20(ref):
+    spec, _ = spec_of(ref)
+    for trial in range(20):
+        A = perturbed(ref, trial)
+        planted = random_perms(spec, seed=1000 + trial)
+        B = apply(spec, planted, A)
+        perms, rep = weight_matching(spec, A, B, seed=trial)
+        back = apply(spec, perms, B)
+        assert all(torch.equal(back[k], A[k]) for k in A), (ref, trial)
+        assert rep.l2_after == 0.0 and rep.l2_before > 0
+        hist = rep.objective_history
+        assert all(b >= a - 1e-6 * abs(a) for a, b in zip(hist, hist[1:])), hist
+
+
+@pytest.mark.parametrize("ref", ["mlp:64-64-64-10", "resnet20?width=1", VIT])
+def test_planted_permutation_recovered_under_noise(ref):
+    spec, _ = spec_of(ref)
+    A = perturbed(ref, 0)
+    planted = random_perms(spec, seed=5)
+    g = torch.Generator().manual_seed(1)
+    B = {k: v + 0.01 * v.std().nan_to_num() * torch.randn(v.shape, generator=g)
+         if v.is_floating_point() and v.numel() > 1 else v
+         for k, v in apply(spec, planted, A).items()}
+    perms, rep = weight_matching(spec, A, B)
+    inv = invert(spec, planted)
+    assert all(torch.equal(perms[g.name], inv[g.name]) for g in spec.groups)
+    assert rep.l2_after < 0.2 * rep.l2_before
+
+
+@pytest.mark.parametrize("ref", ARCHS)
+def test_alignment_keeps_the_function_and_lowers_l2(ref):
+    spec, x = spec_of(ref)
+    A, B = perturbed(ref, 1), perturbed(ref, 2)
+    model = build(ref).eval()
+    perms, rep = weight_matching(spec, A, B)
+    model.load_state_dict(B)
+    with torch.no_grad():
+        before = model(x)
+        model.load_state_dict(apply(spec, perms, B))
+        after = model(x)
+    assert rel_diff(before, after) < 1e-5
+    assert rep.l2_after <= rep.l2_before
+    hist = rep.objective_history
+    assert all(b >= a - 1e-6 * abs(a) for a, b in zip(hist, hist[1:]))
+
+
+@pytest.mark.parametrize("ref", ["mlp:64-64-64-10", "resnet20?width=1", VIT])
+def test_activation_matching_keeps_the_function(ref):
+    spec, x = spec_of(ref)
+    A, B = perturbed(ref, 1), perturbed(ref, 2)
+    model = build(ref).eval()
+    xs = torch.randn(64, *x.shape[1:], generator=torch.Generator().manual_seed(3))
+    for pearson in (False, True):
+        perms, rep = activation_matching(spec, model, A, B, xs, pearson=pearson)
+        with torch.no_grad():
+            model.load_state_dict(B)
+            before = model(x)
+            model.load_state_dict(apply(spec, perms, B))
+            assert rel_diff(before, model(x)) < 1e-5
+        assert rep.method == "am"
+
+
+@pytest.mark.parametrize("residual", ["identity", "wm"])
+def test_transfusion_heads(residual):
+    spec, x = spec_of(VIT)
+    A = perturbed(VIT, 0)
+    planted = random_perms(spec, seed=3)
+    if residual == "identity":  # a planted permutation that leaves the residual stream
+        planted["patch_embed.proj"] = torch.arange(spec.group("patch_embed.proj").size)
+    B = apply(spec, planted, A)
+    perms, rep = transfusion_matching(spec, A, B, residual=residual)
+    back = apply(spec, perms, B)
+    assert all(torch.equal(back[k], A[k]) for k in A)
+    assert rep.method == "transfusion" and rep.l2_after == 0.0
+    if residual == "identity":
+        assert torch.equal(perms["patch_embed.proj"], torch.arange(192))
+
+
+@pytest.fixture(scope="module")
+def digits_zoo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("zoo") / "z"
+    train_zoo(out, "mlp:64-32-32-10", "digits", HParams(epochs=8, batch_size=32), models=4,
+              progress=False)
+    return out
+
+
+def test_ste_never_worse_than_wm_on_validation(digits_zoo):
+    zoo = Zoo(digits_zoo)
+    A, B = zoo.load("s0000").state_dict(), zoo.load("s0001").state_dict()
+    data = load_dataset("digits")
+    model = build("mlp:64-32-32-10")
+    spec = discover(str(zoo.model_path("s0000")))
+    xv, yv = data["val"]
+
+    def mid_loss(perms):
+        return loss_acc(model, xv, yv, lerp_states(A, apply(spec, perms, B), 0.5))[0]
+    p_wm, _ = align(spec, A, B, "wm")
+    p_ste, rep = align(spec, A, B, "ste", model=model, data=data, steps=40, eval_every=10)
+    assert mid_loss(p_ste) <= mid_loss(p_wm) + 1e-9
+    assert mid_loss(p_wm) < loss_acc(model, xv, yv, lerp_states(A, B, 0.5))[0]
+    assert rep.method == "ste" and rep.iterations == 40
+
+
+def _hashes(d: Path) -> dict:
+    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*"))
+            if p.is_file() and not p.name.startswith(".")}
+
+
+@pytest.mark.parametrize("reference", ["barycenter", "s0002"])
+def test_zoo_canonicalization_is_invertible(digits_zoo, tmp_path, reference):
+    before = _hashes(digits_zoo)
+    rep = canonicalize_zoo(digits_zoo, tmp_path / "c", "wm", reference, progress=False)
+    assert _hashes(digits_zoo) == before  # the input zoo is untouched
+    assert rep["l2_to_barycenter_after"] < rep["l2_to_barycenter_before"]
+    m = Zoo(tmp_path / "c").read()
+    assert m["canonicalization"]["method"] == "wm"
+    assert [e["id"] for e in m["models"]] == ["s0000", "s0001", "s0002", "s0003"]
+    data = load_dataset("digits")
+    model = build("mlp:64-32-32-10")
+    for e in m["models"]:
+        orig, _, _ = read_checkpoint(Path(digits_zoo) / e["file"])
+        back = restore(tmp_path / "c", e["id"])
+        assert all(torch.equal(back[k], orig[k]) for k in orig)
+        canon, _, meta = read_checkpoint(tmp_path / "c" / e["file"])
+        assert loss_acc(model, *data["test"], state=canon)[1] == \
+            pytest.approx(e["metrics"]["test_acc"])
+        assert meta["canonical"]["reference"] == reference
+    if reference != "barycenter":
+        ref_state, _, _ = read_checkpoint(tmp_path / "c" / "models" / "s0002.safetensors")
+        orig_ref, _, _ = read_checkpoint(Path(digits_zoo) / "models" / "s0002.safetensors")
+        assert all(torch.equal(ref_state[k], orig_ref[k]) for k in orig_ref)
+
+
+def test_zoo_canonicalization_bad_input(digits_zoo, tmp_path):
+    with pytest.raises(ZooError, match="no finished model with that id"):
+        canonicalize_zoo(digits_zoo, tmp_path / "c", "wm", "s9999", progress=False)
+    with pytest.raises(ZooError, match="needs a weight-space method"):
+        canonicalize_zoo(digits_zoo, tmp_path / "c", "am", "barycenter", progress=False)
+    with pytest.raises(ZooError, match="must differ"):
+        canonicalize_zoo(digits_zoo, digits_zoo, "wm", progress=False)
+    assert not (tmp_path / "c").exists()
+
+
+def test_cli_align_and_canonicalize(digits_zoo, tmp_path, capsys):
+    a, b = (str(Path(digits_zoo) / "models" / f"s000{i}.safetensors") for i in (0, 1))
+    for method in ("wm", "am", "transfusion"):
+        out = tmp_path / f"b_{method}.safetensors"
+        assert main(["align", a, b, "--method", method, "--out", str(out), "--json"]) == 0
+        rep = json.loads(capsys.readouterr().out)
+        assert {"method", "seconds", "iterations", "l2_before", "l2_after"} <= set(rep)
+        assert rep["method"] == method and rep["l2_after"] < rep["l2_before"]
+        state, arch, meta = read_checkpoint(out)
+        assert meta["aligned"]["method"] == method and arch == "mlp:64-32-32-10"
+    assert main(["canonicalize", str(digits_zoo), "--out", str(tmp_path / "c"), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["models"] == 4 and rep["reference"] == "barycenter"
+    assert main(["canonicalize", str(digits_zoo), "--out", str(tmp_path / "c")]) == 2
+    assert "already holds a zoo" in capsys.readouterr().err
+
+
+def test_cli_align_bad_input(tmp_path, capsys):
+    torch.manual_seed(0)
+    a = tmp_path / "a.safetensors"
+    save_checkpoint(a, build("mlp:64-32-10"), "mlp:64-32-10")
+    b = tmp_path / "b.safetensors"
+    save_checkpoint(b, build("mlp:64-48-10"), "mlp:64-48-10")
+    out = tmp_path / "out.safetensors"
+    assert main(["align", str(a), str(b), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "'1.weight'" in err and "widths" in err and err.count("\n") == 1
+    c = tmp_path / "c.safetensors"
+    save_checkpoint(c, build("mlp:64-32-10"), "mlp:64-32-10")
+    assert main(["align", str(a), str(c), "--method", "am", "--out", str(out)]) == 2
+    assert "needs data" in capsys.readouterr().err
+    bad = build("mlp:64-32-10").state_dict()
+    bad["1.bias"][3] = float("nan")
+    n = tmp_path / "nan.safetensors"
+    save_checkpoint(n, bad, "mlp:64-32-10")
+    assert main(["align", str(a), str(n), "--out", str(out)]) == 2
+    assert "1.bias" in capsys.readouterr().err
+    assert not out.exists()

@@ -1,0 +1,12 @@
+"""Canonicalization: remove the permutation symmetry between models (pairs and zoos).
+
+>>> perms, report = align(spec, A, B, method="wm")      # B's groups -> A's basin
+>>> B_aligned = apply(spec, perms, B)                    # same function as B
+"""
+from .matching import MatchReport, WeightMatcher, families, l2_distance, lap, weight_matching
+from .methods import (METHODS, activation_matching, align, residual_families, ste_matching,
+                      transfusion_matching)
+
+__all__ = ["METHODS", "MatchReport", "WeightMatcher", "activation_matching", "align",
+           "families", "l2_distance", "lap", "residual_families", "ste_matching",
+           "transfusion_matching", "weight_matching"]

@@ -1,0 +1,341 @@
+"""Weight matching (Git Re-Basin, Ainsworth et al. 2022) over any discovered symmetry spec.
+
+Maximise ``sum_params <A, P(B)>`` over the spec's permutations by coordinate descent. The
+unit of one step is a *family*: a top-level group together with its per-block children
+(attention heads with the query/key and value/output dimensions inside each head). For a
+family without children one step is one linear assignment problem (LAP) whose cost sums,
+over every parameter axis the group acts on, the inner products of A's slices with B's
+slices (all other groups' current permutations applied). For a family with children the
+step is exact too: the best within-block assignment is solved for every pair of blocks
+(one small LAP each), and the blocks are then paired by one LAP over those values.
+
+Speed: the cost of a family is a sum of per-parameter contributions; each contribution
+depends only on the permutations of the *other* groups acting on that parameter, so it is
+cached with their version numbers and recomputed only when one of them changed. A sweep
+after convergence costs almost nothing, and late sweeps touch only the neighbourhood of
+what changed. Cost matrices are built with tensor ops on the models' device; the LAPs are
+solved with ``scipy.optimize.linear_sum_assignment`` on the CPU.
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from ..symmetry.structure import (Perms, Spec, identity_perms, layout_groups, layout_index,
+                                  parse_member)
+
+
+@dataclass
+class _Occ:
+    key: str
+    axis: int
+    idx: torch.Tensor          # plain: [n, m]; nested: [H, d, m] positions along the axis
+    child: str | None = None   # None: plain occurrence of the family's top group
+
+
+@dataclass
+class Family:
+    top: str
+    children: list[str]
+    occs: list[_Occ] = field(default_factory=list)
+
+    @property
+    def groups(self) -> list[str]:
+        return [self.top, *self.children]
+
+
+# ------------------------------------------------------------------------ layout geometry
+def _leaves(layout, sizes: dict[str, int], parents: dict[str, str | None]):
+    """(axis length, columns): one column per leaf of the layout tree, with the leaf's
+    index at every position of the axis (-1 where the leaf does not apply) and, for a
+    per-block group inside a product, the column of its parent."""
+    kind, val = layout
+    if kind == "fixed":
+        return val, [{"name": None, "v": torch.arange(val), "parent": None}]
+    if kind == "group":
+        return sizes[val], [{"name": val, "v": torch.arange(sizes[val]), "parent": None}]
+    parts = [_leaves(c, sizes, parents) for c in val]
+    cols = []
+    if kind == "cat":
+        total = sum(n for n, _ in parts)
+        off = 0
+        for n, cs in parts:
+            base = len(cols)
+            for c in cs:
+                full = torch.full((total,), -1, dtype=torch.long)
+                full[off:off + n] = c["v"]
+                cols.append({**c, "v": full,
+                             "parent": None if c["parent"] is None else c["parent"] + base})
+            off += n
+        return total, cols
+    lengths = [n for n, _ in parts]
+    total = int(np.prod(lengths))
+    pos = torch.arange(total)
+    stride = total
+    prev_group_col = None
+    for (n, cs), child_layout in zip(parts, val):
+        stride //= n
+        factor = (pos // stride) % n
+        base = len(cols)
+        for c in cs:
+            v = c["v"][factor]
+            cols.append({**c, "v": torch.where(v >= 0, v, -1),
+                         "parent": None if c["parent"] is None else c["parent"] + base})
+        if child_layout[0] == "group":
+            me = len(cols) - 1
+            if parents.get(child_layout[1]) is not None and prev_group_col is not None \
+                    and cols[prev_group_col]["name"] == parents[child_layout[1]]:
+                cols[me]["parent"] = prev_group_col
+            prev_group_col = me
+        else:
+            prev_group_col = None
+    return total, cols
+
+
+def _sorted_rows(keys: list[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+    """``rows`` sorted lexicographically by ``keys`` (first key most significant)."""
+    order = np.lexsort([k[rows].numpy() for k in reversed(keys)] )
+    return rows[torch.from_numpy(order)]
+
+
+def families(spec: Spec) -> list[Family]:
+    """Group the spec's groups into families and locate every occurrence on every axis."""
+    sizes = spec.group_sizes
+    parents = {g.name: g.parent for g in spec.groups}
+    fams = {g.name: Family(g.name, []) for g in spec.groups if g.parent is None}
+    for g in spec.groups:
+        if g.parent is not None:
+            fams[g.parent].children.append(g.name)
+    top_of = {g.name: (g.parent or g.name) for g in spec.groups}
+    for member, layout in spec.layouts.items():
+        key, axis = parse_member(member)
+        n, cols = _leaves(layout, sizes, parents)
+        pos = torch.arange(n)
+        as_parent = {c["parent"] for c in cols if c["parent"] is not None}
+        for ci, c in enumerate(cols):
+            if c["name"] is None:
+                continue
+            fam = fams[top_of[c["name"]]]
+            rows = pos[c["v"] >= 0]
+            if c["parent"] is not None:      # nested: [H, d, m]
+                p = cols[c["parent"]]
+                rows = _sorted_rows([p["v"], c["v"], pos], rows)
+                h, d = sizes[p["name"]], sizes[c["name"]]
+                fam.occs.append(_Occ(key, axis, rows.view(h, d, -1), c["name"]))
+            elif parents[c["name"]] is None and ci not in as_parent:
+                rows = _sorted_rows([c["v"], pos], rows)
+                fam.occs.append(_Occ(key, axis, rows.view(sizes[c["name"]], -1)))
+            elif parents[c["name"]] is not None:
+                raise ValueError(f"{member}: per-block group {c['name']} outside its "
+                                 f"parent's product")
+    return [f for f in fams.values() if f.occs]
+
+
+# ------------------------------------------------------------------------ assignment
+def lap(cost: torch.Tensor) -> torch.Tensor:
+    """Maximising assignment: ``perm[i]`` is the column matched to row ``i``."""
+    _, cols = linear_sum_assignment(cost.detach().double().cpu().numpy(), maximize=True)
+    return torch.from_numpy(cols).long()
+
+
+@dataclass
+class MatchReport:
+    method: str = "wm"
+    seconds: float = 0.0
+    iterations: int = 0
+    l2_before: float = 0.0
+    l2_after: float = 0.0
+    objective: float = 0.0
+    objective_before: float = 0.0
+    objective_history: list[float] = field(default_factory=list)
+    changes: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+class WeightMatcher:
+    """Coordinate descent of the weight-matching objective for one (A, B) pair.
+
+    ``A`` and ``B`` are state dicts (B is the model being permuted). ``cost_override`` lets
+    another method (TransFusion) replace how a head family pairs its blocks.
+    """
+
+    def __init__(self, spec: Spec, A: dict, B: dict, device=None, fams=None):
+        self.spec = spec
+        self.fams = fams if fams is not None else families(spec)
+        self.parents = {g.name: g.parent for g in spec.groups}
+        self.device = torch.device(device) if device is not None else \
+            next(iter(A.values())).device
+        keys = sorted({o.key for f in self.fams for o in f.occs})
+        self.A = {k: A[k].to(self.device, torch.float32) for k in keys}
+        self.B = {k: B[k].to(self.device, torch.float32) for k in keys}
+        self.axes: dict[str, list[tuple[int, tuple]]] = {}
+        for member, layout in spec.layouts.items():
+            key, axis = parse_member(member)
+            self.axes.setdefault(key, []).append((axis, layout))
+        self.key_groups = {k: set() for k in keys}
+        for f in self.fams:
+            for o in f.occs:
+                self.key_groups[o.key] |= set(f.groups)
+        for k in keys:
+            for _, layout in self.axes.get(k, []):
+                self.key_groups[k] |= set(layout_groups(layout))
+        self.version = {g.name: 0 for g in spec.groups}
+        self._cache: dict = {}
+
+    # -- B with every group but ``skip`` applied (only the axes that need it) -------------
+    def _permuted_b(self, key: str, perms: Perms, skip: set[str]) -> torch.Tensor:
+        t = self.B[key]
+        local = {g: (torch.arange(p.shape[-1]).expand_as(p) if g in skip else p)
+                 for g, p in perms.items()}
+        for axis, layout in self.axes.get(key, []):
+            names = layout_groups(layout)
+            if not names or all(n in skip for n in names):
+                continue
+            idx = layout_index(layout, local, self.parents).to(t.device)
+            t = t.index_select(axis, idx)
+        return t
+
+    def _contribution(self, fam: Family, key: str, perms: Perms):
+        deps = tuple(sorted((g, self.version[g]) for g in self.key_groups[key]
+                            if g not in fam.groups))
+        hit = self._cache.get((fam.top, key))
+        if hit is not None and hit[0] == deps:
+            return hit[1]
+        bp = self._permuted_b(key, perms, set(fam.groups))
+        a = self.A[key]
+        plain, nested = None, {}
+        for o in fam.occs:
+            if o.key != key:
+                continue
+            idx = o.idx.to(a.device)
+            am = a.movedim(o.axis, 0)
+            bm = bp.movedim(o.axis, 0)
+            if o.child is None:
+                n = idx.shape[0]
+                sa = am[idx.reshape(-1)].reshape(n, -1)
+                sb = bm[idx.reshape(-1)].reshape(n, -1)
+                c = sa @ sb.T
+                plain = c if plain is None else plain + c
+            else:
+                h, d, _ = idx.shape
+                sa = am[idx.reshape(-1)].reshape(h, d, -1)
+                sb = bm[idx.reshape(-1)].reshape(h, d, -1)
+                s = torch.einsum("ijr,hkr->ihjk", sa, sb)
+                nested[o.child] = s if o.child not in nested else nested[o.child] + s
+        self._cache[(fam.top, key)] = (deps, (plain, nested))
+        return plain, nested
+
+    def family_cost(self, fam: Family, perms: Perms):
+        """(plain [n, n] or None, {child: [H, H, d, d]}) summed over the family's params."""
+        plain, nested = None, {}
+        for key in sorted({o.key for o in fam.occs}):
+            p, ns = self._contribution(fam, key, perms)
+            if p is not None:
+                plain = p if plain is None else plain + p
+            for c, s in ns.items():
+                nested[c] = s if c not in nested else nested[c] + s
+        return plain, nested
+
+    @staticmethod
+    def family_value(plain, nested, perms: Perms, fam: Family) -> float:
+        top = perms[fam.top]
+        ar = torch.arange(len(top))
+        val = 0.0
+        if plain is not None:
+            val += float(plain[ar, top.to(plain.device)].sum())
+        for c, s in nested.items():
+            ch = perms[c].to(s.device)
+            blocks = s[ar, top.to(s.device)]                       # [H, d, d]
+            d = ch.shape[1]
+            val += float(blocks[ar[:, None], torch.arange(d)[None, :], ch].sum())
+        return val
+
+    def solve_family(self, fam: Family, plain, nested, block_pairing=None):
+        """The best permutations of a family given its costs (exact)."""
+        if not nested:
+            return {fam.top: lap(plain)}
+        h = next(iter(nested.values())).shape[0]
+        outer = torch.zeros(h, h, dtype=torch.float64) if plain is None else \
+            plain.detach().double().cpu().clone()
+        inner: dict[str, torch.Tensor] = {}
+        for c, s in nested.items():
+            s_cpu = s.detach().double().cpu()
+            d = s_cpu.shape[-1]
+            assign = torch.empty(h, h, d, dtype=torch.long)
+            for i in range(h):
+                for j in range(h):
+                    a = lap(s_cpu[i, j])
+                    assign[i, j] = a
+                    outer[i, j] += float(s_cpu[i, j][torch.arange(d), a].sum())
+            inner[c] = assign
+        top = lap(outer) if block_pairing is None else block_pairing
+        out = {fam.top: top}
+        for c, assign in inner.items():
+            out[c] = assign[torch.arange(h), top]
+        return out
+
+    def run(self, perms: Perms | None = None, max_iter: int = 100, seed: int = 0,
+            fixed: set[str] = frozenset(), block_pairing=None) -> tuple[Perms, dict]:
+        """Coordinate descent from ``perms`` (identity by default); families in ``fixed``
+        stay as they are; ``block_pairing(fam) -> perm`` may fix how blocks pair."""
+        perms = {k: v.clone() for k, v in (perms or identity_perms(self.spec)).items()}
+        rng = random.Random(seed)
+        history, changes, it = [self.objective(perms)], 0, 0
+        active = [f for f in self.fams if f.top not in fixed]
+        for it in range(1, max_iter + 1):
+            order = list(active)
+            rng.shuffle(order)
+            changed = False
+            for fam in order:
+                plain, nested = self.family_cost(fam, perms)
+                old = self.family_value(plain, nested, perms, fam)
+                pairing = block_pairing(fam) if block_pairing and nested else None
+                new_perms = self.solve_family(fam, plain, nested, pairing)
+                trial = {**perms, **new_perms}
+                new = self.family_value(plain, nested, trial, fam)
+                if new > old + 1e-9 * max(1.0, abs(old)) and any(
+                        not torch.equal(new_perms[g], perms[g]) for g in new_perms):
+                    perms = trial
+                    for g in new_perms:
+                        self.version[g] += 1
+                    changed = True
+                    changes += 1
+            history.append(self.objective(perms))
+            if not changed:
+                break
+        return perms, {"iterations": it, "objective_history": history, "changes": changes}
+
+    def objective(self, perms: Perms) -> float:
+        """``sum <A, P(B)>`` over the parameters the spec permutes."""
+        return float(sum((self.A[k] * self._permuted_b(k, perms, set())).sum()
+                         for k in self.A))
+
+
+def l2_distance(A: dict, B: dict) -> float:
+    """Euclidean distance over the floating-point tensors two state dicts share."""
+    tot = 0.0
+    for k, a in A.items():
+        if a.is_floating_point() and k in B:
+            tot += float((a.float() - B[k].to(a.device).float()).pow(2).sum())
+    return tot ** 0.5
+
+
+def weight_matching(spec: Spec, A: dict, B: dict, max_iter: int = 100, seed: int = 0,
+                    init: Perms | None = None, device=None) -> tuple[Perms, MatchReport]:
+    """Permutations of B's groups that maximise ``<A, P(B)>``, with a report."""
+    from ..symmetry import apply
+    t = time.perf_counter()
+    m = WeightMatcher(spec, A, B, device=device)
+    perms, info = m.run(init, max_iter=max_iter, seed=seed)
+    rep = MatchReport("wm", time.perf_counter() - t, info["iterations"], l2_distance(A, B),
+                      l2_distance(A, apply(spec, perms, B)), info["objective_history"][-1],
+                      info["objective_history"][0], info["objective_history"], info["changes"])
+    return perms, rep

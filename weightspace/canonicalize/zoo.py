@@ -1,0 +1,186 @@
+"""Canonicalize a whole zoo: every model into one basin, stored so each original is recoverable.
+
+* ``reference=ID`` aligns every model to that model (any method).
+* ``reference="barycenter"`` (MergeMany-style, weight-space methods): given the current
+  aligned zoo, every model is matched to the mean of all the *others*; repeat until the
+  summed squared L2 distance to the barycenter stops decreasing (relative change of the RMS
+  distance below ``tol``; the best round is kept).
+  Given the current barycenter the per-model matches are independent, so under
+  ``accelerate launch`` they are sharded across processes with results identical to one
+  process.
+
+The output is a new zoo directory (the input is never touched): the same manifest with a
+``canonicalization`` record, ``models/<id>.safetensors`` holding the permuted weights (same
+function), ``perms/<id>.safetensors`` holding the permutation applied to each model and
+``spec.json``; :func:`restore` applies the inverse and returns the original bitwise.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save
+
+from ..checkpoint import atomic_write, atomic_write_text, read_checkpoint, save_checkpoint
+from ..functional import check_compatible, mean_states
+from ..symmetry import apply, identity_perms, invert, spec as discover_spec
+from ..symmetry.structure import Spec
+from ..zoo.datasets import load_dataset
+from ..zoo.runner import Progress, dist_state
+from ..zoo.store import Zoo, ZooError
+from .matching import l2_distance
+from .methods import METHODS, align
+
+WEIGHT_SPACE_METHODS = ("wm", "transfusion")
+
+
+def _sq_to(states: list[dict], center: dict) -> float:
+    return sum(l2_distance(s, center) ** 2 for s in states)
+
+
+def _gather(state, mine: dict) -> dict:
+    if state.num_processes == 1:
+        return mine
+    from accelerate.utils import gather_object
+    merged = {}
+    for part in gather_object([{i: {g: p.tolist() for g, p in perms.items()}
+                                for i, perms in mine.items()}]):
+        merged.update({int(i): {g: torch.tensor(p) for g, p in perms.items()}
+                       for i, perms in part.items()})
+    return merged
+
+
+def canonicalize_zoo(zoo_dir, out_dir, method: str = "wm", reference: str = "barycenter",
+                     data_root=None, seed: int = 0, max_rounds: int = 20, tol: float = 1e-3,
+                     force: bool = False, progress: bool = True, **method_kw) -> dict:
+    """Write the canonicalized copy of ``zoo_dir`` to ``out_dir``; returns a report."""
+    t0 = time.perf_counter()
+    if method not in METHODS:
+        raise ZooError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
+    src, dst = Zoo(zoo_dir), Zoo(out_dir)
+    if Path(out_dir).resolve() == Path(zoo_dir).resolve():
+        raise ZooError("--out must differ from the input zoo (the input is never modified)")
+    manifest = src.read()
+    entries = [e for e in manifest["models"] if e.get("status") == "done"]
+    if len(entries) < 2:
+        raise ZooError(f"{zoo_dir}: need at least two finished models, found {len(entries)}")
+    ids = [e["id"] for e in entries]
+    if reference != "barycenter" and reference not in ids:
+        raise ZooError(f"--reference {reference!r}: no finished model with that id in "
+                       f"{zoo_dir} (ids: {', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})")
+    if reference == "barycenter" and method not in WEIGHT_SPACE_METHODS:
+        raise ZooError(f"--reference barycenter needs a weight-space method "
+                       f"({', '.join(WEIGHT_SPACE_METHODS)}); use --reference ID with {method}")
+    if dst.exists() and not force:
+        raise ZooError(f"{out_dir} already holds a zoo; pass --force to replace it")
+    loaded = [read_checkpoint(src.model_path(i)) for i in ids]
+    states = [s for s, _, _ in loaded]
+    check_compatible(states, [str(src.model_path(i)) for i in ids])
+    spec = discover_spec(str(src.model_path(ids[0])))
+    model = None
+    data = None
+    if method in ("am", "ste"):
+        from ..arch import build
+        model = build(loaded[0][1])
+        ds = manifest.get("dataset", {})
+        data = load_dataset(ds.get("name", ""), data_root or ds.get("data_root"))
+    state = dist_state()
+    before_center = mean_states(states)
+    l2_before = _sq_to(states, before_center)
+    if reference == "barycenter":
+        perms, rounds, history = _barycenter(spec, states, method, state, seed, max_rounds,
+                                             tol, progress, **method_kw)
+    else:
+        r = ids.index(reference)
+        mine = {}
+        bar = Progress(len(ids), progress and state.is_main_process, desc=f"align to {reference}")
+        for i in range(len(ids)):
+            if i == r or i % state.num_processes != state.process_index:
+                continue
+            mine[i], _ = align(spec, states[r], states[i], method, model=model, data=data,
+                               seed=seed + i, **method_kw)
+            bar.step(1, 1, torch.tensor(0.0))
+        bar.close()
+        perms = _gather(state, mine)
+        perms[r] = identity_perms(spec)
+        rounds, history = 1, []
+    aligned = [apply(spec, perms[i], s) for i, s in enumerate(states)]
+    after_center = mean_states(aligned)
+    l2_after = _sq_to(aligned, after_center)
+    report = {"method": method, "reference": reference, "models": len(ids), "rounds": rounds,
+              "l2_to_barycenter_before": (l2_before / len(ids)) ** 0.5,
+              "l2_to_barycenter_after": (l2_after / len(ids)) ** 0.5,
+              "history": history, "seconds": time.perf_counter() - t0}
+    if state.is_main_process:
+        _write(src, dst, manifest, entries, loaded, aligned, perms, spec, report, force)
+    state.wait_for_everyone()
+    return report
+
+
+def _barycenter(spec: Spec, states, method, state, seed, max_rounds, tol, progress, **kw):
+    n = len(states)
+    perms = {i: identity_perms(spec) for i in range(n)}
+    best = None
+    history = []
+    bar = Progress(n * max_rounds, progress and state.is_main_process, desc="barycenter")
+    rounds = 0
+    for rounds in range(1, max_rounds + 1):
+        aligned = [apply(spec, perms[i], s) for i, s in enumerate(states)]
+        center = mean_states(aligned)
+        total = _sq_to(aligned, center)
+        history.append((total / n) ** 0.5)
+        if best is not None and total >= best[0]:
+            break
+        converged = best is not None and total > best[0] * (1 - tol) ** 2
+        best = (total, {i: dict(p) for i, p in perms.items()})
+        if converged or rounds == max_rounds:
+            break
+        mine = {}
+        for i in range(n):
+            if i % state.num_processes != state.process_index:
+                continue
+            others = {k: (v * n - aligned[i][k]) / (n - 1) if v.is_floating_point() else v
+                      for k, v in center.items()}
+            mine[i], _ = align(spec, others, states[i], method, seed=seed + 1000 * rounds + i,
+                               init=perms[i], **kw) if method == "wm" else \
+                align(spec, others, states[i], method, seed=seed + 1000 * rounds + i, **kw)
+            bar.step(1, 1, torch.tensor(history[-1]))
+        perms = _gather(state, mine)
+    bar.close()
+    return best[1], rounds, history
+
+
+def _write(src: Zoo, dst: Zoo, manifest, entries, loaded, aligned, perms, spec, report, force):
+    with dst.writer_lock():
+        if force and dst.exists():
+            dst.manifest_path.unlink()
+            for sub in ("models", "perms"):
+                shutil.rmtree(dst.root / sub, ignore_errors=True)
+        atomic_write_text(dst.root / "spec.json", spec.to_json())
+        for e, (state, arch, meta), new, i in zip(entries, loaded, aligned, range(len(entries))):
+            meta = {**meta, "canonical": {"method": report["method"],
+                                          "reference": report["reference"],
+                                          "source": str(src.model_path(e["id"]))}}
+            save_checkpoint(dst.model_path(e["id"]), new, arch, meta)
+            blob = save({g: p.contiguous() for g, p in perms[i].items()},
+                        metadata={"weightspace.perms_of": e["id"]})
+            atomic_write(dst.root / "perms" / f"{e['id']}.safetensors",
+                         lambda tmp, b=blob: Path(tmp).write_bytes(b))
+        out = {**manifest, "models": entries,
+               "canonicalization": {**report, "source": str(src.root), "spec": "spec.json",
+                                    "perms": "perms/<id>.safetensors"}}
+        dst.write(out)
+
+
+def restore(canon_dir, model_id: str) -> dict:
+    """The original state dict of ``model_id`` from a canonicalized zoo (bitwise)."""
+    root = Path(canon_dir)
+    spec = Spec.from_json((root / "spec.json").read_text())
+    perms = load_file(str(root / "perms" / f"{model_id}.safetensors"))
+    state, _, _ = read_checkpoint(Zoo(root).model_path(model_id))
+    return apply(spec, invert(spec, perms), state)
+
+
+__all__ = ["canonicalize_zoo", "restore"]
