@@ -236,3 +236,28 @@ def test_cli_align_bad_input(tmp_path, capsys):
     assert main(["align", str(a), str(n), "--out", str(out)]) == 2
     assert "1.bias" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_accelerate_two_processes_identical_to_one(digits_zoo, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from .test_zoo import ROOT, _free_port, files
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    args = ["canonicalize", str(digits_zoo), "--no-progress", "--max-rounds", "3"]
+    one = subprocess.run([sys.executable, "-m", "weightspace.cli.main", *args, "--out",
+                          str(tmp_path / "one")], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+                "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+                "-m", "weightspace.cli.main"]
+    two = subprocess.run(launcher + args + ["--out", str(tmp_path / "two")], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert files(tmp_path / "one") == files(tmp_path / "two")
+    perms = sorted((tmp_path / "one" / "perms").glob("*"))
+    assert perms and all(p.read_bytes() == (tmp_path / "two" / "perms" / p.name).read_bytes()
+                         for p in perms)

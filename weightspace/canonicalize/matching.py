@@ -189,19 +189,76 @@ class WeightMatcher:
                 self.key_groups[k] |= set(layout_groups(layout))
         self.version = {g.name: 0 for g in spec.groups}
         self._cache: dict = {}
+        self._mat: dict = {}
+        self._plain: dict = {}
+        self._solved: dict = {}
+        self.fam_keys = {f.top: sorted({o.key for o in f.occs}) for f in self.fams}
+        self.quadratic = {f.top for f in self.fams if any(
+            len({o.axis for o in f.occs if o.key == k}) > 1 for k in self.fam_keys[f.top])}
 
     # -- B with every group but ``skip`` applied (only the axes that need it) -------------
-    def _permuted_b(self, key: str, perms: Perms, skip: set[str]) -> torch.Tensor:
-        t = self.B[key]
-        local = {g: (torch.arange(p.shape[-1]).expand_as(p) if g in skip else p)
-                 for g, p in perms.items()}
+    def _local(self, perms: Perms, skip) -> Perms:
+        return {g: (torch.arange(p.shape[-1]).expand_as(p) if g in skip else p)
+                for g, p in perms.items()}
+
+    def _sources(self, key: str, local: Perms, skip) -> dict[int, torch.Tensor]:
+        """axis -> source index along it, for the axes some non-skipped group acts on."""
+        out = {}
         for axis, layout in self.axes.get(key, []):
             names = layout_groups(layout)
-            if not names or all(n in skip for n in names):
-                continue
-            idx = layout_index(layout, local, self.parents).to(t.device)
-            t = t.index_select(axis, idx)
+            if names and not all(n in skip for n in names):
+                idx = layout_index(layout, local, self.parents)
+                if not torch.equal(idx, torch.arange(len(idx))):
+                    out[axis] = idx
+        return out
+
+    def _permuted_b(self, key: str, perms: Perms, skip: set[str]) -> torch.Tensor:
+        t = self.B[key]
+        for axis, idx in self._sources(key, self._local(perms, skip), skip).items():
+            t = t.index_select(axis, idx.to(t.device))
         return t
+
+    def _mats(self, key: str, oi: int, o: _Occ):
+        """A's and B's slices of one occurrence as [rows, m * rest] matrices (built once:
+        A never changes, and B's other permutations become one column gather)."""
+        hit = self._mat.get((key, oi))
+        if hit is None:
+            idx = o.idx.reshape(-1, o.idx.shape[-1])
+            rows = idx.reshape(-1).to(self.device)
+
+            whole = o.axis == 0 and len(rows) == self.A[key].shape[0] and \
+                torch.equal(rows.cpu(), torch.arange(len(rows)))
+
+            def mat(t):
+                if whole:  # the axis itself, in order: a view, no copy
+                    return t.reshape(idx.shape[0], -1)
+                return t.movedim(o.axis, 0)[rows].reshape(idx.shape[0], -1)
+            hit = self._mat[(key, oi)] = (mat(self.A[key]), mat(self.B[key]))
+        return hit
+
+    def _columns(self, key: str, o: _Occ, src: dict[int, torch.Tensor]):
+        """Column index that applies the other groups' permutations to B's matrix (None:
+        nothing to apply). Columns are (position in the occurrence row, rest of the axes)."""
+        shape = self.B[key].shape
+        idx = o.idx.reshape(-1, o.idx.shape[-1])
+        m = idx.shape[1]
+        sigma = None
+        if o.axis in src:  # other groups on the same axis act within each row
+            inv = torch.full((shape[o.axis],), -1, dtype=torch.long)
+            inv[idx[0]] = torch.arange(m)
+            sigma = inv[src[o.axis][idx[0]]]
+            if (sigma < 0).any() or not torch.equal(src[o.axis][idx], idx[:, sigma]):
+                raise ValueError(f"{key}: axis {o.axis} mixes a group's rows (unsupported "
+                                 f"layout for weight matching)")
+        others = [b for b in range(len(shape)) if b != o.axis]
+        if sigma is None and not any(b in src for b in others):
+            return None
+        rest = torch.zeros(1, dtype=torch.long)
+        for b in others:
+            sb = src.get(b, torch.arange(shape[b]))
+            rest = (rest[:, None] * shape[b] + sb[None, :]).reshape(-1)
+        sigma = torch.arange(m) if sigma is None else sigma
+        return (sigma[:, None] * len(rest) + rest[None, :]).reshape(-1)
 
     def _contribution(self, fam: Family, key: str, perms: Perms):
         deps = tuple(sorted((g, self.version[g]) for g in self.key_groups[key]
@@ -209,29 +266,49 @@ class WeightMatcher:
         hit = self._cache.get((fam.top, key))
         if hit is not None and hit[0] == deps:
             return hit[1]
-        bp = self._permuted_b(key, perms, set(fam.groups))
-        a = self.A[key]
+        skip = set(fam.groups)
+        src = self._sources(key, self._local(perms, skip), skip)
         plain, nested = None, {}
-        for o in fam.occs:
+        for oi, o in enumerate(fam.occs):
             if o.key != key:
                 continue
-            idx = o.idx.to(a.device)
-            am = a.movedim(o.axis, 0)
-            bm = bp.movedim(o.axis, 0)
+            sa, sb = self._mats(key, (fam.top, oi), o)
+            col = self._columns(key, o, src)
             if o.child is None:
-                n = idx.shape[0]
-                sa = am[idx.reshape(-1)].reshape(n, -1)
-                sb = bm[idx.reshape(-1)].reshape(n, -1)
-                c = sa @ sb.T
+                c = self._plain_cost((fam.top, key, oi), sa, sb, col)
                 plain = c if plain is None else plain + c
             else:
-                h, d, _ = idx.shape
-                sa = am[idx.reshape(-1)].reshape(h, d, -1)
-                sb = bm[idx.reshape(-1)].reshape(h, d, -1)
-                s = torch.einsum("ijr,hkr->ihjk", sa, sb)
-                nested[o.child] = s if o.child not in nested else nested[o.child] + s
+                if col is not None:
+                    sb = sb.index_select(1, col.to(sb.device))
+                h, d, _ = o.idx.shape
+                c = torch.einsum("ijr,hkr->ihjk", sa.view(h, d, -1), sb.view(h, d, -1))
+                nested[o.child] = c if o.child not in nested else nested[o.child] + c
         self._cache[(fam.top, key)] = (deps, (plain, nested))
         return plain, nested
+
+    def _plain_cost(self, slot, sa, sb, col):
+        """``sa @ sb[:, col].T``, updated from the previous value when only a few columns
+        moved: the change is ``sa[:, D] @ (sb[:, new D] - sb[:, old D]).T`` (late sweeps
+        of the descent move few units, so this is much cheaper than a full product)."""
+        ncol = sb.shape[1]
+        col = torch.arange(ncol) if col is None else col
+        prev = self._plain.get(slot)
+        if prev is not None:
+            c_old, col_old = prev
+            moved = (col != col_old).nonzero().flatten()
+            if len(moved) * 2 < ncol:
+                if len(moved) == 0:
+                    return c_old
+                dev = sa.device
+                d_new, d_old, m = (t.to(dev) for t in (col[moved], col_old[moved], moved))
+                c = c_old + sa.index_select(1, m) @ (sb.index_select(1, d_new)
+                                                     - sb.index_select(1, d_old)).T
+                self._plain[slot] = (c, col)
+                return c
+        c = sa @ (sb if torch.equal(col, torch.arange(ncol)) else
+                  sb.index_select(1, col.to(sb.device))).T
+        self._plain[slot] = (c, col)
+        return c
 
     def family_cost(self, fam: Family, perms: Perms):
         """(plain [n, n] or None, {child: [H, H, d, d]}) summed over the family's params."""
@@ -285,38 +362,55 @@ class WeightMatcher:
     def run(self, perms: Perms | None = None, max_iter: int = 100, seed: int = 0,
             fixed: set[str] = frozenset(), block_pairing=None) -> tuple[Perms, dict]:
         """Coordinate descent from ``perms`` (identity by default); families in ``fixed``
-        stay as they are; ``block_pairing(fam) -> perm`` may fix how blocks pair."""
+        stay as they are; ``block_pairing(fam) -> perm`` may fix how blocks pair.
+
+        A step is taken only if it strictly raises the objective, so the objective never
+        decreases and the descent stops. A family acting on two axes of one tensor makes its
+        step a linearisation; there the exact change is checked before accepting it."""
         perms = {k: v.clone() for k, v in (perms or identity_perms(self.spec)).items()}
         rng = random.Random(seed)
-        history, changes, it = [self.objective(perms)], 0, 0
+        objective = self.objective(perms)
+        history, changes, it = [objective], 0, 0
         active = [f for f in self.fams if f.top not in fixed]
         for it in range(1, max_iter + 1):
             order = list(active)
             rng.shuffle(order)
             changed = False
             for fam in order:
+                sig = tuple(self.version[g] for k in self.fam_keys[fam.top]
+                            for g in sorted(self.key_groups[k]))
+                if self._solved.get(fam.top) == sig:
+                    continue  # nothing it depends on moved since it was last solved
                 plain, nested = self.family_cost(fam, perms)
                 old = self.family_value(plain, nested, perms, fam)
                 pairing = block_pairing(fam) if block_pairing and nested else None
                 new_perms = self.solve_family(fam, plain, nested, pairing)
                 trial = {**perms, **new_perms}
-                new = self.family_value(plain, nested, trial, fam)
-                if new > old + 1e-9 * max(1.0, abs(old)) and any(
+                delta = self.family_value(plain, nested, trial, fam) - old
+                if fam.top in self.quadratic:
+                    delta = sum(self._inner(k, trial) - self._inner(k, perms)
+                                for k in self.fam_keys[fam.top])
+                if delta > 1e-9 * max(1.0, abs(objective)) and any(
                         not torch.equal(new_perms[g], perms[g]) for g in new_perms):
                     perms = trial
+                    objective += delta
                     for g in new_perms:
                         self.version[g] += 1
                     changed = True
                     changes += 1
-            history.append(self.objective(perms))
+                self._solved[fam.top] = tuple(self.version[g] for k in self.fam_keys[fam.top]
+                                              for g in sorted(self.key_groups[k]))
+            history.append(objective)
             if not changed:
                 break
         return perms, {"iterations": it, "objective_history": history, "changes": changes}
 
+    def _inner(self, key: str, perms: Perms) -> float:
+        return float((self.A[key] * self._permuted_b(key, perms, set())).sum())
+
     def objective(self, perms: Perms) -> float:
         """``sum <A, P(B)>`` over the parameters the spec permutes."""
-        return float(sum((self.A[k] * self._permuted_b(k, perms, set())).sum()
-                         for k in self.A))
+        return sum(self._inner(k, perms) for k in self.A)
 
 
 def l2_distance(A: dict, B: dict) -> float:

@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save
 
-from ..checkpoint import atomic_write, atomic_write_text, read_checkpoint, save_checkpoint
+from ..checkpoint import (atomic_write, atomic_write_text, canonical_safetensors, read_checkpoint,
+                          save_checkpoint)
 from ..functional import check_compatible, mean_states
 from ..symmetry import apply, identity_perms, invert, spec as discover_spec
 from ..symmetry.structure import Spec
@@ -112,7 +113,8 @@ def canonicalize_zoo(zoo_dir, out_dir, method: str = "wm", reference: str = "bar
     report = {"method": method, "reference": reference, "models": len(ids), "rounds": rounds,
               "l2_to_barycenter_before": (l2_before / len(ids)) ** 0.5,
               "l2_to_barycenter_after": (l2_after / len(ids)) ** 0.5,
-              "history": history, "seconds": time.perf_counter() - t0}
+              "history": history, "seconds": time.perf_counter() - t0,
+              "main_process": state.is_main_process}
     if state.is_main_process:
         _write(src, dst, manifest, entries, loaded, aligned, perms, spec, report, force)
     state.wait_for_everyone()
@@ -164,8 +166,8 @@ def _write(src: Zoo, dst: Zoo, manifest, entries, loaded, aligned, perms, spec, 
                                           "reference": report["reference"],
                                           "source": str(src.model_path(e["id"]))}}
             save_checkpoint(dst.model_path(e["id"]), new, arch, meta)
-            blob = save({g: p.contiguous() for g, p in perms[i].items()},
-                        metadata={"weightspace.perms_of": e["id"]})
+            blob = canonical_safetensors(save({g: p.contiguous() for g, p in perms[i].items()},
+                                              metadata={"weightspace.perms_of": e["id"]}))
             atomic_write(dst.root / "perms" / f"{e['id']}.safetensors",
                          lambda tmp, b=blob: Path(tmp).write_bytes(b))
         out = {**manifest, "models": entries,

@@ -29,6 +29,8 @@ def run(args) -> int:
                            data_root=args.data_root, seed=args.seed, max_rounds=args.max_rounds, tol=args.tol,
                            force=args.force, progress=not args.no_progress and not args.json,
                            **method_kwargs(args))
+    if not rep.pop("main_process"):
+        return 0  # another process of an `accelerate launch` run reports
     if args.json:
         print(json.dumps({**rep, "out": args.out}, indent=1))
     else:

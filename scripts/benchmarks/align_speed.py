@@ -1,0 +1,192 @@
+"""Weight matching speed and quality against baselines run in the same process.
+
+Baselines:
+* ``rebasin`` (PyPI, snimu; ``PermutationCoordinateDescent``) — install it for this
+  benchmark only: ``.venv/bin/pip install '.[bench]'``; skipped with a note when absent;
+* ``port`` — a direct port of the reference algorithm (Ainsworth et al.'s
+  ``weight_matching``: every step re-permutes every member tensor and recomputes the whole
+  cost), on specs whose layouts are all plain.
+
+Pairs (the same pair for every method): two ``mlp:64-512-512-512-10`` and two
+``resnet20?width=4`` (BatchNorm, one input channel) trained on digits; two independently
+initialised ``timm:resnet18`` and ``resnet20?width=16`` (69M parameters; not trained: too
+slow on this CPU). Then a zoo of 64 digits MLPs canonicalized to its barycenter.
+
+    .venv/bin/python scripts/benchmarks/align_speed.py [--skip-zoo] [--skip-w16]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from weightspace.arch import build, input_shape
+from weightspace.canonicalize import l2_distance, weight_matching
+from weightspace.symmetry import apply, symmetry_of
+from weightspace.zoo import HParams, load_dataset, train_batched
+
+
+def port_weight_matching(spec, A, B, max_iter=100, seed=0):
+    """Direct port of the reference weight matching (plain layouts only)."""
+    axes_to_perm = {k: [None] * len(s) for k, s in spec.shapes.items()}
+    perm_to_axes: dict[str, list] = {}
+    for member, layout in spec.layouts.items():
+        key, _, axis = member.rpartition(":")
+        if layout[0] != "group":
+            raise ValueError("structured layout")
+        axes_to_perm[key][int(axis)] = layout[1]
+        perm_to_axes.setdefault(layout[1], []).append((key, int(axis)))
+    A = {k: v.float() for k, v in A.items() if k in axes_to_perm}
+    B = {k: v.float() for k, v in B.items() if k in axes_to_perm}
+    sizes = {p: A[ax[0][0]].shape[ax[0][1]] for p, ax in perm_to_axes.items()}
+    perm = {p: torch.arange(n) for p, n in sizes.items()}
+    names = sorted(perm)
+    gen = torch.Generator().manual_seed(seed)
+
+    def permuted(k, except_axis):
+        w = B[k]
+        for axis, p in enumerate(axes_to_perm[k]):
+            if axis != except_axis and p is not None:
+                w = torch.index_select(w, axis, perm[p])
+        return w
+
+    for _ in range(max_iter):
+        progress = False
+        for pi in torch.randperm(len(names), generator=gen).tolist():
+            p, n = names[pi], sizes[names[pi]]
+            cost = torch.zeros(n, n)
+            for k, axis in perm_to_axes[p]:
+                wa = torch.movedim(A[k], axis, 0).reshape(n, -1)
+                wb = torch.movedim(permuted(k, axis), axis, 0).reshape(n, -1)
+                cost += wa @ wb.T
+            _, ci = linear_sum_assignment(cost.numpy(), maximize=True)
+            ci = torch.from_numpy(ci)
+            old = cost[torch.arange(n), perm[p]].sum()
+            new = cost[torch.arange(n), ci].sum()
+            progress = progress or bool(new > old + 1e-12)
+            perm[p] = ci
+        if not progress:
+            break
+    return perm
+
+
+def rebasin_align(ref, A, B, x):
+    from rebasin import PermutationCoordinateDescent
+    ma, mb = build(ref), build(ref)
+    ma.load_state_dict(A)
+    mb.load_state_dict(B)
+    pcd = PermutationCoordinateDescent(ma, mb, x)
+    pcd.rebasin()
+    return mb.state_dict()
+
+
+def trained_pair(ref, epochs, hp_kw):
+    d = load_dataset("digits")
+    x, y = d["train"]
+    states = train_batched(ref, [0, 1], HParams(epochs=epochs, **hp_kw), x, y)
+    return states[0], states[1]
+
+
+def init_pair(ref):
+    out = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        sd = build(ref).state_dict()
+        g = torch.Generator().manual_seed(seed + 100)
+        for k, v in sd.items():  # move BN statistics off their defaults, as training would
+            if "running_mean" in k:
+                sd[k] = 0.1 * torch.randn(v.shape, generator=g)
+            elif "running_var" in k:
+                sd[k] = 1 + 0.1 * torch.rand(v.shape, generator=g)
+        out.append(sd)
+    return out
+
+
+def timed(fn, repeat):
+    times, out = [], None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def bench_pair(name, ref, A, B, repeat=3, port=True, rebasin=True):
+    model = build(ref).eval()
+    x = torch.randn(input_shape(ref, model) if "in_chans=1" not in ref else (1, 1, 8, 8))
+    t = time.perf_counter()
+    spec = symmetry_of(model, x)
+    t_spec = time.perf_counter() - t
+    rows = []
+    secs, (perms, rep) = timed(lambda: weight_matching(spec, A, B), repeat)
+    ours = (secs, rep.l2_after)
+    rows.append(("weightspace wm", secs, rep.l2_after, f"{rep.iterations} sweeps"))
+    if port:
+        try:
+            secs, p = timed(lambda: port_weight_matching(spec, A, B), 1)
+            rows.append(("direct port", secs, l2_distance(A, apply(spec, p, B)), ""))
+        except ValueError:
+            rows.append(("direct port", None, None, "structured layouts: not portable"))
+    if rebasin:
+        try:
+            secs, bb = timed(lambda: rebasin_align(ref, A, B, x), 1)
+            rows.append(("rebasin", secs, l2_distance(A, bb), ""))
+        except ImportError:
+            rows.append(("rebasin", None, None, "not installed (pip install '.[bench]')"))
+        except Exception as e:  # noqa: BLE001 - report the baseline's failure, keep going
+            rows.append(("rebasin", None, None, f"failed: {type(e).__name__}: {e}"[:80]))
+    n = sum(v.numel() for v in A.values())
+    print(f"\n{name}: {ref} ({n / 1e6:.2f}M parameters; spec discovery {t_spec:.2f} s, "
+          f"not included); L2 before {rep.l2_before:.4f}")
+    print(f"  {'method':<16} {'seconds':>8} {'L2 after':>10} {'ours faster':>11}  note")
+    for meth, secs, l2, note in rows:
+        if secs is None:
+            print(f"  {meth:<16} {'-':>8} {'-':>10} {'-':>11}  {note}")
+        else:
+            print(f"  {meth:<16} {secs:>8.3f} {l2:>10.4f} {secs / ours[0]:>10.1f}x  {note}")
+
+
+def bench_zoo():
+    from weightspace.canonicalize.zoo import canonicalize_zoo
+    from weightspace.zoo import train_zoo
+    with tempfile.TemporaryDirectory() as tmp:
+        train_zoo(f"{tmp}/zoo", "mlp:64-64-64-10", "digits", HParams(epochs=30), models=64,
+                  progress=False)
+        t = time.perf_counter()
+        rep = canonicalize_zoo(f"{tmp}/zoo", f"{tmp}/canon", "wm", "barycenter",
+                               progress=False)
+        secs = time.perf_counter() - t
+    print(f"\nzoo: 64 x mlp:64-64-64-10 (digits) to the barycenter: {secs:.2f} s "
+          f"({rep['rounds']} rounds); RMS L2 to barycenter {rep['l2_to_barycenter_before']:.4f}"
+          f" -> {rep['l2_to_barycenter_after']:.4f}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--skip-zoo", action="store_true")
+    p.add_argument("--skip-w16", action="store_true")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device cpu")
+    a, b = trained_pair("mlp:64-512-512-512-10", 10, {"batch_size": 64})
+    bench_pair("trained MLP pair", "mlp:64-512-512-512-10", a, b)
+    ref = "resnet20?width=4&in_chans=1"
+    a, b = trained_pair(ref, 3, {"batch_size": 64, "optimizer": "sgd", "lr": 0.05})
+    bench_pair("trained ResNet-20 x4 pair", ref, a, b)
+    a, b = init_pair("timm:resnet18")
+    bench_pair("initialised timm resnet18 pair", "timm:resnet18", a, b)
+    if not args.skip_w16:
+        a, b = init_pair("resnet20?width=16")
+        bench_pair("initialised ResNet-20 x16 pair", "resnet20?width=16", a, b, repeat=1,
+                   rebasin=False)
+    if not args.skip_zoo:
+        bench_zoo()
+
+
+if __name__ == "__main__":
+    main()
