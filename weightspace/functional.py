@@ -1,6 +1,7 @@
 """Small shared pieces for working with state dicts as data: checks, distances, BN reset."""
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -47,6 +48,12 @@ def mean_states(states: list[dict]) -> dict:
             else v.clone() for k, v in first.items()}
 
 
+def scratch(model: nn.Module) -> nn.Module:
+    """A private copy to load weights into: ``model.state_dict()`` tensors share storage
+    with the module, so loading into the caller's model would overwrite its states."""
+    return copy.deepcopy(model)
+
+
 def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
@@ -87,3 +94,15 @@ def loss_acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor, state: dict | N
     n = max(len(y), 1)
     loss = tot / n
     return (loss if math.isfinite(loss) else float("inf")), correct / n
+
+
+def train_step(model: nn.Module, state: dict, opt: torch.optim.Optimizer, x: torch.Tensor,
+               y: torch.Tensor, batch_size: int, gen: torch.Generator) -> float:
+    """One optimizer step on the cross-entropy of ``model`` run with ``state`` (whose
+    tensors carry the gradient path) on a random batch of (x, y)."""
+    idx = torch.randint(len(y), (batch_size,), generator=gen)
+    loss = nn.functional.cross_entropy(functional_call(model, state, (x[idx],)), y[idx])
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss)

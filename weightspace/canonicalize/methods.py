@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ..functional import has_batchnorm, loss_acc, reset_bn
+from ..functional import has_batchnorm, loss_acc, reset_bn, scratch, train_step
 from ..symmetry.structure import Perms, Spec, apply, identity_perms
 from .matching import MatchReport, WeightMatcher, families, l2_distance, lap
 
@@ -146,6 +146,7 @@ def ste_matching(spec: Spec, model: nn.Module, A: dict, B: dict, train, val,
                  steps: int = 300, lr: float = 1e-3, batch_size: int = 128,
                  eval_every: int = 50, seed: int = 0) -> tuple[Perms, MatchReport]:
     t0 = time.perf_counter()
+    model = scratch(model)  # the midpoint evaluation loads weights into it
     x, y = train
     xv, yv = val
     gen = torch.Generator().manual_seed(seed)
@@ -166,11 +167,7 @@ def ste_matching(spec: Spec, model: nn.Module, A: dict, B: dict, train, val,
         bp = apply(spec, perms, B)
         mid = {k: (A[k] + bp[k]) / 2 + (proxy[k] - proxy[k].detach()) if k in proxy
                else (A[k] + bp[k]) / 2 if A[k].is_floating_point() else A[k] for k in A}
-        idx = torch.randint(len(y), (batch_size,), generator=gen)
-        loss = nn.functional.cross_entropy(functional_call(model, mid, (x[idx],)), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(model, mid, opt, x, y, batch_size, gen)
         if step % eval_every == 0 or step == steps:
             v = _midpoint_loss(model, spec, A, B, perms, xv, yv, calib)
             if v < best[0]:

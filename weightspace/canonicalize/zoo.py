@@ -1,8 +1,9 @@
 """Canonicalize a whole zoo: every model into one basin, stored so each original is recoverable.
 
 * ``reference=ID`` aligns every model to that model (any method).
-* ``reference="barycenter"`` (MergeMany-style, weight-space methods): given the current
-  aligned zoo, every model is matched to the mean of all the *others*; repeat until the
+* ``reference="barycenter"`` (MergeMany-style, weight-space methods): starting from every
+  model aligned to the first one, every model is matched to the mean of all the *others*
+  (given the current aligned zoo); repeat until the
   summed squared L2 distance to the barycenter stops decreasing (relative change of the RMS
   distance below ``tol``; the best round is kept).
   Given the current barycenter the per-model matches are independent, so under
@@ -123,10 +124,18 @@ def canonicalize_zoo(zoo_dir, out_dir, method: str = "wm", reference: str = "bar
 
 def _barycenter(spec: Spec, states, method, state, seed, max_rounds, tol, progress, **kw):
     n = len(states)
-    perms = {i: identity_perms(spec) for i in range(n)}
+    bar = Progress(n * (max_rounds + 1), progress and state.is_main_process, desc="barycenter")
+    # Start from every model aligned to model 0: the blurry mean of unaligned models is a
+    # poor first target (and permuted copies of one model become identical at once).
+    mine = {}
+    for i in range(1, n):
+        if i % state.num_processes == state.process_index:
+            mine[i], _ = align(spec, states[0], states[i], method, seed=seed + i, **kw)
+            bar.step(1, 1, torch.tensor(0.0))
+    perms = _gather(state, mine)
+    perms[0] = identity_perms(spec)
     best = None
     history = []
-    bar = Progress(n * max_rounds, progress and state.is_main_process, desc="barycenter")
     rounds = 0
     for rounds in range(1, max_rounds + 1):
         aligned = [apply(spec, perms[i], s) for i, s in enumerate(states)]

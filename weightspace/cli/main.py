@@ -9,12 +9,13 @@ from ..checkpoint import CheckpointError
 from ..symmetry import SpecError, TraceError
 from ..zoo import DatasetError, TrainError, ZooError
 from ..functional import StateError
-from . import align_cmd, canonicalize_cmd, spec_cmd, zoo_cmd
+from ..merge import LMCError
+from . import align_cmd, canonicalize_cmd, lmc_cmd, spec_cmd, zoo_cmd
 
 VERBS = {"spec": spec_cmd, "zoo": zoo_cmd, "align": align_cmd,
-         "canonicalize": canonicalize_cmd}
+         "canonicalize": canonicalize_cmd, "lmc": lmc_cmd, "merge": lmc_cmd}
 USER_ERRORS = (ArchError, CheckpointError, SpecError, TraceError, DatasetError, TrainError,
-               ZooError, StateError, FileNotFoundError)
+               ZooError, StateError, LMCError, FileNotFoundError)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -23,7 +24,7 @@ def parser() -> argparse.ArgumentParser:
         description="Weight-space learning and model merging: model zoos, permutation "
                     "symmetry, canonicalization, merging, generation.")
     sub = p.add_subparsers(dest="verb", metavar="VERB")
-    for name, mod in VERBS.items():
+    for mod in dict.fromkeys(VERBS.values()):  # a module may serve several verbs
         mod.add_parser(sub)
     return p
 
