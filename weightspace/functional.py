@@ -105,4 +105,4 @@ def train_step(model: nn.Module, state: dict, opt: torch.optim.Optimizer, x: tor
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return float(loss)
+    return float(loss.detach())

@@ -10,12 +10,14 @@ from ..symmetry import SpecError, TraceError
 from ..zoo import DatasetError, TrainError, ZooError
 from ..functional import StateError
 from ..merge import LMCError
-from . import align_cmd, canonicalize_cmd, lmc_cmd, spec_cmd, zoo_cmd
+from ..generate import EncodingError
+from . import align_cmd, canonicalize_cmd, generate_cmd, lmc_cmd, spec_cmd, zoo_cmd
 
 VERBS = {"spec": spec_cmd, "zoo": zoo_cmd, "align": align_cmd,
-         "canonicalize": canonicalize_cmd, "lmc": lmc_cmd, "merge": lmc_cmd}
+         "canonicalize": canonicalize_cmd, "lmc": lmc_cmd, "merge": lmc_cmd,
+         "generate": generate_cmd}
 USER_ERRORS = (ArchError, CheckpointError, SpecError, TraceError, DatasetError, TrainError,
-               ZooError, StateError, LMCError, FileNotFoundError)
+               ZooError, StateError, LMCError, EncodingError, FileNotFoundError)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -144,7 +144,8 @@ def plot(result: dict, path) -> None:
             axes[1].plot(c["t"], c[f"{split}_acc"], style, color=color,
                          label=f"{split}, {which}")
     axes[0].set(xlabel="t", ylabel="loss", title="loss along (1-t) A + t B")
-    axes[1].set(xlabel="t", ylabel="accuracy", title=f"accuracy (BN: {result['bn']})")
+    bn = result.get("aligned", result["unaligned"])["bn"]
+    axes[1].set(xlabel="t", ylabel="accuracy", title=f"accuracy (between endpoints: {bn})")
     axes[1].legend(fontsize=8)
     fig.tight_layout()
     _save(fig, path)

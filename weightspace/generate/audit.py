@@ -1,0 +1,201 @@
+"""The audit of a sample zoo against its training zoo: good, diverse, and not copies?
+
+On the test split (nothing here selects on it):
+* accuracy of generated and zoo models (mean, std, min, max, median);
+* novelty: for each generated model the highest IoU of its set of misclassified test
+  examples with any zoo model's; the same leave-one-out inside the zoo (how novel an
+  independently trained network is); nearest-neighbour L2 distance in canonical weight
+  space, generated -> zoo and zoo -> zoo (leave-one-out);
+* baselines from the same zoo, in the same run: zoo models plus Gaussian noise (per-tensor
+  relative scales), a Gaussian fitted in the zoo's PCA code space, and the zoo mean;
+* ensembles of K generated vs K zoo models: accuracy and expected calibration error;
+* cost: seconds per generated model and function evaluations (from the sample zoo).
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import torch
+from torch.func import functional_call, vmap
+
+from ..arch import build
+from ..checkpoint import atomic_write_text
+from ..functional import has_batchnorm, mean_states, reset_bn
+from ..zoo.datasets import load_dataset
+from ..zoo.store import ZooError
+from .encoding import Encoding
+from .pipeline import load_zoo_states
+
+NOISE = (0.01, 0.03, 0.1)
+
+
+@torch.no_grad()
+def probabilities(arch: str, states: list[dict], x: torch.Tensor) -> torch.Tensor:
+    """[models, examples, classes] softmax outputs (eval mode)."""
+    base = build(arch).to("meta").eval()
+    stacked = {k: torch.stack([s[k] for s in states]) for k in states[0]}
+    out = vmap(lambda s, xb: functional_call(base, s, (xb,)), in_dims=(0, None))(stacked, x)
+    return out.softmax(-1)
+
+
+def _stats(v: list[float]) -> dict:
+    return {"mean": statistics.fmean(v), "std": statistics.pstdev(v), "min": min(v),
+            "max": max(v), "median": statistics.median(v)}
+
+
+def _max_iou(wrong: torch.Tensor, ref: torch.Tensor, leave_one_out: bool = False):
+    """For each row of ``wrong`` [M, n] the max IoU with any row of ``ref`` [R, n]."""
+    w, r = wrong.float(), ref.float()
+    inter = w @ r.T
+    union = w.sum(1, keepdim=True) + r.sum(1)[None, :] - inter
+    iou = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(inter))
+    if leave_one_out:
+        iou.fill_diagonal_(-1)
+    return iou.max(1).values
+
+
+def _nn_dist(a: torch.Tensor, b: torch.Tensor, leave_one_out: bool = False):
+    d = torch.cdist(a.double(), b.double())
+    if leave_one_out:
+        d.fill_diagonal_(float("inf"))
+    return d.min(1).values
+
+
+def ece(probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> float:
+    conf, pred = probs.max(1)
+    correct = (pred == y).float()
+    edges = torch.linspace(0, 1, bins + 1)
+    total = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (conf > lo) & (conf <= hi)
+        if m.any():
+            total += float(m.float().mean() * (conf[m].mean() - correct[m].mean()).abs())
+    return total
+
+
+def audit(samples_dir, zoo_dir, k_ensemble: int = 10, seed: int = 0, data_root=None,
+          out_dir=None) -> dict:
+    sm, s_entries, gen_states, arch = load_zoo_states(samples_dir)
+    zm, z_entries, zoo_states, zarch = load_zoo_states(zoo_dir)
+    if arch != zarch:
+        raise ZooError(f"{samples_dir} holds {arch!r} models but {zoo_dir} holds {zarch!r}")
+    ds = zm.get("dataset", {})
+    data = load_dataset(ds.get("name", ""), data_root or ds.get("data_root"))
+    x, y = data["test"]
+    calib = data["train"][0][:2048]
+    enc = Encoding.fit(arch, zoo_states, pca=True)
+    gen = torch.Generator().manual_seed(seed)
+
+    def bn_fix(states):
+        if not has_batchnorm(build(arch)):
+            return states
+        net, out = build(arch), []
+        for s in states:
+            net.load_state_dict(s)
+            reset_bn(net, calib)
+            out.append({k: v.clone() for k, v in net.state_dict().items()})
+        return out
+
+    def summarise(states, loo_ref=False):
+        p = probabilities(arch, states, x)
+        pred = p.argmax(-1)
+        acc = (pred == y).float().mean(1).tolist()
+        wrong = pred != y
+        iou = _max_iou(wrong, zoo_wrong, leave_one_out=loo_ref).tolist()
+        return p, acc, iou
+
+    zp = probabilities(arch, zoo_states, x)
+    zoo_wrong = zp.argmax(-1) != y
+    _, zacc, ziou = summarise(zoo_states, loo_ref=True)
+    gp, gacc, giou = summarise(gen_states)
+    zc = torch.stack([enc._flatten(s) for s in zoo_states])
+    gc = torch.stack([enc._flatten(s) for s in gen_states])
+    report = {
+        "arch": arch, "dataset": data.name, "samples_dir": str(samples_dir),
+        "zoo_dir": str(zoo_dir),
+        "generated": {"n": len(gen_states), "acc": _stats(gacc), "acc_mean": _stats(gacc)["mean"],
+                      "max_iou": _stats(giou), "max_iou_mean": statistics.fmean(giou),
+                      "nn_l2": _stats(_nn_dist(gc, zc).tolist())},
+        "zoo": {"n": len(zoo_states), "acc": _stats(zacc), "acc_mean": _stats(zacc)["mean"],
+                "max_iou_loo": _stats(ziou), "max_iou_loo_mean": statistics.fmean(ziou),
+                "nn_l2_loo": _stats(_nn_dist(zc, zc, leave_one_out=True).tolist())},
+        "nfe": sm.get("generation", {}).get("nfe"),
+        "seconds_per_model": sm.get("generation", {}).get("seconds_per_model"),
+    }
+    # baselines, each as many models as were generated (capped by the zoo for noise)
+    n = len(gen_states)
+    base = {}
+    picks = torch.randint(len(zoo_states), (n,), generator=gen).tolist()
+    for scale in NOISE:
+        noisy = []
+        for i in picks:
+            s = zoo_states[i]
+            noisy.append({k: v + scale * v.float().std().nan_to_num() *
+                          torch.randn(v.shape, generator=gen) if v.is_floating_point()
+                          and v.numel() > 1 else v for k, v in s.items()})
+        _, acc, iou = summarise(bn_fix(noisy))
+        base[f"noise_{scale}"] = {"acc_mean": statistics.fmean(acc),
+                                  "max_iou_mean": statistics.fmean(iou), "acc": acc,
+                                  "max_iou": iou}
+    codes = torch.stack([enc.encode(s) for s in zoo_states]).double()
+    mu, sd = codes.mean(0), codes.std(0).clamp_min(1e-12)
+    fake = [enc.decode((mu + sd * torch.randn(len(mu), generator=gen, dtype=torch.float64)))
+            for _ in range(n)]
+    _, acc, iou = summarise(bn_fix(fake))
+    base["pca_gaussian"] = {"acc_mean": statistics.fmean(acc),
+                            "max_iou_mean": statistics.fmean(iou), "acc": acc, "max_iou": iou}
+    _, acc, iou = summarise(bn_fix([mean_states(zoo_states)]))
+    base["zoo_mean"] = {"acc_mean": acc[0], "max_iou_mean": iou[0], "acc": acc, "max_iou": iou}
+    report["baselines"] = base
+    k = min(k_ensemble, len(gen_states), len(zoo_states))
+    ge, ze = gp[:k].mean(0), zp[:k].mean(0)
+    report["ensemble"] = {"k": k,
+                          "generated_acc": float((ge.argmax(1) == y).float().mean()),
+                          "generated_ece": ece(ge, y),
+                          "zoo_acc": float((ze.argmax(1) == y).float().mean()),
+                          "zoo_ece": ece(ze, y)}
+    if out_dir is not None:
+        write_report(report, gacc, giou, zacc, ziou, Path(out_dir))
+    return report
+
+
+def write_report(r: dict, gacc, giou, zacc, ziou, out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "report.json", json.dumps(r, indent=1) + "\n")
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.scatter(ziou, zacc, s=12, label="zoo (leave-one-out)", alpha=0.7)
+    ax.scatter(giou, gacc, s=12, label="generated", alpha=0.7)
+    for name, b in r["baselines"].items():
+        ax.scatter(b["max_iou"], b["acc"], s=10, marker="x", label=name, alpha=0.6)
+    ax.set(xlabel="novelty: max IoU of test errors with a zoo model (lower = newer)",
+           ylabel="test accuracy", title=f"{r['arch']} on {r['dataset']}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "acc_vs_novelty.png", dpi=120)
+    plt.close(fig)
+    g, z = r["generated"], r["zoo"]
+    lines = [f"# Generated vs zoo: {r['arch']} on {r['dataset']}", "",
+             "| | n | test acc mean | std | min | max | novelty (max IoU) | NN L2 |",
+             "|---|---|---|---|---|---|---|---|",
+             f"| zoo (leave-one-out) | {z['n']} | {z['acc']['mean']:.4f} | {z['acc']['std']:.4f}"
+             f" | {z['acc']['min']:.4f} | {z['acc']['max']:.4f} | {z['max_iou_loo_mean']:.3f} | "
+             f"{z['nn_l2_loo']['mean']:.3f} |",
+             f"| generated | {g['n']} | {g['acc']['mean']:.4f} | {g['acc']['std']:.4f} | "
+             f"{g['acc']['min']:.4f} | {g['acc']['max']:.4f} | {g['max_iou_mean']:.3f} | "
+             f"{g['nn_l2']['mean']:.3f} |"]
+    for name, b in r["baselines"].items():
+        lines.append(f"| {name} | {len(b['acc'])} | {b['acc_mean']:.4f} | | | | "
+                     f"{b['max_iou_mean']:.3f} | |")
+    e = r["ensemble"]
+    lines += ["", f"Ensemble of {e['k']}: generated acc {e['generated_acc']:.4f} "
+              f"(ECE {e['generated_ece']:.4f}), zoo acc {e['zoo_acc']:.4f} "
+              f"(ECE {e['zoo_ece']:.4f}).",
+              f"Sampling: {r['nfe']} function evaluations, "
+              f"{(r['seconds_per_model'] or 0) * 1e3:.2f} ms per model.", "",
+              "![accuracy vs novelty](acc_vs_novelty.png)", ""]
+    atomic_write_text(out / "report.md", "\n".join(lines))

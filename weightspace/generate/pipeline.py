@@ -1,0 +1,213 @@
+"""Fit a generator on a (canonical) zoo, and sample a zoo of new networks from it.
+
+A generator directory holds ``config.json`` (zoo, arch, dataset, encoding signature,
+training settings, time), ``encoding.safetensors``, ``generator.safetensors`` (the EMA
+velocity field) and ``state.safetensors`` + ``state.json`` (raw weights, optimizer, step:
+what an interrupted ``fit`` resumes from). A sample directory is an ordinary zoo
+(``manifest.json`` + ``models/<id>.safetensors``) that ``zoo eval``, ``lmc`` and ``merge``
+read directly.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save
+
+from .. import __version__
+from ..arch import build
+from ..checkpoint import (atomic_write, atomic_write_text, canonical_safetensors,
+                          read_checkpoint, save_checkpoint)
+from ..functional import has_batchnorm, reset_bn
+from ..zoo.datasets import load_dataset
+from ..zoo.store import FORMAT, FORMAT_VERSION, Zoo, ZooError
+from ..zoo.train import metrics
+from .encoding import Encoding, EncodingError
+from .flow import Velocity, sample, train_flow
+
+
+def load_zoo_states(zoo_dir) -> tuple[dict, list[dict], list[dict], str]:
+    """(manifest, finished entries, their state dicts, arch) of a zoo or canonical zoo."""
+    zoo = Zoo(zoo_dir)
+    m = zoo.read()
+    entries = [e for e in m["models"] if e.get("status") == "done"]
+    if not entries:
+        raise ZooError(f"{zoo_dir}: the zoo has no finished models")
+    loaded = [read_checkpoint(zoo.model_path(e["id"])) for e in entries]
+    archs = {a for _, a, _ in loaded}
+    if len(archs) != 1:
+        raise ZooError(f"{zoo_dir}: models of several architectures ({sorted(archs)[:3]}); "
+                       f"a generator needs one")
+    return m, entries, [s for s, _, _ in loaded], archs.pop()
+
+
+def _save_tensors(path, tensors: dict, meta: dict | None = None) -> None:
+    blob = canonical_safetensors(save({k: v.contiguous() for k, v in tensors.items()},
+                                      metadata=meta))
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(blob))
+
+
+def _flat(prefix: str, d: dict, out: dict, meta: dict) -> None:
+    """Optimizer state dict -> tensors + JSON (no pickling)."""
+    for k, v in d.items():
+        key = f"{prefix}/{k}"
+        if isinstance(v, torch.Tensor):
+            out[key] = v
+        elif isinstance(v, dict):
+            _flat(key, v, out, meta)
+        else:
+            meta[key] = v
+
+
+def _unflat(prefix: str, tensors: dict, meta: dict) -> dict:
+    out: dict = {}
+    for src in (tensors, meta):
+        for k, v in src.items():
+            if not k.startswith(prefix + "/"):
+                continue
+            parts = k[len(prefix) + 1:].split("/")
+            d = out
+            for p in parts[:-1]:
+                d = d.setdefault(int(p) if p.isdigit() else p, {})
+            d[int(parts[-1]) if parts[-1].isdigit() else parts[-1]] = v
+    return out
+
+
+def fit_generator(zoo_dir, out_dir, steps: int = 3000, batch_size: int = 128,
+                  lr: float = 1e-3, width: int = 512, depth: int = 3, pca: bool = False,
+                  ot: bool = True, seed: int = 0, progress: bool = True,
+                  checkpoint_every: int = 500, until: int | None = None) -> dict:
+    """Encode the zoo, train (or resume) the flow, save the generator; returns a summary."""
+    t0 = time.perf_counter()
+    m, entries, states, arch = load_zoo_states(zoo_dir)
+    out = Path(out_dir)
+    enc = Encoding.fit(arch, states, pca=pca)
+    codes = torch.stack([enc.encode(s) for s in states])
+    err = max(float((enc.decode(c)[k] - s[k]).abs().max()) for c, s in zip(codes, states)
+              for k in enc.keys)
+    cfg = {"format": "weightspace.generator", "version": 1, "weightspace_version": __version__,
+           "zoo": str(zoo_dir), "arch": arch, "dataset": m.get("dataset", {}),
+           "canonicalization": (m.get("canonicalization") or {}).get("method"),
+           "models": len(states), "encoding": json.loads(enc.signature()),
+           "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "width": width,
+                     "depth": depth, "ot": ot, "seed": seed, "sigma": 1.0},
+           "max_roundtrip_error": err}
+    state = None
+    if (out / "state.json").is_file():
+        old = json.loads((out / "config.json").read_text())
+        if old["encoding"] != cfg["encoding"] or old["train"] != cfg["train"] or \
+                old["zoo"] != cfg["zoo"]:
+            raise EncodingError(f"{out} holds a generator fitted with other settings; use "
+                                f"another --out")
+        st = load_file(str(out / "state.safetensors"))
+        sm = json.loads((out / "state.json").read_text())
+        state = {"model": _unflat("model", st, {}), "ema": _unflat("ema", st, {}),
+                 "opt": _unflat("opt", st, sm["meta"]), "step": sm["step"]}
+        state["opt"]["param_groups"] = sm["param_groups"]
+    out.mkdir(parents=True, exist_ok=True)
+    enc.save(out / "encoding.safetensors")
+    atomic_write_text(out / "config.json", json.dumps(cfg, indent=1))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=steps, initial=state["step"] if state else 0, desc="generator",
+                   mininterval=0.5)
+
+    def on_step(step, loss):
+        if bar is not None:
+            bar.update(1)
+            if step % 50 == 0:
+                bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
+
+    def on_checkpoint(st):
+        tensors, meta = {}, {}
+        _flat("model", st["model"], tensors, meta)
+        _flat("ema", st["ema"], tensors, meta)
+        opt = dict(st["opt"])
+        groups = opt.pop("param_groups")
+        _flat("opt", opt, tensors, meta)
+        _save_tensors(out / "state.safetensors", tensors)
+        atomic_write_text(out / "state.json", json.dumps(
+            {"step": st["step"], "meta": meta, "param_groups": groups}))
+        _save_tensors(out / "generator.safetensors", st["ema"],
+                      {"weightspace.velocity": json.dumps(velocity_cfg)})
+
+    velocity_cfg = {"dim": codes.shape[1], "width": width, "depth": depth, "temb": 64}
+    t1 = time.perf_counter()
+    model, _ = train_flow(codes, steps, batch_size, lr, width, depth, ot=ot, seed=seed,
+                          state=state, on_step=on_step, on_checkpoint=on_checkpoint,
+                          checkpoint_every=checkpoint_every, until=until)
+    if bar is not None:
+        bar.close()
+    cfg["train_seconds"] = time.perf_counter() - t1
+    atomic_write_text(out / "config.json", json.dumps(cfg, indent=1))
+    return {"out": str(out), "models": len(states), "dim": codes.shape[1],
+            "train_seconds": cfg["train_seconds"], "seconds": time.perf_counter() - t0,
+            "max_roundtrip_error": err}
+
+
+def load_generator(gen_dir) -> tuple[dict, Encoding, Velocity]:
+    gen = Path(gen_dir)
+    try:
+        cfg = json.loads((gen / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise EncodingError(f"{gen}: not a generator directory ({e})") from None
+    enc = Encoding.load(gen / "encoding.safetensors")
+    if json.loads(enc.signature()) != cfg.get("encoding"):
+        raise EncodingError(f"{gen}: encoding.safetensors does not match config.json "
+                            f"(a generator directory from a different encoding)")
+    from safetensors import safe_open
+    path = gen / "generator.safetensors"
+    if not path.is_file():
+        raise EncodingError(f"{gen}: no generator.safetensors (fit not finished?)")
+    with safe_open(str(path), framework="pt") as f:
+        vcfg = json.loads((f.metadata() or {})["weightspace.velocity"])
+    if vcfg["dim"] != enc.dim:
+        raise EncodingError(f"{gen}: generator dimension {vcfg['dim']} != encoding {enc.dim}")
+    model = Velocity(**vcfg)
+    model.load_state_dict(load_file(str(path)))
+    return cfg, enc, model.eval()
+
+
+def sample_zoo(gen_dir, out_dir, n: int, steps: int = 10, method: str = "midpoint",
+               seed: int = 0, data_root=None) -> dict:
+    """Sample ``n`` networks into a new zoo directory (with val/test metrics)."""
+    if n < 1:
+        raise ZooError(f"-n must be >= 1, got {n}")
+    cfg, enc, model = load_generator(gen_dir)
+    t = time.perf_counter()
+    codes, nfe = sample(model, n, steps, method, seed=seed)
+    states = [enc.decode(c) for c in codes]
+    t_sample = time.perf_counter() - t
+    data = load_dataset(cfg["dataset"].get("name", ""), data_root or
+                        cfg["dataset"].get("data_root"))
+    arch = cfg["arch"]
+    if has_batchnorm(build(arch)):  # recalibrate BN statistics on the train split
+        net = build(arch)
+        for i, s in enumerate(states):
+            net.load_state_dict(s)
+            reset_bn(net, data["train"][0][:2048])
+            states[i] = {k: v.clone() for k, v in net.state_dict().items()}
+    ms = metrics(arch, states, data, "cpu", splits=("val", "test"))
+    zoo = Zoo(out_dir)
+    if zoo.exists():
+        raise ZooError(f"{out_dir} already holds a zoo; choose another --out")
+    entries = []
+    for i, (s, mt) in enumerate(zip(states, ms)):
+        mid = f"g{i:04d}"
+        save_checkpoint(zoo.model_path(mid), s, arch,
+                        {"dataset": data.name, "metrics": mt,
+                         "generated": {"generator": str(gen_dir), "seed": seed, "index": i,
+                                       "method": method, "steps": steps}})
+        entries.append({"id": mid, "seed": seed, "index": i, "status": "done",
+                        "file": f"models/{mid}.safetensors", "metrics": mt})
+    zoo.write({"format": FORMAT, "version": FORMAT_VERSION, "weightspace_version": __version__,
+               "arch": arch, "dataset": cfg["dataset"], "models": entries,
+               "settings": {"generated_from": str(gen_dir), "n": n, "steps": steps,
+                            "method": method, "seed": seed},
+               "generation": {"nfe": nfe, "seconds": t_sample,
+                              "seconds_per_model": t_sample / n}})
+    return {"out": str(out_dir), "n": n, "nfe": nfe, "seconds": t_sample,
+            "mean_test_acc": sum(m["test_acc"] for m in ms) / n}
