@@ -103,3 +103,16 @@ def test_bad_meta_json(tmp_path, model):
               metadata={"weightspace.arch": REF, "weightspace.meta": "{oops"})
     with pytest.raises(CheckpointError, match="weightspace.meta"):
         read_checkpoint(path)
+
+
+def test_header_length_starting_with_0x80_is_not_taken_for_a_pickle(tmp_path):
+    """A safetensors header whose length's low byte is 0x80 (regression)."""
+    from weightspace.checkpoint import read_checkpoint, save_checkpoint
+    for pad in range(300):
+        p = tmp_path / "m.safetensors"
+        save_checkpoint(p, {"w": torch.zeros(2)}, "mlp:2-2", {"note": "x" * pad})
+        if p.read_bytes()[0] == 0x80:
+            state, arch, meta = read_checkpoint(p)
+            assert arch == "mlp:2-2" and meta["note"] == "x" * pad
+            return
+    raise AssertionError("no header of length ...0x80 produced")

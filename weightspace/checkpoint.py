@@ -80,8 +80,12 @@ def read_checkpoint(path: str | Path, arch: str | None = None):
     if path.suffix in PICKLE_SUFFIXES:
         return _read_torch(path, arch)
     with open(path, "rb") as f:
-        head = f.read(8)
-    if head[:1] == b"\x80" or head[:2] == b"PK":
+        head = f.read(9)
+    # safetensors: u64 little-endian header length, then the JSON header ("{"). Its first
+    # byte can be 0x80, so test for safetensors before guessing a pickle / zip.
+    looks_safetensors = head[8:9] == b"{" and \
+        int.from_bytes(head[:8], "little") <= path.stat().st_size - 8
+    if not looks_safetensors and (head[:1] == b"\x80" or head[:2] == b"PK"):
         raise CheckpointError(f"{path}: looks like a pickle / torch.save file, not safetensors; "
                               "rename it to .pt and pass --arch to load it safely")
     try:

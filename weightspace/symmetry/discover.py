@@ -6,6 +6,7 @@ partition of the parameters' axes into permutation groups, which ``verify.py`` t
 """
 from __future__ import annotations
 
+import sys
 from collections import defaultdict
 
 import torch
@@ -22,7 +23,9 @@ class _Tracer(fx.Tracer):
 
     def __init__(self):
         fns, mods = (), ()
-        try:
+        try:  # only when timm is loaded (a timm model was built): importing it costs seconds
+            if "timm" not in sys.modules:
+                raise ImportError
             from timm.layers import _fx as timm_fx
             fns = tuple(timm_fx.get_notrace_functions())
             mods = tuple(timm_fx.get_notrace_modules())
