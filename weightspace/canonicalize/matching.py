@@ -163,8 +163,8 @@ class MatchReport:
 class WeightMatcher:
     """Coordinate descent of the weight-matching objective for one (A, B) pair.
 
-    ``A`` and ``B`` are state dicts (B is the model being permuted). ``cost_override`` lets
-    another method (TransFusion) replace how a head family pairs its blocks.
+    ``A`` and ``B`` are state dicts (B is the model being permuted). ``run(block_pairing=)``
+    lets another method (TransFusion) decide how a head family pairs its blocks.
     """
 
     def __init__(self, spec: Spec, A: dict, B: dict, device=None, fams=None):

@@ -25,7 +25,8 @@ from torch.func import functional_call
 
 from ..functional import has_batchnorm, loss_acc, reset_bn, scratch, train_step
 from ..symmetry.structure import Perms, Spec, apply, identity_perms
-from .matching import MatchReport, WeightMatcher, families, l2_distance, lap
+from .matching import (MatchReport, WeightMatcher, families, l2_distance, lap,
+                       weight_matching)
 
 METHODS = ("wm", "am", "ste", "transfusion")
 _FEATURE_LAST = (nn.Linear, nn.LayerNorm, nn.Embedding)
@@ -234,7 +235,6 @@ def align(spec: Spec, A: dict, B: dict, method: str = "wm", model: nn.Module | N
     ``data`` (a :class:`weightspace.zoo.Dataset`) and ``model`` (an instance of the
     architecture) are needed by ``am`` and ``ste``.
     """
-    from .matching import weight_matching
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
     if method == "wm":

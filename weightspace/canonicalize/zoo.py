@@ -92,7 +92,7 @@ def canonicalize_zoo(zoo_dir, out_dir, method: str = "wm", reference: str = "bar
     before_center = mean_states(states)
     l2_before = _sq_to(states, before_center)
     if reference == "barycenter":
-        perms, rounds, history = _barycenter(spec, states, method, state, seed, max_rounds,
+        perms, rounds, history = barycenter_perms(spec, states, method, state, seed, max_rounds,
                                              tol, progress, **method_kw)
     else:
         r = ids.index(reference)
@@ -122,7 +122,7 @@ def canonicalize_zoo(zoo_dir, out_dir, method: str = "wm", reference: str = "bar
     return report
 
 
-def _barycenter(spec: Spec, states, method, state, seed, max_rounds, tol, progress, **kw):
+def barycenter_perms(spec: Spec, states, method, state, seed, max_rounds, tol, progress, **kw):
     n = len(states)
     bar = Progress(n * (max_rounds + 1), progress and state.is_main_process, desc="barycenter")
     # Start from every model aligned to model 0: the blurry mean of unaligned models is a
@@ -194,4 +194,4 @@ def restore(canon_dir, model_id: str) -> dict:
     return apply(spec, invert(spec, perms), state)
 
 
-__all__ = ["canonicalize_zoo", "restore"]
+__all__ = ["barycenter_perms", "canonicalize_zoo", "restore"]

@@ -20,8 +20,8 @@ import time
 import torch
 from torch import nn
 
-from ..canonicalize import WeightMatcher
-from ..canonicalize.zoo import _barycenter
+from ..canonicalize import WeightMatcher, families
+from ..canonicalize.zoo import barycenter_perms
 from ..functional import (check_compatible, has_batchnorm, loss_acc, mean_states, reset_bn,
                           scratch, train_step)
 from ..symmetry.structure import Spec, apply, identity_perms
@@ -39,7 +39,7 @@ class _OneProcess:
 def mergemany_perms(spec: Spec, states: list[dict], seed: int = 0, max_rounds: int = 20,
                     tol: float = 1e-4):
     """Permutations that put every model into one basin, and the RMS-distance history."""
-    perms, _, history = _barycenter(spec, states, "wm", _OneProcess(), seed, max_rounds, tol,
+    perms, _, history = barycenter_perms(spec, states, "wm", _OneProcess(), seed, max_rounds, tol,
                                     False)
     return [perms[i] for i in range(len(states))], history
 
@@ -53,7 +53,7 @@ def ste_perms(spec: Spec, model: nn.Module, states: list[dict], data, init, step
     calib = x[:CALIB] if has_batchnorm(model) else None
     params = {k for k, _ in model.named_parameters()}
     ref, others = states[0], states[1:]
-    perms = [p for p in init]
+    perms = list(init)
 
     def val_loss(ps):
         merged = mean_states([apply(spec, p, s) for p, s in zip(ps, states)])
@@ -67,12 +67,12 @@ def ste_perms(spec: Spec, model: nn.Module, states: list[dict], data, init, step
     proxies = [{k: ref[k].detach().clone().float().requires_grad_() for k in params}
                for _ in others]
     opt = torch.optim.Adam([t for p in proxies for t in p.values()], lr=lr)
-    matchers_fams = WeightMatcher(spec, ref, others[0]).fams
+    fams = families(spec)
     model.train()
     for step in range(1, steps + 1):
         for i, (proxy, s) in enumerate(zip(proxies, others)):
             a = {k: (proxy[k].detach() if k in proxy else v) for k, v in ref.items()}
-            perms[i + 1], _ = WeightMatcher(spec, a, s, fams=matchers_fams).run(
+            perms[i + 1], _ = WeightMatcher(spec, a, s, fams=fams).run(
                 perms[i + 1], seed=seed + step)
         w = torch.distributions.Dirichlet(torch.ones(len(states))).sample()
         aligned = [apply(spec, perms[i + 1], s) for i, s in enumerate(others)]

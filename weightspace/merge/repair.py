@@ -83,12 +83,13 @@ def repair(spec: Spec, model: nn.Module, state: dict, endpoint_stats: list[dict]
     model = scratch(model)
     model.load_state_dict(state)
     mods = dict(model.named_modules())
+    targets = repairable(spec, model)
     goal = {}
-    for name, _ in repairable(spec, model):
+    for name, _ in targets:
         goal[name] = (sum(w * s[name][0] for w, s in zip(weights, endpoint_stats)).float(),
                       sum(w * s[name][1] for w, s in zip(weights, endpoint_stats)).float())
     others = []
-    for name, dim in repairable(spec, model):
+    for name, dim in targets:
         m = mods[name]
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.weight.copy_(torch.where(m.weight < 0, -1.0, 1.0) * goal[name][1])

@@ -107,7 +107,7 @@ class Zoo:
         return meta if zoo.get("settings_hash") == settings_hash else None
 
     def clean_temp(self) -> None:
-        """Remove temp files a killed writer left behind (``.<name>.XXXX.tmp``)."""
+        """Remove temp files a killed writer left behind (``.<name>.<random>.tmp``)."""
         for d in (self.root, self.root / "models", *self.root.glob("checkpoints/*")):
             for p in d.glob(".*.tmp") if d.is_dir() else ():
                 with contextlib.suppress(OSError):
