@@ -8,8 +8,8 @@ import torch
 
 from weightspace.checkpoint import load_model
 from weightspace.cli.main import main
-from weightspace.generate import (Encoding, EncodingError, Velocity, audit, fit_generator,
-                                  sample, sample_zoo)
+from weightspace.generate import (Encoding, EncodingError, TokenVelocity, Velocity, audit,
+                                  fit_generator, sample, sample_zoo, train_flow)
 from weightspace.generate.pipeline import load_zoo_states
 from weightspace.zoo import HParams, ZooError, train_zoo
 
@@ -112,3 +112,98 @@ def test_bad_input(tiny_zoo, tmp_path):
     with pytest.raises(EncodingError, match="different encoding"):
         sample_zoo(g1, tmp_path / "s", 2)
     assert not Path(tmp_path / "s").exists()
+
+
+def test_noise_curve_margin_on_hand_made_points():
+    from weightspace.generate.audit import curve_margin, noise_curve
+    base = {"noise_0.1": {"acc_mean": 0.9, "max_iou_mean": 0.6},
+            "noise_1.0": {"acc_mean": 0.8, "max_iou_mean": 0.2},
+            "zoo_mean": {"acc_mean": 0.1, "max_iou_mean": 0.4}}
+    curve = noise_curve(base)
+    assert curve == [(0.2, 0.8), (0.6, 0.9)]
+    m = curve_margin(curve, [0.4, 0.4, 0.9], [0.9, 0.8, 0.95])
+    assert m["mean"] == pytest.approx((0.05 - 0.05 + 0.05) / 3)
+    assert m["above"] == pytest.approx(2 / 3) and m["outside"] == 1
+
+
+def test_classifier_free_guidance_steers_by_the_condition():
+    torch.manual_seed(0)
+    c = torch.tensor([1.0, -1.0] * 32)
+    codes = torch.randn(64, 4) * 0.3
+    codes[:, 0] += 3 * c
+    model, _ = train_flow(codes, steps=400, batch_size=64, lr=3e-3, width=64, depth=2,
+                          cond=c, p_uncond=0.2)
+    up = sample(model, 200, 10, cond=1.0, seed=1)[0][:, 0]
+    down = sample(model, 200, 10, cond=-1.0, seed=1)[0][:, 0]
+    free = sample(model, 200, 10, seed=1)[0][:, 0]
+    assert up.mean() > 2 and down.mean() < -2 and abs(free.mean()) < 1.5
+    assert (up > 0).float().mean() > 0.9 and (down < 0).float().mean() > 0.9
+    guided, nfe = sample(model, 200, 10, cond=1.0, guidance=3.0, seed=1)
+    assert (guided[:, 0] > 0).float().mean() >= (up > 0).float().mean() and nfe == 20
+    with pytest.raises(ValueError, match="without a condition"):
+        sample(Velocity(4, width=8, depth=1), 2, cond=1.0)
+
+
+def test_conditional_generator_pipeline(tiny_zoo, tmp_path):
+    with pytest.raises(EncodingError, match="test metrics"):
+        fit_generator(tiny_zoo, tmp_path / "g", steps=2, condition="test_acc", progress=False)
+    with pytest.raises(EncodingError, match="no numeric metric or hyperparameter 'nope'"):
+        fit_generator(tiny_zoo, tmp_path / "g", steps=2, condition="nope", progress=False)
+    fit_generator(tiny_zoo, tmp_path / "g", steps=5, width=16, depth=1, pca=True,
+                  condition="val_acc", progress=False)
+    cfg = json.loads((tmp_path / "g" / "config.json").read_text())
+    assert cfg["condition"]["name"] == "val_acc"
+    res = sample_zoo(tmp_path / "g", tmp_path / "s", 3, steps=2,
+                     condition=cfg["condition"]["max"], guidance=2.0)
+    assert res["n"] == 3 and res["nfe"] == 4
+    fit_generator(tiny_zoo, tmp_path / "u", steps=2, width=8, depth=1, pca=True,
+                  progress=False)
+    with pytest.raises(EncodingError, match="without a condition"):
+        sample_zoo(tmp_path / "u", tmp_path / "s2", 2, condition=0.9)
+
+
+def test_transformer_velocity_over_per_layer_tokens(tiny_zoo, tmp_path):
+    sizes = [5, 9, 3]
+    v = TokenVelocity(17, sizes, token=4, width=16, depth=1, heads=2)
+    assert v.tokens == 2 + 3 + 1
+    owner = torch.repeat_interleave(torch.arange(3), torch.tensor(sizes))
+    for tok_idx, tok_ok in zip(v.index.view(v.tokens, 4), v.valid.view(v.tokens, 4)):
+        assert len(set(owner[tok_idx[tok_ok]].tolist())) == 1  # no token mixes two tensors
+    x = torch.randn(3, 17)
+    assert torch.equal(v(torch.rand(3), x), torch.zeros(3, 17))  # zero-initialised read-out
+    torch.nn.init.normal_(v.out.weight)
+    y = v(torch.rand(3), x)
+    y.sum().backward()
+    assert y.shape == (3, 17) and v.inp.weight.grad.abs().sum() > 0
+    gen, out = tmp_path / "g", tmp_path / "s"
+    fit = fit_generator(tiny_zoo, gen, steps=3, width=16, depth=1, velocity="transformer",
+                        token=64, heads=2, progress=False)
+    assert fit["dim"] == sum(p.numel() for p in load_zoo_states(tiny_zoo)[2][0].values())
+    assert sample_zoo(gen, out, 2, steps=2)["n"] == 2
+    assert load_model(out / "models" / "g0001.safetensors").weightspace_arch == ARCH
+    with pytest.raises(EncodingError, match="without --pca"):
+        fit_generator(tiny_zoo, tmp_path / "g2", steps=1, velocity="transformer", pca=True,
+                      progress=False)
+
+
+def test_fit_under_accelerate_with_two_processes(tiny_zoo, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    gen = tmp_path / "gen"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+           "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--main_process_port", str(port),
+           "-m", "weightspace.cli.main", "generate", "fit", str(tiny_zoo), "--out", str(gen),
+           "--steps", "20", "--pca", "--width", "16", "--depth", "1", "--no-progress"]
+    run = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("fitted a generator on 6 models") == 2  # one line per rank
+    assert json.loads((gen / "state.json").read_text())["step"] == 20
+    assert sample_zoo(gen, tmp_path / "s", 2, steps=2)["n"] == 2

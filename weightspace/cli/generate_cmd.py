@@ -17,9 +17,19 @@ def add_parser(sub) -> None:
     f.add_argument("--steps", type=int, default=3000)
     f.add_argument("--batch-size", type=int, default=128)
     f.add_argument("--lr", type=float, default=1e-3)
-    f.add_argument("--width", type=int, default=512)
-    f.add_argument("--depth", type=int, default=3)
+    f.add_argument("--width", type=int, default=512, help="velocity width (512)")
+    f.add_argument("--depth", type=int, default=3, help="velocity layers (3)")
     f.add_argument("--pca", action="store_true", help="model a PCA code of the zoo")
+    f.add_argument("--velocity", choices=("mlp", "transformer"), default="mlp",
+                   help="mlp over the code (default), or a transformer over per-layer "
+                        "tokens of the full encoding (large models; not with --pca)")
+    f.add_argument("--token", type=int, default=256, help="numbers per token (transformer)")
+    f.add_argument("--heads", type=int, default=4, help="attention heads (transformer)")
+    f.add_argument("--condition", metavar="NAME",
+                   help="condition on a per-model metric (e.g. val_acc) or hyperparameter "
+                        "(e.g. weight_decay), with classifier-free guidance at sampling")
+    f.add_argument("--p-uncond", type=float, default=0.1,
+                   help="probability of dropping the condition in training (0.1)")
     f.add_argument("--no-ot", action="store_true", help="no minibatch OT coupling")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--no-progress", action="store_true")
@@ -30,6 +40,10 @@ def add_parser(sub) -> None:
     s.add_argument("--steps", type=int, default=10, help="ODE steps (fixed-step methods)")
     s.add_argument("--method", choices=METHODS, default="midpoint")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--condition", type=float, metavar="VALUE",
+                   help="target value of the generator's condition (its own units)")
+    s.add_argument("--guidance", type=float, default=1.0,
+                   help="classifier-free guidance weight w (1 = plain conditional)")
     s.add_argument("--data-root")
     s.add_argument("--out", required=True)
     s.add_argument("--json", action="store_true")
@@ -46,13 +60,15 @@ def run(args) -> int:
     if args.gen_verb == "fit":
         res = fit_generator(args.zoo, args.out, args.steps, args.batch_size, args.lr,
                             args.width, args.depth, pca=args.pca, ot=not args.no_ot,
-                            seed=args.seed, progress=not args.no_progress and not args.json)
+                            seed=args.seed, progress=not args.no_progress and not args.json,
+                            velocity=args.velocity, token=args.token, heads=args.heads,
+                            condition=args.condition, p_uncond=args.p_uncond)
         print(json.dumps(res, indent=1) if args.json else
               f"fitted a generator on {res['models']} models (code dim {res['dim']}) in "
               f"{res['train_seconds']:.1f} s; wrote {res['out']}")
     elif args.gen_verb == "sample":
         res = sample_zoo(args.gen, args.out, args.n, args.steps, args.method, args.seed,
-                         args.data_root)
+                         args.data_root, condition=args.condition, guidance=args.guidance)
         print(json.dumps(res, indent=1) if args.json else
               f"sampled {res['n']} networks in {res['seconds']:.2f} s ({res['nfe']} function "
               f"evaluations); mean test acc {res['mean_test_acc']:.4f}; wrote {res['out']}")

@@ -7,7 +7,12 @@ On the test split (nothing here selects on it):
   independently trained network is); nearest-neighbour L2 distance in canonical weight
   space, generated -> zoo and zoo -> zoo (leave-one-out);
 * baselines from the same zoo, in the same run: zoo models plus Gaussian noise (per-tensor
-  relative scales), a Gaussian fitted in the zoo's PCA code space, and the zoo mean;
+  relative scales 0.01 ... 1, which trace an accuracy-vs-novelty curve), a Gaussian fitted
+  in the zoo's PCA code space, and the zoo mean;
+* the margin against that noise curve: each model's accuracy minus the curve's accuracy
+  at the model's novelty (piecewise linear between the noise scales' means); positive =
+  better than perturbing a zoo model until it is as new. The zoo's own (leave-one-out)
+  margin is what an ideal sampler of independently trained networks would get;
 * ensembles of K generated vs K zoo models: accuracy and expected calibration error;
 * cost: seconds per generated model and function evaluations (from the sample zoo).
 """
@@ -28,7 +33,32 @@ from ..zoo.store import ZooError
 from .encoding import Encoding
 from .pipeline import load_zoo_states
 
-NOISE = (0.01, 0.03, 0.1)
+NOISE = (0.01, 0.03, 0.1, 0.3, 1.0)
+
+
+def noise_curve(baselines: dict) -> list[tuple[float, float]]:
+    """(mean max-IoU, mean accuracy) of the noise baselines, by increasing novelty."""
+    return sorted((b["max_iou_mean"], b["acc_mean"]) for k, b in baselines.items()
+                  if k.startswith("noise_"))
+
+
+def curve_margin(curve, iou: list[float], acc: list[float]) -> dict:
+    """Accuracy above the noise curve at equal novelty, per model; outside the curve's
+    novelty range the nearest end is used (and counted in ``outside``)."""
+    xs = torch.tensor([c[0] for c in curve], dtype=torch.float64)
+    ys = torch.tensor([c[1] for c in curve], dtype=torch.float64)
+    margins, outside = [], 0
+    for u, a in zip(iou, acc):
+        j = int(torch.searchsorted(xs, torch.tensor(u, dtype=torch.float64)))
+        if j == 0 or j == len(xs):
+            outside += 1
+            ref = float(ys[min(j, len(xs) - 1)])
+        else:
+            w = float((u - xs[j - 1]) / (xs[j] - xs[j - 1]).clamp_min(1e-12))
+            ref = float(ys[j - 1] + w * (ys[j] - ys[j - 1]))
+        margins.append(a - ref)
+    return {"mean": statistics.fmean(margins),
+            "above": sum(m > 0 for m in margins) / len(margins), "outside": outside}
 
 
 @torch.no_grad()
@@ -149,6 +179,10 @@ def audit(samples_dir, zoo_dir, k_ensemble: int = 10, seed: int = 0, data_root=N
     _, acc, iou = summarise(bn_fix([mean_states(zoo_states)]))
     base["zoo_mean"] = {"acc_mean": acc[0], "max_iou_mean": iou[0], "acc": acc, "max_iou": iou}
     report["baselines"] = base
+    curve = noise_curve(base)
+    report["noise_curve"] = [{"max_iou_mean": u, "acc_mean": a} for u, a in curve]
+    report["generated"]["noise_margin"] = curve_margin(curve, giou, gacc)
+    report["zoo"]["noise_margin_loo"] = curve_margin(curve, ziou, zacc)
     k = min(k_ensemble, len(gen_states), len(zoo_states))
     ge, ze = gp[:k].mean(0), zp[:k].mean(0)
     report["ensemble"] = {"k": k,
@@ -172,6 +206,8 @@ def write_report(r: dict, gacc, giou, zacc, ziou, out: Path) -> None:
     ax.scatter(giou, gacc, s=12, label="generated", alpha=0.7)
     for name, b in r["baselines"].items():
         ax.scatter(b["max_iou"], b["acc"], s=10, marker="x", label=name, alpha=0.6)
+    ax.plot([c["max_iou_mean"] for c in r["noise_curve"]],
+            [c["acc_mean"] for c in r["noise_curve"]], "k--", lw=1, label="noise curve")
     ax.set(xlabel="novelty: max IoU of test errors with a zoo model (lower = newer)",
            ylabel="test accuracy", title=f"{r['arch']} on {r['dataset']}")
     ax.legend(fontsize=7)
@@ -191,6 +227,11 @@ def write_report(r: dict, gacc, giou, zacc, ziou, out: Path) -> None:
     for name, b in r["baselines"].items():
         lines.append(f"| {name} | {len(b['acc'])} | {b['acc_mean']:.4f} | | | | "
                      f"{b['max_iou_mean']:.3f} | |")
+    gm, zm = g["noise_margin"], z["noise_margin_loo"]
+    lines += ["", f"Against the noise curve (accuracy above it at equal novelty): generated "
+              f"{100 * gm['mean']:+.2f} points on average, {100 * gm['above']:.0f}% of models "
+              f"above it; the zoo itself (leave-one-out) {100 * zm['mean']:+.2f} points, "
+              f"{100 * zm['above']:.0f}% above."]
     e = r["ensemble"]
     lines += ["", f"Ensemble of {e['k']}: generated acc {e['generated_acc']:.4f} "
               f"(ECE {e['generated_ece']:.4f}), zoo acc {e['zoo_acc']:.4f} "

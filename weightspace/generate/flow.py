@@ -23,16 +23,43 @@ from torch import nn
 METHODS = ("euler", "midpoint", "rk4", "dopri5")
 
 
-class Velocity(nn.Module):
-    """MLP over ``[x, embed(t)]`` with a sinusoidal + learned time embedding; the output
-    layer starts at zero (the initial field is 0)."""
+class _Embeddings(nn.Module):
+    """Time embedding (sinusoidal + learned), plus an optional scalar condition with a
+    learned "no condition" vector (classifier-free guidance drops the condition)."""
 
-    def __init__(self, dim: int, width: int = 512, depth: int = 3, temb: int = 64):
+    def __init__(self, width: int, temb: int, cond: int):
         super().__init__()
-        self.dim, self.width, self.depth, self.temb_dim = dim, width, depth, temb
         self.register_buffer("freqs", torch.exp(torch.linspace(0, math.log(1000), temb // 2)),
                              persistent=False)
         self.temb = nn.Sequential(nn.Linear(temb, width), nn.SiLU(), nn.Linear(width, width))
+        if cond:
+            self.cemb = nn.Sequential(nn.Linear(cond, width), nn.SiLU(), nn.Linear(width, width))
+            self.null = nn.Parameter(torch.zeros(width))
+
+    def forward(self, t, n, c=None, keep=None):
+        ang = t.reshape(-1, 1).expand(n, 1) * self.freqs[None, :]
+        e = self.temb(torch.cat([ang.sin(), ang.cos()], 1))
+        if hasattr(self, "cemb"):
+            ce = self.null.expand(n, -1)
+            if c is not None:
+                ce = self.cemb(c.reshape(n, -1))
+                if keep is not None:  # training: some rows see no condition
+                    ce = torch.where(keep[:, None], ce, self.null.expand(n, -1))
+            e = e + ce
+        return e
+
+
+class Velocity(nn.Module):
+    """MLP over ``[x, embed(t[, c])]``; the output layer starts at zero (the initial field
+    is 0). The default for PCA codes (at most one number per zoo model)."""
+
+    kind = "mlp"
+
+    def __init__(self, dim: int, width: int = 512, depth: int = 3, temb: int = 64,
+                 cond: int = 0):
+        super().__init__()
+        self.dim, self.width, self.depth, self.temb_dim, self.cond = dim, width, depth, temb, cond
+        self.emb = _Embeddings(width, temb, cond)
         layers, d = [], dim + width
         for _ in range(depth):
             layers += [nn.Linear(d, width), nn.SiLU()]
@@ -42,15 +69,81 @@ class Velocity(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        t = t.reshape(-1, 1).expand(len(x), 1)
-        ang = t * self.freqs[None, :]
-        e = self.temb(torch.cat([ang.sin(), ang.cos()], 1))
+    def forward(self, t, x, c=None, keep=None):
+        e = self.emb(t, len(x), c, keep)
         return self.out(self.body(torch.cat([x, e], 1)))
 
     def config(self) -> dict:
-        return {"dim": self.dim, "width": self.width, "depth": self.depth,
-                "temb": self.temb_dim}
+        return {"kind": self.kind, "dim": self.dim, "width": self.width, "depth": self.depth,
+                "temb": self.temb_dim, "cond": self.cond}
+
+
+class TokenVelocity(nn.Module):
+    """Transformer over per-layer tokens, for full (uncompressed) encodings of large models.
+
+    The flat vector is cut tensor by tensor into tokens of ``token`` numbers (the last
+    token of a tensor is zero-padded, so no token mixes two layers); each token is embedded
+    linearly, gets a learned position, and the time (and condition) embedding is added.
+    Pre-norm encoder layers, a zero-initialised linear read-out per token. Parameters grow
+    with ``token`` and ``width``, not with the model size."""
+
+    kind = "transformer"
+
+    def __init__(self, dim: int, sizes: list[int], token: int = 256, width: int = 256,
+                 depth: int = 4, heads: int = 4, temb: int = 64, cond: int = 0):
+        super().__init__()
+        if sum(sizes) != dim:
+            raise ValueError(f"tensor sizes sum to {sum(sizes)}, not the code dimension {dim}")
+        self.dim, self.sizes, self.token, self.width = dim, list(sizes), token, width
+        self.depth, self.heads, self.temb_dim, self.cond = depth, heads, temb, cond
+        index, off = [], 0
+        for n in sizes:  # gather index into [x, 0]: padding reads the appended zero
+            k = -(-n // token)
+            idx = torch.full((k * token,), dim, dtype=torch.long)
+            idx[:n] = torch.arange(off, off + n)
+            index.append(idx)
+            off += n
+        index = torch.cat(index)
+        self.register_buffer("index", index, persistent=False)
+        self.register_buffer("valid", index < dim, persistent=False)
+        self.tokens = len(index) // token
+        self.emb = _Embeddings(width, temb, cond)
+        self.inp = nn.Linear(token, width)
+        self.pos = nn.Parameter(torch.randn(self.tokens, width) * 0.02)
+        layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0,
+                                           activation="gelu", batch_first=True,
+                                           norm_first=True)
+        self.body = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+        self.out = nn.Linear(width, token)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, t, x, c=None, keep=None):
+        n = len(x)
+        tok = torch.cat([x, x.new_zeros(n, 1)], 1)[:, self.index].view(n, self.tokens, -1)
+        h = self.inp(tok) + self.pos[None] + self.emb(t, n, c, keep)[:, None]
+        y = self.out(self.norm(self.body(h))).reshape(n, -1)
+        out = x.new_zeros(n, self.dim + 1)
+        out[:, self.index[self.valid]] = y[:, self.valid]
+        return out[:, :self.dim]
+
+    def config(self) -> dict:
+        return {"kind": self.kind, "dim": self.dim, "sizes": self.sizes, "token": self.token,
+                "width": self.width, "depth": self.depth, "heads": self.heads,
+                "temb": self.temb_dim, "cond": self.cond}
+
+
+VELOCITIES = {"mlp": Velocity, "transformer": TokenVelocity}
+
+
+def make_velocity(cfg: dict) -> nn.Module:
+    """A velocity field from its ``config()`` (saved with the generator)."""
+    cfg = dict(cfg)
+    kind = cfg.pop("kind", "mlp")
+    if kind not in VELOCITIES:
+        raise ValueError(f"unknown velocity model {kind!r}; known: {', '.join(VELOCITIES)}")
+    return VELOCITIES[kind](**cfg)
 
 
 def ot_pair(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
@@ -64,8 +157,14 @@ def train_flow(codes: torch.Tensor, steps: int = 3000, batch_size: int = 128,
                lr: float = 1e-3, width: int = 512, depth: int = 3, sigma: float = 1.0,
                ot: bool = True, ema: float = 0.999, seed: int = 0, state: dict | None = None,
                on_step=None, checkpoint_every: int = 500, on_checkpoint=None,
-               until: int | None = None):
+               until: int | None = None, velocity: dict | None = None,
+               cond: torch.Tensor | None = None, p_uncond: float = 0.1):
     """Train a velocity field on ``codes`` [N, D]; resume from ``state`` if given.
+
+    ``velocity`` is a :func:`make_velocity` config (default: the MLP with ``width`` and
+    ``depth``). ``cond`` [N] or [N, C] conditions the field (one row per model); each
+    training row drops it with probability ``p_uncond`` so the same network also learns
+    the unconditional field (classifier-free guidance).
 
     Returns ``(ema_model, training_state)`` where the state holds the raw and EMA weights,
     optimizer state and step, for :func:`train_flow` to resume from. ``until`` stops after
@@ -73,7 +172,12 @@ def train_flow(codes: torch.Tensor, steps: int = 3000, batch_size: int = 128,
     from accelerate import Accelerator
     acc = Accelerator(cpu=not torch.cuda.is_available())
     torch.manual_seed(seed)
-    model = Velocity(codes.shape[1], width, depth)
+    if cond is not None:
+        cond = cond.reshape(len(codes), -1).float()
+    if velocity is None:
+        velocity = {"kind": "mlp", "dim": codes.shape[1], "width": width, "depth": depth}
+    velocity = {**velocity, "cond": 0 if cond is None else cond.shape[1]}
+    model = make_velocity(velocity)
     avg = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     start = 0
@@ -85,20 +189,26 @@ def train_flow(codes: torch.Tensor, steps: int = 3000, batch_size: int = 128,
     model, opt = acc.prepare(model, opt)
     avg.to(acc.device)
     data = codes.to(acc.device)
+    cdata = None if cond is None else cond.to(acc.device)
     gen = torch.Generator().manual_seed(seed + 1000 * acc.process_index)
+
+    def draw():
+        return (torch.randint(len(data), (batch_size,), generator=gen),
+                torch.randn(batch_size, data.shape[1], generator=gen),
+                torch.rand(batch_size, generator=gen),
+                torch.rand(batch_size, generator=gen) >= p_uncond)
+
     for _ in range(start):  # replay the random stream so a resumed run equals a fresh one
-        torch.randint(len(data), (batch_size,), generator=gen)
-        torch.randn(batch_size, data.shape[1], generator=gen)
-        torch.rand(batch_size, generator=gen)
+        draw()
     step = start
     for step in range(start + 1, min(steps, until or steps) + 1):
-        x1 = data[torch.randint(len(data), (batch_size,), generator=gen).to(acc.device)]
-        x0 = sigma * torch.randn(batch_size, data.shape[1], generator=gen).to(acc.device)
-        t = torch.rand(batch_size, generator=gen).to(acc.device)
+        idx, x0, t, keep = (v.to(acc.device) for v in draw())
+        x1, x0 = data[idx], sigma * x0
         if ot:
             x0 = ot_pair(x0, x1)
         xt = (1 - t[:, None]) * x0 + t[:, None] * x1
-        loss = (model(t, xt) - (x1 - x0)).pow(2).mean()
+        c = None if cdata is None else cdata[idx]
+        loss = (model(t, xt, c, keep) - (x1 - x0)).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         acc.backward(loss)
         opt.step()
@@ -124,22 +234,39 @@ def _state(acc, model, avg, opt, step) -> dict:
 
 
 @torch.no_grad()
-def sample(model: Velocity, n: int, steps: int = 10, method: str = "midpoint",
-           sigma: float = 1.0, seed: int = 0) -> tuple[torch.Tensor, int]:
-    """``n`` codes by integrating the field from noise; returns (codes, function evals)."""
+def sample(model: nn.Module, n: int, steps: int = 10, method: str = "midpoint",
+           sigma: float = 1.0, seed: int = 0, cond=None, guidance: float = 1.0
+           ) -> tuple[torch.Tensor, int]:
+    """``n`` codes by integrating the field from noise; returns (codes, function evals).
+
+    With a conditional field, ``cond`` (a value, or one row per sample) picks the
+    condition and ``guidance`` w mixes ``v_uncond + w (v_cond - v_uncond)`` (w = 1: plain
+    conditional sampling; each evaluation then runs both in one batch)."""
     from torchdiffeq import odeint
     if method not in METHODS:
         raise ValueError(f"unknown ODE method {method!r}; methods: {', '.join(METHODS)}")
     if steps < 1:
         raise ValueError(f"--steps must be >= 1, got {steps}")
+    if cond is not None and not getattr(model, "cond", 0):
+        raise ValueError("this generator was fitted without a condition")
     gen = torch.Generator().manual_seed(seed)
     x0 = sigma * torch.randn(n, model.dim, generator=gen)
+    if cond is not None:
+        cond = torch.as_tensor(cond, dtype=torch.float32).reshape(-1, model.cond)
+        cond = cond.expand(n, -1) if len(cond) == 1 else cond
     nfe = 0
 
     def f(t, x):
         nonlocal nfe
         nfe += 1
-        return model(t.expand(len(x)), x)
+        if cond is None:
+            return model(t.expand(len(x)), x)
+        if guidance == 1.0:
+            return model(t.expand(len(x)), x, cond)
+        both = model(t.expand(2 * len(x)), torch.cat([x, x]), torch.cat([cond, cond]),
+                     torch.arange(2 * len(x)) < len(x))
+        vc, vu = both[:len(x)], both[len(x):]
+        return vu + guidance * (vc - vu)
 
     ts = torch.tensor([0.0, 1.0])
     if method == "dopri5":

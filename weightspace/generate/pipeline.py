@@ -22,10 +22,11 @@ from ..checkpoint import (atomic_write, atomic_write_text, canonical_safetensors
                           read_checkpoint, save_checkpoint)
 from ..functional import has_batchnorm, reset_bn
 from ..zoo.datasets import load_dataset
+from ..zoo.runner import dist_state
 from ..zoo.store import FORMAT, FORMAT_VERSION, Zoo, ZooError
 from ..zoo.train import metrics
 from .encoding import Encoding, EncodingError
-from .flow import Velocity, sample, train_flow
+from .flow import make_velocity, sample, train_flow
 
 
 def load_zoo_states(zoo_dir) -> tuple[dict, list[dict], list[dict], str]:
@@ -75,16 +76,57 @@ def _unflat(prefix: str, tensors: dict, meta: dict) -> dict:
     return out
 
 
+def condition_values(entries: list[dict], name: str, where: str = "") -> torch.Tensor:
+    """One number per model for the condition ``name``: a metric (not a test one: the
+    generator must not be steered by the test split) or a hyperparameter of the zoo."""
+    if name.startswith("test"):
+        raise EncodingError(f"cannot condition on {name!r}: test metrics are for evaluation "
+                            f"only (use a val_ or train_ metric)")
+    vals = []
+    for e in entries:
+        v = (e.get("metrics") or {}).get(name, (e.get("hparams") or {}).get(name))
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            raise EncodingError(f"{where}model {e['id']} has no numeric metric or "
+                                f"hyperparameter {name!r} to condition on")
+        vals.append(float(v))
+    return torch.tensor(vals, dtype=torch.float64)
+
+
 def fit_generator(zoo_dir, out_dir, steps: int = 3000, batch_size: int = 128,
                   lr: float = 1e-3, width: int = 512, depth: int = 3, pca: bool = False,
                   ot: bool = True, seed: int = 0, progress: bool = True,
-                  checkpoint_every: int = 500, until: int | None = None) -> dict:
-    """Encode the zoo, train (or resume) the flow, save the generator; returns a summary."""
+                  checkpoint_every: int = 500, until: int | None = None,
+                  velocity: str = "mlp", token: int = 256, heads: int = 4,
+                  condition: str | None = None, p_uncond: float = 0.1) -> dict:
+    """Encode the zoo, train (or resume) the flow, save the generator; returns a summary.
+
+    ``velocity="transformer"`` models per-layer tokens of ``token`` numbers (full encodings
+    of large models; not with ``pca``). ``condition`` names a per-model metric or
+    hyperparameter the field is conditioned on (with classifier-free dropout
+    ``p_uncond``); ``sample_zoo(condition=value, guidance=w)`` steers by it."""
     t0 = time.perf_counter()
     m, entries, states, arch = load_zoo_states(zoo_dir)
     out = Path(out_dir)
+    if velocity not in ("mlp", "transformer"):
+        raise EncodingError(f"unknown velocity model {velocity!r} (mlp or transformer)")
+    if velocity == "transformer" and pca:
+        raise EncodingError("the transformer velocity models per-layer tokens of the full "
+                            "encoding; use it without --pca")
+    cond = cond_norm = None
+    if condition is not None:
+        raw = condition_values(entries, condition, f"{zoo_dir}: ")
+        cond_norm = {"name": condition, "mean": float(raw.mean()),
+                     "std": float(raw.std(unbiased=False)) or 1.0,
+                     "min": float(raw.min()), "max": float(raw.max())}
+        cond = ((raw - cond_norm["mean"]) / cond_norm["std"]).float()
     enc = Encoding.fit(arch, states, pca=pca)
     codes = torch.stack([enc.encode(s) for s in states])
+    if velocity == "transformer":
+        vcfg = {"kind": "transformer", "dim": codes.shape[1], "token": token, "width": width,
+                "depth": depth, "heads": heads,
+                "sizes": [int(torch.tensor(sh).prod()) if sh else 1 for sh in enc.shapes]}
+    else:
+        vcfg = {"kind": "mlp", "dim": codes.shape[1], "width": width, "depth": depth}
     err = max(float((enc.decode(c)[k] - s[k]).abs().max()) for c, s in zip(codes, states)
               for k in enc.keys)
     cfg = {"format": "weightspace.generator", "version": 1, "weightspace_version": __version__,
@@ -92,13 +134,16 @@ def fit_generator(zoo_dir, out_dir, steps: int = 3000, batch_size: int = 128,
            "canonicalization": (m.get("canonicalization") or {}).get("method"),
            "models": len(states), "encoding": json.loads(enc.signature()),
            "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "width": width,
-                     "depth": depth, "ot": ot, "seed": seed, "sigma": 1.0},
+                     "depth": depth, "ot": ot, "seed": seed, "sigma": 1.0,
+                     "velocity": velocity, "p_uncond": p_uncond,
+                     **({"token": token, "heads": heads} if velocity == "transformer"
+                        else {})},
+           "condition": cond_norm,
            "max_roundtrip_error": err}
     state = None
     if (out / "state.json").is_file():
         old = json.loads((out / "config.json").read_text())
-        if old["encoding"] != cfg["encoding"] or old["train"] != cfg["train"] or \
-                old["zoo"] != cfg["zoo"]:
+        if any(old.get(k) != cfg[k] for k in ("encoding", "train", "zoo", "condition")):
             raise EncodingError(f"{out} holds a generator fitted with other settings; use "
                                 f"another --out")
         st = load_file(str(out / "state.safetensors"))
@@ -106,11 +151,13 @@ def fit_generator(zoo_dir, out_dir, steps: int = 3000, batch_size: int = 128,
         state = {"model": _unflat("model", st, {}), "ema": _unflat("ema", st, {}),
                  "opt": _unflat("opt", st, sm["meta"]), "step": sm["step"]}
         state["opt"]["param_groups"] = sm["param_groups"]
+    main = dist_state().is_main_process  # under accelerate: one writer, one progress bar
     out.mkdir(parents=True, exist_ok=True)
-    enc.save(out / "encoding.safetensors")
-    atomic_write_text(out / "config.json", json.dumps(cfg, indent=1))
+    if main:
+        enc.save(out / "encoding.safetensors")
+        atomic_write_text(out / "config.json", json.dumps(cfg, indent=1))
     bar = None
-    if progress:
+    if progress and main:
         from tqdm.auto import tqdm
         bar = tqdm(total=steps, initial=state["step"] if state else 0, desc="generator",
                    mininterval=0.5)
@@ -134,21 +181,23 @@ def fit_generator(zoo_dir, out_dir, steps: int = 3000, batch_size: int = 128,
         _save_tensors(out / "generator.safetensors", st["ema"],
                       {"weightspace.velocity": json.dumps(velocity_cfg)})
 
-    velocity_cfg = {"dim": codes.shape[1], "width": width, "depth": depth, "temb": 64}
+    velocity_cfg = {**vcfg, "cond": 0 if cond is None else 1}
     t1 = time.perf_counter()
-    model, _ = train_flow(codes, steps, batch_size, lr, width, depth, ot=ot, seed=seed,
-                          state=state, on_step=on_step, on_checkpoint=on_checkpoint,
-                          checkpoint_every=checkpoint_every, until=until)
+    model, _ = train_flow(codes, steps, batch_size, lr, ot=ot, seed=seed, state=state,
+                          on_step=on_step, on_checkpoint=on_checkpoint,
+                          checkpoint_every=checkpoint_every, until=until, velocity=vcfg,
+                          cond=cond, p_uncond=p_uncond)
     if bar is not None:
         bar.close()
     cfg["train_seconds"] = time.perf_counter() - t1
-    atomic_write_text(out / "config.json", json.dumps(cfg, indent=1))
+    if main:
+        atomic_write_text(out / "config.json", json.dumps(cfg, indent=1))
     return {"out": str(out), "models": len(states), "dim": codes.shape[1],
             "train_seconds": cfg["train_seconds"], "seconds": time.perf_counter() - t0,
             "max_roundtrip_error": err}
 
 
-def load_generator(gen_dir) -> tuple[dict, Encoding, Velocity]:
+def load_generator(gen_dir) -> tuple[dict, Encoding, torch.nn.Module]:
     gen = Path(gen_dir)
     try:
         cfg = json.loads((gen / "config.json").read_text())
@@ -166,19 +215,32 @@ def load_generator(gen_dir) -> tuple[dict, Encoding, Velocity]:
         vcfg = json.loads((f.metadata() or {})["weightspace.velocity"])
     if vcfg["dim"] != enc.dim:
         raise EncodingError(f"{gen}: generator dimension {vcfg['dim']} != encoding {enc.dim}")
-    model = Velocity(**vcfg)
-    model.load_state_dict(load_file(str(path)))
+    try:
+        model = make_velocity(vcfg)
+        model.load_state_dict(load_file(str(path)))
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise EncodingError(f"{path}: not a velocity field this version reads "
+                            f"({str(e).splitlines()[0]})") from None
     return cfg, enc, model.eval()
 
 
 def sample_zoo(gen_dir, out_dir, n: int, steps: int = 10, method: str = "midpoint",
-               seed: int = 0, data_root=None) -> dict:
-    """Sample ``n`` networks into a new zoo directory (with val/test metrics)."""
+               seed: int = 0, data_root=None, condition: float | None = None,
+               guidance: float = 1.0) -> dict:
+    """Sample ``n`` networks into a new zoo directory (with val/test metrics).
+
+    ``condition`` (in the units of the zoo's metric or hyperparameter the generator was
+    fitted on) and ``guidance`` steer a conditional generator."""
     if n < 1:
         raise ZooError(f"-n must be >= 1, got {n}")
     cfg, enc, model = load_generator(gen_dir)
+    cn, c = cfg.get("condition"), None
+    if condition is not None:
+        if not cn:
+            raise EncodingError(f"{gen_dir}: the generator was fitted without a condition")
+        c = (condition - cn["mean"]) / cn["std"]
     t = time.perf_counter()
-    codes, nfe = sample(model, n, steps, method, seed=seed)
+    codes, nfe = sample(model, n, steps, method, seed=seed, cond=c, guidance=guidance)
     states = [enc.decode(c) for c in codes]
     t_sample = time.perf_counter() - t
     data = load_dataset(cfg["dataset"].get("name", ""), data_root or
@@ -200,13 +262,16 @@ def sample_zoo(gen_dir, out_dir, n: int, steps: int = 10, method: str = "midpoin
         save_checkpoint(zoo.model_path(mid), s, arch,
                         {"dataset": data.name, "metrics": mt,
                          "generated": {"generator": str(gen_dir), "seed": seed, "index": i,
-                                       "method": method, "steps": steps}})
+                                       "method": method, "steps": steps,
+                                       "condition": condition, "guidance": guidance}})
         entries.append({"id": mid, "seed": seed, "index": i, "status": "done",
                         "file": f"models/{mid}.safetensors", "metrics": mt})
     zoo.write({"format": FORMAT, "version": FORMAT_VERSION, "weightspace_version": __version__,
                "arch": arch, "dataset": cfg["dataset"], "models": entries,
                "settings": {"generated_from": str(gen_dir), "n": n, "steps": steps,
-                            "method": method, "seed": seed},
+                            "method": method, "seed": seed, "condition": condition,
+                            "guidance": guidance,
+                            "condition_name": (cn or {}).get("name")},
                "generation": {"nfe": nfe, "seconds": t_sample,
                               "seconds_per_model": t_sample / n}})
     return {"out": str(out_dir), "n": n, "nfe": nfe, "seconds": t_sample,
