@@ -124,6 +124,7 @@ def test_noise_curve_margin_on_hand_made_points():
     m = curve_margin(curve, [0.4, 0.4, 0.9], [0.9, 0.8, 0.95])
     assert m["mean"] == pytest.approx((0.05 - 0.05 + 0.05) / 3)
     assert m["above"] == pytest.approx(2 / 3) and m["outside"] == 1
+    assert curve_margin(curve, [0.3, 0.5], [0.85, 0.85])["at_mean"] == pytest.approx(0.0)
 
 
 def test_classifier_free_guidance_steers_by_the_condition():
@@ -156,6 +157,15 @@ def test_conditional_generator_pipeline(tiny_zoo, tmp_path):
     res = sample_zoo(tmp_path / "g", tmp_path / "s", 3, steps=2,
                      condition=cfg["condition"]["max"], guidance=2.0)
     assert res["n"] == 3 and res["nfe"] == 4
+    assert main(["generate", "sample", str(tmp_path / "g"), "-n", "3", "--steps", "2",
+                 "--condition", "max", "--guidance", "auto", "--out", str(tmp_path / "a"),
+                 "--json"]) == 0
+    m = json.loads((tmp_path / "a" / "manifest.json").read_text())["settings"]
+    assert m["condition"] == cfg["condition"]["max"]
+    sweep = {float(w): a for w, a in m["guidance_val_acc"].items()}
+    assert m["guidance"] == max(sweep, key=lambda w: (sweep[w], -w))  # chosen on val only
+    with pytest.raises(EncodingError, match="needs --condition"):
+        sample_zoo(tmp_path / "g", tmp_path / "s3", 2, guidance="auto")
     fit_generator(tiny_zoo, tmp_path / "u", steps=2, width=8, depth=1, pca=True,
                   progress=False)
     with pytest.raises(EncodingError, match="without a condition"):

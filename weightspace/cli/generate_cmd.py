@@ -40,10 +40,12 @@ def add_parser(sub) -> None:
     s.add_argument("--steps", type=int, default=10, help="ODE steps (fixed-step methods)")
     s.add_argument("--method", choices=METHODS, default="midpoint")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--condition", type=float, metavar="VALUE",
-                   help="target value of the generator's condition (its own units)")
-    s.add_argument("--guidance", type=float, default=1.0,
-                   help="classifier-free guidance weight w (1 = plain conditional)")
+    s.add_argument("--condition", metavar="VALUE",
+                   help="target value of the generator's condition (its own units), or "
+                        "max / min / mean of the zoo's values")
+    s.add_argument("--guidance", default="1",
+                   help="classifier-free guidance weight w (1 = plain conditional), or "
+                        "auto: the w among 1,2,4,6,8 with the best validation accuracy")
     s.add_argument("--data-root")
     s.add_argument("--out", required=True)
     s.add_argument("--json", action="store_true")
@@ -71,7 +73,9 @@ def run(args) -> int:
                          args.data_root, condition=args.condition, guidance=args.guidance)
         print(json.dumps(res, indent=1) if args.json else
               f"sampled {res['n']} networks in {res['seconds']:.2f} s ({res['nfe']} function "
-              f"evaluations); mean test acc {res['mean_test_acc']:.4f}; wrote {res['out']}")
+              f"evaluations" + (f", guidance {res['guidance']:g}" if res["condition"] is not
+                                None else "") +
+              f"); mean test acc {res['mean_test_acc']:.4f}; wrote {res['out']}")
     else:
         r = audit(args.samples, args.zoo, args.ensemble, data_root=args.data_root,
                   out_dir=args.out)

@@ -43,22 +43,28 @@ def noise_curve(baselines: dict) -> list[tuple[float, float]]:
 
 
 def curve_margin(curve, iou: list[float], acc: list[float]) -> dict:
-    """Accuracy above the noise curve at equal novelty, per model; outside the curve's
-    novelty range the nearest end is used (and counted in ``outside``)."""
+    """Accuracy above the noise curve at equal novelty: per model (``mean`` of the margins,
+    fraction ``above``) and for the mean model (``at_mean``: mean accuracy minus the curve
+    at the mean novelty). Outside the curve's novelty range the nearest end is used (and
+    counted in ``outside``)."""
     xs = torch.tensor([c[0] for c in curve], dtype=torch.float64)
     ys = torch.tensor([c[1] for c in curve], dtype=torch.float64)
-    margins, outside = [], 0
-    for u, a in zip(iou, acc):
+
+    def at(u):
         j = int(torch.searchsorted(xs, torch.tensor(u, dtype=torch.float64)))
         if j == 0 or j == len(xs):
-            outside += 1
-            ref = float(ys[min(j, len(xs) - 1)])
-        else:
-            w = float((u - xs[j - 1]) / (xs[j] - xs[j - 1]).clamp_min(1e-12))
-            ref = float(ys[j - 1] + w * (ys[j] - ys[j - 1]))
+            return float(ys[min(j, len(xs) - 1)]), True
+        w = float((u - xs[j - 1]) / (xs[j] - xs[j - 1]).clamp_min(1e-12))
+        return float(ys[j - 1] + w * (ys[j] - ys[j - 1])), False
+
+    margins, outside = [], 0
+    for u, a in zip(iou, acc):
+        ref, out = at(u)
+        outside += out
         margins.append(a - ref)
     return {"mean": statistics.fmean(margins),
-            "above": sum(m > 0 for m in margins) / len(margins), "outside": outside}
+            "above": sum(m > 0 for m in margins) / len(margins), "outside": outside,
+            "at_mean": statistics.fmean(acc) - at(statistics.fmean(iou))[0]}
 
 
 @torch.no_grad()
@@ -229,9 +235,10 @@ def write_report(r: dict, gacc, giou, zacc, ziou, out: Path) -> None:
                      f"{b['max_iou_mean']:.3f} | |")
     gm, zm = g["noise_margin"], z["noise_margin_loo"]
     lines += ["", f"Against the noise curve (accuracy above it at equal novelty): generated "
-              f"{100 * gm['mean']:+.2f} points on average, {100 * gm['above']:.0f}% of models "
-              f"above it; the zoo itself (leave-one-out) {100 * zm['mean']:+.2f} points, "
-              f"{100 * zm['above']:.0f}% above."]
+              f"{100 * gm['at_mean']:+.2f} points at the mean (per model "
+              f"{100 * gm['mean']:+.2f} on average, {100 * gm['above']:.0f}% of models above "
+              f"it); the zoo itself (leave-one-out) {100 * zm['at_mean']:+.2f} at the mean, "
+              f"{100 * zm['mean']:+.2f} per model, {100 * zm['above']:.0f}% above."]
     e = r["ensemble"]
     lines += ["", f"Ensemble of {e['k']}: generated acc {e['generated_acc']:.4f} "
               f"(ECE {e['generated_ece']:.4f}), zoo acc {e['zoo_acc']:.4f} "

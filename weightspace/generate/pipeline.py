@@ -224,38 +224,75 @@ def load_generator(gen_dir) -> tuple[dict, Encoding, torch.nn.Module]:
     return cfg, enc, model.eval()
 
 
-def sample_zoo(gen_dir, out_dir, n: int, steps: int = 10, method: str = "midpoint",
-               seed: int = 0, data_root=None, condition: float | None = None,
-               guidance: float = 1.0) -> dict:
-    """Sample ``n`` networks into a new zoo directory (with val/test metrics).
+GUIDANCE_GRID = (1.0, 2.0, 4.0, 6.0, 8.0)
 
-    ``condition`` (in the units of the zoo's metric or hyperparameter the generator was
-    fitted on) and ``guidance`` steer a conditional generator."""
-    if n < 1:
-        raise ZooError(f"-n must be >= 1, got {n}")
-    cfg, enc, model = load_generator(gen_dir)
-    cn, c = cfg.get("condition"), None
-    if condition is not None:
-        if not cn:
-            raise EncodingError(f"{gen_dir}: the generator was fitted without a condition")
-        c = (condition - cn["mean"]) / cn["std"]
-    t = time.perf_counter()
-    codes, nfe = sample(model, n, steps, method, seed=seed, cond=c, guidance=guidance)
-    states = [enc.decode(c) for c in codes]
-    t_sample = time.perf_counter() - t
-    data = load_dataset(cfg["dataset"].get("name", ""), data_root or
-                        cfg["dataset"].get("data_root"))
-    arch = cfg["arch"]
+
+def _bn_fix(states: list[dict], arch: str, data) -> list[dict]:
     if has_batchnorm(build(arch)):  # recalibrate BN statistics on the train split
         net = build(arch)
         for i, s in enumerate(states):
             net.load_state_dict(s)
             reset_bn(net, data["train"][0][:2048])
             states[i] = {k: v.clone() for k, v in net.state_dict().items()}
+    return states
+
+
+def sample_zoo(gen_dir, out_dir, n: int, steps: int = 10, method: str = "midpoint",
+               seed: int = 0, data_root=None, condition: float | str | None = None,
+               guidance: float | str = 1.0) -> dict:
+    """Sample ``n`` networks into a new zoo directory (with val/test metrics).
+
+    ``condition`` steers a conditional generator: a value in the units of the zoo metric or
+    hyperparameter it was fitted on, or ``"max"`` / ``"min"`` / ``"mean"`` of the zoo's
+    values. ``guidance`` is the classifier-free guidance weight, or ``"auto"``: the weight
+    in :data:`GUIDANCE_GRID` whose samples have the best mean *validation* accuracy (the
+    test split is never used to choose)."""
+    if n < 1:
+        raise ZooError(f"-n must be >= 1, got {n}")
+    if Zoo(out_dir).exists():
+        raise ZooError(f"{out_dir} already holds a zoo; choose another --out")
+    cfg, enc, model = load_generator(gen_dir)
+    cn, c = cfg.get("condition"), None
+    if condition is not None:
+        if not cn:
+            raise EncodingError(f"{gen_dir}: the generator was fitted without a condition")
+        if isinstance(condition, str):
+            if condition not in ("max", "min", "mean"):
+                try:
+                    condition = float(condition)
+                except ValueError:
+                    raise EncodingError(f"--condition must be a number, max, min or mean; "
+                                        f"got {condition!r}") from None
+            else:
+                condition = cn[condition]
+        c = (condition - cn["mean"]) / cn["std"]
+    data = load_dataset(cfg["dataset"].get("name", ""), data_root or
+                        cfg["dataset"].get("data_root"))
+    arch = cfg["arch"]
+    sweep = None
+    if guidance == "auto":
+        if c is None:
+            raise EncodingError("--guidance auto needs --condition (guidance steers by it)")
+        sweep = {}
+        for w in GUIDANCE_GRID:
+            codes, _ = sample(model, n, steps, method, seed=seed, cond=c, guidance=w)
+            val = metrics(arch, _bn_fix([enc.decode(x) for x in codes], arch, data), data,
+                          "cpu", splits=("val",))
+            sweep[w] = sum(m["val_acc"] for m in val) / n
+        guidance = max(sweep, key=lambda w: (sweep[w], -w))
+    elif isinstance(guidance, str):
+        try:
+            guidance = float(guidance)
+        except ValueError:
+            raise EncodingError(f"--guidance must be a number or auto; got {guidance!r}") \
+                from None
+    t = time.perf_counter()
+    codes, nfe = sample(model, n, steps, method, seed=seed, cond=c, guidance=guidance)
+    states = [enc.decode(c) for c in codes]
+    t_sample = time.perf_counter() - t
+    states = _bn_fix(states, arch, data)
     ms = metrics(arch, states, data, "cpu", splits=("val", "test"))
     zoo = Zoo(out_dir)
-    if zoo.exists():
-        raise ZooError(f"{out_dir} already holds a zoo; choose another --out")
     entries = []
     for i, (s, mt) in enumerate(zip(states, ms)):
         mid = f"g{i:04d}"
@@ -271,8 +308,10 @@ def sample_zoo(gen_dir, out_dir, n: int, steps: int = 10, method: str = "midpoin
                "settings": {"generated_from": str(gen_dir), "n": n, "steps": steps,
                             "method": method, "seed": seed, "condition": condition,
                             "guidance": guidance,
-                            "condition_name": (cn or {}).get("name")},
+                            "condition_name": (cn or {}).get("name"),
+                            "guidance_val_acc": sweep and {str(w): a for w, a in sweep.items()}},
                "generation": {"nfe": nfe, "seconds": t_sample,
                               "seconds_per_model": t_sample / n}})
     return {"out": str(out_dir), "n": n, "nfe": nfe, "seconds": t_sample,
+            "condition": condition, "guidance": guidance, "guidance_val_acc": sweep,
             "mean_test_acc": sum(m["test_acc"] for m in ms) / n}
