@@ -109,11 +109,15 @@ def main() -> None:
     print(f"generator fitted in {fit['train_seconds']:.1f} s; 100 samples in "
           f"{smp['seconds']:.2f} s with {smp['nfe']} function evaluations")
     g, z = rep["generated"], rep["zoo"]
-    print(f"{'':<14} {'test acc':>9} {'novelty (max IoU, lower = newer)':>34}")
-    print(f"{'zoo (LOO)':<14} {z['acc_mean']:>9.4f} {z['max_iou_loo_mean']:>34.3f}")
-    print(f"{'generated':<14} {g['acc_mean']:>9.4f} {g['max_iou_mean']:>34.3f}")
+    print(f"{'':<14} {'test acc':>9} {'novelty (max IoU, lower = newer)':>34} "
+          f"{'L2 to nearest zoo model':>24}")
+    print(f"{'zoo (LOO)':<14} {z['acc_mean']:>9.4f} {z['max_iou_loo_mean']:>34.3f} "
+          f"{z['nn_l2_loo']['mean']:>24.1f}")
+    print(f"{'generated':<14} {g['acc_mean']:>9.4f} {g['max_iou_mean']:>34.3f} "
+          f"{g['nn_l2']['mean']:>24.1f}")
     for name, b in rep["baselines"].items():
-        print(f"{name:<14} {b['acc_mean']:>9.4f} {b['max_iou_mean']:>34.3f}")
+        print(f"{name:<14} {b['acc_mean']:>9.4f} {b['max_iou_mean']:>34.3f} "
+              f"{b['nn_l2_mean']:>24.1f}")
     gm, zm = g["noise_margin"], z["noise_margin_loo"]
     print(f"\naccuracy above the noise curve at equal novelty: generated "
           f"{100 * gm['at_mean']:+.2f} points at the mean ({100 * gm['above']:.0f}% of samples "

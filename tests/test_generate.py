@@ -116,11 +116,13 @@ def test_bad_input(tiny_zoo, tmp_path):
 
 def test_noise_curve_margin_on_hand_made_points():
     from weightspace.generate.audit import curve_margin, noise_curve
-    base = {"noise_0.1": {"acc_mean": 0.9, "max_iou_mean": 0.6},
-            "noise_1.0": {"acc_mean": 0.8, "max_iou_mean": 0.2},
-            "zoo_mean": {"acc_mean": 0.1, "max_iou_mean": 0.4}}
-    curve = noise_curve(base)
-    assert curve == [(0.2, 0.8), (0.6, 0.9)]
+    base = {"noise_0.1": {"acc": [0.9, 0.9], "max_iou": [0.6, 0.6]},
+            "noise_1.0": {"acc": [0.75, 0.85, 0.85], "max_iou": [0.2, 0.2, 0.7]},
+            "zoo_mean": {"acc": [0.1], "max_iou": [0.4]}}
+    curve = noise_curve(base)  # isotonic: the 0.85 at 0.7 is pooled with the 0.9s at 0.6
+    assert [x for x, _ in curve] == [0.2, 0.6, 0.7]
+    assert [y for _, y in curve] == pytest.approx([0.8, 2.65 / 3, 2.65 / 3])
+    curve = [(0.2, 0.8), (0.6, 0.9)]
     m = curve_margin(curve, [0.4, 0.4, 0.9], [0.9, 0.8, 0.95])
     assert m["mean"] == pytest.approx((0.05 - 0.05 + 0.05) / 3)
     assert m["above"] == pytest.approx(2 / 3) and m["outside"] == 1

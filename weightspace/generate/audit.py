@@ -7,10 +7,10 @@ On the test split (nothing here selects on it):
   independently trained network is); nearest-neighbour L2 distance in canonical weight
   space, generated -> zoo and zoo -> zoo (leave-one-out);
 * baselines from the same zoo, in the same run: zoo models plus Gaussian noise (per-tensor
-  relative scales 0.01 ... 1, which trace an accuracy-vs-novelty curve), a Gaussian fitted
-  in the zoo's PCA code space, and the zoo mean;
-* the margin against that noise curve: each model's accuracy minus the curve's accuracy
-  at the model's novelty (piecewise linear between the noise scales' means); positive =
+  relative scales 0.01 ... 1), a Gaussian fitted in the zoo's PCA code space, and the zoo
+  mean;
+* the margin against the noise curve (an isotonic fit of accuracy on novelty over all the
+  noisy models): accuracy minus the curve's accuracy at the same novelty; positive =
   better than perturbing a zoo model until it is as new. The zoo's own (leave-one-out)
   margin is what an ideal sampler of independently trained networks would get;
 * ensembles of K generated vs K zoo models: accuracy and expected calibration error;
@@ -33,13 +33,21 @@ from ..zoo.store import ZooError
 from .encoding import Encoding
 from .pipeline import load_zoo_states
 
-NOISE = (0.01, 0.03, 0.1, 0.3, 1.0)
+NOISE = (0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 
 
 def noise_curve(baselines: dict) -> list[tuple[float, float]]:
-    """(mean max-IoU, mean accuracy) of the noise baselines, by increasing novelty."""
-    return sorted((b["max_iou_mean"], b["acc_mean"]) for k, b in baselines.items()
-                  if k.startswith("noise_"))
+    """The accuracy a noisy zoo model has at a given novelty: an isotonic (non-decreasing)
+    regression of accuracy on max-IoU over every model of the ``noise_*`` baselines, as
+    (max-IoU, accuracy) knots by increasing max-IoU."""
+    from sklearn.isotonic import IsotonicRegression
+    iou, acc = [], []
+    for k, b in baselines.items():
+        if k.startswith("noise_"):
+            iou += list(b["max_iou"])
+            acc += list(b["acc"])
+    fit = IsotonicRegression(increasing=True, out_of_bounds="clip").fit(iou, acc)
+    return [(float(x), float(y)) for x, y in zip(fit.X_thresholds_, fit.y_thresholds_)]
 
 
 def curve_margin(curve, iou: list[float], acc: list[float]) -> dict:
@@ -164,6 +172,13 @@ def audit(samples_dir, zoo_dir, k_ensemble: int = 10, seed: int = 0, data_root=N
     n = len(gen_states)
     base = {}
     picks = torch.randint(len(zoo_states), (n,), generator=gen).tolist()
+
+    def baseline(states):
+        _, acc, iou = summarise(bn_fix(states))
+        nn = _nn_dist(torch.stack([enc._flatten(s) for s in states]), zc)
+        return {"acc_mean": statistics.fmean(acc), "max_iou_mean": statistics.fmean(iou),
+                "nn_l2_mean": float(nn.mean()), "acc": acc, "max_iou": iou}
+
     for scale in NOISE:
         noisy = []
         for i in picks:
@@ -171,22 +186,16 @@ def audit(samples_dir, zoo_dir, k_ensemble: int = 10, seed: int = 0, data_root=N
             noisy.append({k: v + scale * v.float().std().nan_to_num() *
                           torch.randn(v.shape, generator=gen) if v.is_floating_point()
                           and v.numel() > 1 else v for k, v in s.items()})
-        _, acc, iou = summarise(bn_fix(noisy))
-        base[f"noise_{scale}"] = {"acc_mean": statistics.fmean(acc),
-                                  "max_iou_mean": statistics.fmean(iou), "acc": acc,
-                                  "max_iou": iou}
+        base[f"noise_{scale}"] = baseline(noisy)
     codes = torch.stack([enc.encode(s) for s in zoo_states]).double()
     mu, sd = codes.mean(0), codes.std(0).clamp_min(1e-12)
     fake = [enc.decode((mu + sd * torch.randn(len(mu), generator=gen, dtype=torch.float64)))
             for _ in range(n)]
-    _, acc, iou = summarise(bn_fix(fake))
-    base["pca_gaussian"] = {"acc_mean": statistics.fmean(acc),
-                            "max_iou_mean": statistics.fmean(iou), "acc": acc, "max_iou": iou}
-    _, acc, iou = summarise(bn_fix([mean_states(zoo_states)]))
-    base["zoo_mean"] = {"acc_mean": acc[0], "max_iou_mean": iou[0], "acc": acc, "max_iou": iou}
+    base["pca_gaussian"] = baseline(fake)
+    base["zoo_mean"] = baseline([mean_states(zoo_states)])
     report["baselines"] = base
     curve = noise_curve(base)
-    report["noise_curve"] = [{"max_iou_mean": u, "acc_mean": a} for u, a in curve]
+    report["noise_curve"] = [{"max_iou": u, "acc": a} for u, a in curve]
     report["generated"]["noise_margin"] = curve_margin(curve, giou, gacc)
     report["zoo"]["noise_margin_loo"] = curve_margin(curve, ziou, zacc)
     k = min(k_ensemble, len(gen_states), len(zoo_states))
@@ -212,8 +221,8 @@ def write_report(r: dict, gacc, giou, zacc, ziou, out: Path) -> None:
     ax.scatter(giou, gacc, s=12, label="generated", alpha=0.7)
     for name, b in r["baselines"].items():
         ax.scatter(b["max_iou"], b["acc"], s=10, marker="x", label=name, alpha=0.6)
-    ax.plot([c["max_iou_mean"] for c in r["noise_curve"]],
-            [c["acc_mean"] for c in r["noise_curve"]], "k--", lw=1, label="noise curve")
+    ax.plot([c["max_iou"] for c in r["noise_curve"]],
+            [c["acc"] for c in r["noise_curve"]], "k--", lw=1, label="noise curve (isotonic)")
     ax.set(xlabel="novelty: max IoU of test errors with a zoo model (lower = newer)",
            ylabel="test accuracy", title=f"{r['arch']} on {r['dataset']}")
     ax.legend(fontsize=7)
@@ -232,7 +241,7 @@ def write_report(r: dict, gacc, giou, zacc, ziou, out: Path) -> None:
              f"{g['nn_l2']['mean']:.3f} |"]
     for name, b in r["baselines"].items():
         lines.append(f"| {name} | {len(b['acc'])} | {b['acc_mean']:.4f} | | | | "
-                     f"{b['max_iou_mean']:.3f} | |")
+                     f"{b['max_iou_mean']:.3f} | {b['nn_l2_mean']:.3f} |")
     gm, zm = g["noise_margin"], z["noise_margin_loo"]
     lines += ["", f"Against the noise curve (accuracy above it at equal novelty): generated "
               f"{100 * gm['at_mean']:+.2f} points at the mean (per model "
