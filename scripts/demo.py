@@ -100,14 +100,15 @@ def main() -> None:
     # guidance weight chosen on the validation split (the audit below is on test)
     fit = fit_generator(canon, OUT / "generator", steps=GEN_STEPS, pca=True, progress=True,
                         condition="val_acc")
-    smp = sample_zoo(OUT / "generator", OUT / "samples", 100, steps=10, method="midpoint",
+    smp = sample_zoo(OUT / "generator", OUT / "samples", 100, steps=5, method="midpoint",
                      condition="max", guidance="auto")
     print("guidance chosen on validation: " + ", ".join(
         f"w={w:g}: val acc {a:.4f}" for w, a in smp["guidance_val_acc"].items()) +
         f" -> w={smp['guidance']:g}")
     rep = audit(OUT / "samples", canon, out_dir=OUT / "report")
     print(f"generator fitted in {fit['train_seconds']:.1f} s; 100 samples in "
-          f"{smp['seconds']:.2f} s with {smp['nfe']} function evaluations")
+          f"{smp['seconds']:.2f} s with {smp['nfe']} function evaluations "
+          f"({smp['network_passes']} network passes)")
     g, z = rep["generated"], rep["zoo"]
     print(f"{'':<14} {'test acc':>9} {'novelty (max IoU, lower = newer)':>34} "
           f"{'L2 to nearest zoo model':>24}")

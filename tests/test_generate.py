@@ -58,7 +58,7 @@ def test_end_to_end_and_cli(tiny_zoo, tmp_path, capsys):
     assert main(["generate", "sample", str(gen), "-n", "5", "--steps", "4", "--out",
                  str(samples), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert res["n"] == 5 and res["nfe"] == 8
+    assert res["n"] == 5 and res["nfe"] == 8 and res["network_passes"] == 8
     m = load_model(samples / "models" / "g0003.safetensors")
     assert m.weightspace_arch == ARCH
     assert main(["zoo", "eval", str(samples), "--json"]) == 0
@@ -158,7 +158,7 @@ def test_conditional_generator_pipeline(tiny_zoo, tmp_path):
     assert cfg["condition"]["name"] == "val_acc"
     res = sample_zoo(tmp_path / "g", tmp_path / "s", 3, steps=2,
                      condition=cfg["condition"]["max"], guidance=2.0)
-    assert res["n"] == 3 and res["nfe"] == 4
+    assert res["n"] == 3 and res["nfe"] == 4 and res["network_passes"] == 8
     assert main(["generate", "sample", str(tmp_path / "g"), "-n", "3", "--steps", "2",
                  "--condition", "max", "--guidance", "auto", "--out", str(tmp_path / "a"),
                  "--json"]) == 0

@@ -166,6 +166,7 @@ def audit(samples_dir, zoo_dir, k_ensemble: int = 10, seed: int = 0, data_root=N
                 "max_iou_loo": _stats(ziou), "max_iou_loo_mean": statistics.fmean(ziou),
                 "nn_l2_loo": _stats(_nn_dist(zc, zc, leave_one_out=True).tolist())},
         "nfe": sm.get("generation", {}).get("nfe"),
+        "network_passes": sm.get("generation", {}).get("network_passes"),
         "seconds_per_model": sm.get("generation", {}).get("seconds_per_model"),
     }
     # baselines, each as many models as were generated (capped by the zoo for noise)
@@ -252,7 +253,8 @@ def write_report(r: dict, gacc, giou, zacc, ziou, out: Path) -> None:
     lines += ["", f"Ensemble of {e['k']}: generated acc {e['generated_acc']:.4f} "
               f"(ECE {e['generated_ece']:.4f}), zoo acc {e['zoo_acc']:.4f} "
               f"(ECE {e['zoo_ece']:.4f}).",
-              f"Sampling: {r['nfe']} function evaluations, "
+              f"Sampling: {r['nfe']} function evaluations ({r['network_passes']} passes of "
+              f"the velocity network; guidance runs two per evaluation), "
               f"{(r['seconds_per_model'] or 0) * 1e3:.2f} ms per model.", "",
               "![accuracy vs novelty](acc_vs_novelty.png)", ""]
     atomic_write_text(out / "report.md", "\n".join(lines))

@@ -290,6 +290,7 @@ def sample_zoo(gen_dir, out_dir, n: int, steps: int = 10, method: str = "midpoin
     codes, nfe = sample(model, n, steps, method, seed=seed, cond=c, guidance=guidance)
     states = [enc.decode(c) for c in codes]
     t_sample = time.perf_counter() - t
+    passes = nfe * (2 if c is not None and guidance != 1.0 else 1)  # guided: cond + uncond
     states = _bn_fix(states, arch, data)
     ms = metrics(arch, states, data, "cpu", splits=("val", "test"))
     zoo = Zoo(out_dir)
@@ -310,8 +311,9 @@ def sample_zoo(gen_dir, out_dir, n: int, steps: int = 10, method: str = "midpoin
                             "guidance": guidance,
                             "condition_name": (cn or {}).get("name"),
                             "guidance_val_acc": sweep and {str(w): a for w, a in sweep.items()}},
-               "generation": {"nfe": nfe, "seconds": t_sample,
+               "generation": {"nfe": nfe, "network_passes": passes, "seconds": t_sample,
                               "seconds_per_model": t_sample / n}})
-    return {"out": str(out_dir), "n": n, "nfe": nfe, "seconds": t_sample,
+    return {"out": str(out_dir), "n": n, "nfe": nfe, "network_passes": passes,
+            "seconds": t_sample,
             "condition": condition, "guidance": guidance, "guidance_val_acc": sweep,
             "mean_test_acc": sum(m["test_acc"] for m in ms) / n}
