@@ -40,6 +40,7 @@ def accuracy(model, x, y) -> float:
 
 
 def main() -> None:
+    start = time.perf_counter()
     torch.set_num_threads(2)
     print("== 1. permutation symmetry, discovered with torch.fx and verified ==\n")
     for ref, shape in [("resnet20?width=4", None),
@@ -124,6 +125,7 @@ def main() -> None:
           f"{100 * gm['at_mean']:+.2f} points at the mean ({100 * gm['above']:.0f}% of samples "
           f"above it), the zoo itself {100 * zm['at_mean']:+.2f} points")
     print(f"report: {OUT / 'report' / 'report.md'} ({time.perf_counter() - t:.0f} s)")
+    print(f"\ndemo finished in {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":

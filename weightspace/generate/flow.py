@@ -179,7 +179,7 @@ def train_flow(codes: torch.Tensor, steps: int = 3000, batch_size: int = 128,
     velocity = {**velocity, "cond": 0 if cond is None else cond.shape[1]}
     model = make_velocity(velocity)
     avg = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, foreach=True)
     start = 0
     if state is not None:
         model.load_state_dict(state["model"])
@@ -215,8 +215,7 @@ def train_flow(codes: torch.Tensor, steps: int = 3000, batch_size: int = 128,
         with torch.no_grad():
             raw = acc.unwrap_model(model)
             decay = min(ema, (1 + step) / (10 + step))
-            for pa, pm in zip(avg.parameters(), raw.parameters()):
-                pa.lerp_(pm, 1 - decay)
+            torch._foreach_lerp_(list(avg.parameters()), list(raw.parameters()), 1 - decay)
         if on_step is not None:
             on_step(step, float(loss.detach()))
         last = step == steps or step == until
