@@ -22,6 +22,7 @@ import json
 import statistics
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.func import functional_call, vmap
 
@@ -55,24 +56,12 @@ def curve_margin(curve, iou: list[float], acc: list[float]) -> dict:
     fraction ``above``) and for the mean model (``at_mean``: mean accuracy minus the curve
     at the mean novelty). Outside the curve's novelty range the nearest end is used (and
     counted in ``outside``)."""
-    xs = torch.tensor([c[0] for c in curve], dtype=torch.float64)
-    ys = torch.tensor([c[1] for c in curve], dtype=torch.float64)
-
-    def at(u):
-        j = int(torch.searchsorted(xs, torch.tensor(u, dtype=torch.float64)))
-        if j == 0 or j == len(xs):
-            return float(ys[min(j, len(xs) - 1)]), True
-        w = float((u - xs[j - 1]) / (xs[j] - xs[j - 1]).clamp_min(1e-12))
-        return float(ys[j - 1] + w * (ys[j] - ys[j - 1])), False
-
-    margins, outside = [], 0
-    for u, a in zip(iou, acc):
-        ref, out = at(u)
-        outside += out
-        margins.append(a - ref)
+    xs, ys = [c[0] for c in curve], [c[1] for c in curve]
+    margins = (np.asarray(acc) - np.interp(iou, xs, ys)).tolist()  # clamps at the ends
     return {"mean": statistics.fmean(margins),
-            "above": sum(m > 0 for m in margins) / len(margins), "outside": outside,
-            "at_mean": statistics.fmean(acc) - at(statistics.fmean(iou))[0]}
+            "above": sum(m > 0 for m in margins) / len(margins),
+            "outside": sum(u < xs[0] or u > xs[-1] for u in iou),
+            "at_mean": statistics.fmean(acc) - float(np.interp(statistics.fmean(iou), xs, ys))}
 
 
 @torch.no_grad()

@@ -226,7 +226,8 @@ def train_flow(codes: torch.Tensor, steps: int = 3000, batch_size: int = 128,
 
 
 def _state(acc, model, avg, opt, step) -> dict:
-    return {"model": {k: v.detach().cpu().clone()
+    return {"config": acc.unwrap_model(model).config(),
+            "model": {k: v.detach().cpu().clone()
                       for k, v in acc.unwrap_model(model).state_dict().items()},
             "ema": {k: v.detach().cpu().clone() for k, v in avg.state_dict().items()},
             "opt": opt.state_dict(), "step": step}

@@ -26,7 +26,7 @@ from ..zoo.runner import dist_state
 from ..zoo.store import FORMAT, FORMAT_VERSION, Zoo, ZooError
 from ..zoo.train import metrics
 from .encoding import Encoding, EncodingError
-from .flow import make_velocity, sample, train_flow
+from .flow import VELOCITIES, make_velocity, sample, train_flow
 
 
 def load_zoo_states(zoo_dir) -> tuple[dict, list[dict], list[dict], str]:
@@ -107,8 +107,8 @@ def fit_generator(zoo_dir, out_dir, steps: int = 3000, batch_size: int = 128,
     t0 = time.perf_counter()
     m, entries, states, arch = load_zoo_states(zoo_dir)
     out = Path(out_dir)
-    if velocity not in ("mlp", "transformer"):
-        raise EncodingError(f"unknown velocity model {velocity!r} (mlp or transformer)")
+    if velocity not in VELOCITIES:
+        raise EncodingError(f"unknown velocity model {velocity!r} ({' or '.join(VELOCITIES)})")
     if velocity == "transformer" and pca:
         raise EncodingError("the transformer velocity models per-layer tokens of the full "
                             "encoding; use it without --pca")
@@ -179,9 +179,8 @@ def fit_generator(zoo_dir, out_dir, steps: int = 3000, batch_size: int = 128,
         atomic_write_text(out / "state.json", json.dumps(
             {"step": st["step"], "meta": meta, "param_groups": groups}))
         _save_tensors(out / "generator.safetensors", st["ema"],
-                      {"weightspace.velocity": json.dumps(velocity_cfg)})
+                      {"weightspace.velocity": json.dumps(st["config"])})
 
-    velocity_cfg = {**vcfg, "cond": 0 if cond is None else 1}
     t1 = time.perf_counter()
     model, _ = train_flow(codes, steps, batch_size, lr, ot=ot, seed=seed, state=state,
                           on_step=on_step, on_checkpoint=on_checkpoint,
@@ -286,9 +285,9 @@ def sample_zoo(gen_dir, out_dir, n: int, steps: int = 10, method: str = "midpoin
         except ValueError:
             raise EncodingError(f"--guidance must be a number or auto; got {guidance!r}") \
                 from None
-    t = time.perf_counter()
+    t = time.perf_counter()  # the chosen w is sampled again: this is the timed run
     codes, nfe = sample(model, n, steps, method, seed=seed, cond=c, guidance=guidance)
-    states = [enc.decode(c) for c in codes]
+    states = [enc.decode(x) for x in codes]
     t_sample = time.perf_counter() - t
     passes = nfe * (2 if c is not None and guidance != 1.0 else 1)  # guided: cond + uncond
     states = _bn_fix(states, arch, data)
