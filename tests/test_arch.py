@@ -2,7 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from weightspace.arch import ArchError, build, input_shape, list_archs, parse, parse_value
+from weightspace.arch import (ArchError, build, code_allowed, input_shape, list_archs, parse,
+                              parse_value)
 
 
 def test_values_parse_to_python_types():
@@ -19,7 +20,7 @@ def test_values_parse_to_python_types():
     "tests.factories:tiny_net?hidden=5",
 ])
 def test_references_build_models_that_run(ref):
-    model = build(ref).eval()
+    model = build(ref, allow_code=ref.startswith("tests.")).eval()
     assert isinstance(model, nn.Module)
     shape = input_shape(ref, model)
     if ref.startswith(("timm", "torchvision", "tests.")):
@@ -46,14 +47,27 @@ def test_builtin_options_take_effect():
     ("timm:not_a_model_xyz", "timm has no model"),
     ("timm:resnet18?bogus_kwarg=1", "bad option|unexpected"),
     ("torchvision:not_a_model", "torchvision has no model"),
-    ("nosuchpkg.mod:factory", "cannot import"),
     ("", "empty"),
+    ("timm:resnet18?pretrained=true", "would load weights"),
+    ("timm:resnet18?checkpoint_path=/etc/passwd", "would load weights"),
+    ("torchvision:resnet18?weights=DEFAULT", "would load weights"),
 ])
 def test_bad_references_are_clear_errors(ref, match):
     with pytest.raises(ArchError, match=match):
         build(ref)
 
 
-def test_user_code_needs_permission():
-    with pytest.raises(ArchError, match="refusing"):
-        build("os:getcwd", allow_code=False)
+def test_missing_user_code_is_a_clear_error():
+    with pytest.raises(ArchError, match="cannot import"):
+        build("nosuchpkg.mod:factory", allow_code=True)
+
+
+def test_user_code_needs_permission_by_default_and_in_scope():
+    for call in (lambda: build("os:getcwd"), lambda: build("os:getcwd", allow_code=False)):
+        with pytest.raises(ArchError, match="refusing"):
+            call()
+    with code_allowed():
+        with pytest.raises(ArchError, match="returned str"):  # imported and called
+            build("os:getcwd")
+    with pytest.raises(ArchError, match="refusing"):  # the scope ends with the block
+        build("os:getcwd")

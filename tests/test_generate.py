@@ -214,7 +214,7 @@ def test_fit_under_accelerate_with_two_processes(tiny_zoo, tmp_path):
            "-m", "weightspace.cli.main", "generate", "fit", str(tiny_zoo), "--out", str(gen),
            "--steps", "20", "--pca", "--width", "16", "--depth", "1", "--no-progress"]
     run = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env=env,
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=1800)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("fitted a generator on 6 models") == 2  # one line per rank
     assert json.loads((gen / "state.json").read_text())["step"] == 20

@@ -206,16 +206,11 @@ def test_spec_import_errors_name_the_culprit():
         load_spec(spec.to_json(), other, torch.randn(1, 8))
 
 
-def test_resnet50_spec_is_fast():
-    import time
-
+def test_resnet50_spec_is_complete():
+    # Its speed is measured in scripts/benchmarks/spec_speed.py (a ratio), never asserted.
     model = _model("timm:resnet50")
-    x = torch.randn(1, 3, 224, 224)
-    t = time.perf_counter()
-    spec = symmetry_of(model, x)
-    seconds = time.perf_counter() - t
+    spec = symmetry_of(model, torch.randn(1, 3, 224, 224))
     assert spec.verified and spec.permutable_fraction == 1.0
-    assert seconds < 15  # target 5 s on 2 cores; generous bound against a loaded CI machine
 
 
 def test_embedding_and_conv1d_join_the_residual_stream():

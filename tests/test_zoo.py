@@ -198,8 +198,8 @@ def test_cli_list_and_eval_json(tmp_path, capsys):
     (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
     (["--dataset", "mnist", "--data-root", "{tmp}/nothing"], "missing train-images-idx3-ubyte"),
     (["--arch", "mlp:784-10"], "does not accept digits inputs"),
-    (["--models", "0"], "--models must be >= 1"),
-    (["--epochs", "0"], "epochs must be >= 1"),
+    (["--models", "0"], "--models: 0 is out of range"),
+    (["--epochs", "0"], "--epochs: 0 is out of range"),
     (["--arch", "mlp:64-3"], "has 10 classes"),
 ])
 def test_cli_bad_input_one_line_nothing_written(tmp_path, capsys, args, match, monkeypatch):
@@ -209,7 +209,7 @@ def test_cli_bad_input_one_line_nothing_written(tmp_path, capsys, args, match, m
     argv += [a.replace("{tmp}", str(tmp_path)) for a in args]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and match in err and err.startswith("weightspace zoo: error:")
+    assert err.count("\n") == 0 and match in err and err.startswith("weightspace zoo train: error:")
     assert not out.exists()
 
 
@@ -244,7 +244,7 @@ def test_kill_dash_nine_loses_only_models_in_flight(tmp_path):
     out = tmp_path / "z"
     proc = subprocess.Popen(_cli(*args, "--out", str(out)), cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
+    deadline = time.time() + 600  # a generous bound: a loaded machine is slow, not wrong
     done = 0
     while time.time() < deadline and proc.poll() is None:
         try:

@@ -10,6 +10,8 @@ Forms (``?k=v&k2=v2`` options everywhere; values parse as int, float, bool or st
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib
 import inspect
 from dataclasses import dataclass, field
@@ -19,9 +21,10 @@ from urllib.parse import parse_qsl
 from torch import nn
 
 from . import models
+from .errors import WeightspaceError
 
 
-class ArchError(ValueError):
+class ArchError(WeightspaceError):
     """An architecture reference that cannot be parsed or built."""
 
 
@@ -104,9 +107,39 @@ def with_options(ref: str, **options) -> str:
     return head + "?" + "&".join(f"{k}={v}" for k, v in kw.items())
 
 
-def build(ref: str, allow_code: bool = True) -> nn.Module:
-    """Build the model a reference names (untrained; ``pretrained`` is never downloaded)."""
+_CODE_ALLOWED = contextvars.ContextVar("weightspace_allow_code", default=False)
+
+# Options that would make timm / torchvision load weights from a file or the network (a
+# pickle through torch.load, or a download): an architecture reference names a structure.
+_WEIGHT_OPTIONS = {"timm": ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay",
+                            "checkpoint_path", "cache_dir", "pretrained_strict"),
+                   "torchvision": ("weights", "weights_backbone", "progress")}
+
+
+@contextlib.contextmanager
+def code_allowed(allow: bool = True):
+    """Within this block, :func:`build` may import user code (``package.module:factory``)
+    even where the reference was read from a file. The CLI opens it for ``--allow-code``;
+    everywhere else user code is refused, so a checkpoint, manifest or generator config
+    that names ``os:system?command=...`` runs nothing."""
+    token = _CODE_ALLOWED.set(bool(allow))
+    try:
+        yield
+    finally:
+        _CODE_ALLOWED.reset(token)
+
+
+def build(ref: str, allow_code: bool = False) -> nn.Module:
+    """Build the model a reference names (untrained; ``pretrained`` is never downloaded).
+
+    User code (``package.module:factory``) is imported only when ``allow_code`` is true or
+    the caller is inside :func:`code_allowed`; refused by default."""
+    allow_code = bool(allow_code) or _CODE_ALLOWED.get()
     r = parse(ref)
+    blocked = [k for k in _WEIGHT_OPTIONS.get(r.kind, ()) if k in r.kwargs]
+    if blocked:
+        raise ArchError(f"{ref!r}: option {blocked[0]!r} would load weights; an architecture "
+                        f"reference names a structure only (weights come from the checkpoint)")
     try:
         if r.kind == "builtin":
             fn = _BUILTINS[r.name]
@@ -128,7 +161,7 @@ def build(ref: str, allow_code: bool = True) -> nn.Module:
             return torchvision.models.get_model(r.name, weights=None, **r.kwargs)
         if not allow_code:
             raise ArchError(f"{ref!r} names user code; refusing to import it (pass "
-                            "allow_code=True / --allow-code if you trust it)")
+                            "--allow-code, or allow_code=True in Python, if you trust it)")
         module, _, factory = r.name.partition(":")
         try:
             fn = getattr(importlib.import_module(module), factory)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -20,12 +21,13 @@ from torch import nn
 
 from . import __version__
 from .arch import build
+from .errors import WeightspaceError
 
 ARCH_KEY, VERSION_KEY, META_KEY = "weightspace.arch", "weightspace.version", "weightspace.meta"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(WeightspaceError):
     """A checkpoint that cannot be read or does not fit its model."""
 
 
@@ -102,6 +104,9 @@ def read_checkpoint(path: str | Path, arch: str | None = None):
         meta = json.loads(metadata.get(META_KEY, "{}"))
     except json.JSONDecodeError:
         raise CheckpointError(f"{path}: metadata '{META_KEY}' is not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: metadata '{META_KEY}' must be a JSON object, not "
+                              f"{type(meta).__name__}")
     return state, ref, meta
 
 
@@ -110,7 +115,9 @@ def _read_torch(path: Path, arch: str | None):
         raise CheckpointError(f"{path}: a {path.suffix} state dict carries no architecture; "
                               "pass --arch")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # protocol notes from the weights-only unpickler
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # weights_only refuses anything that is not plain tensors
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: cannot load safely with weights_only=True ({msg})") \
@@ -120,6 +127,18 @@ def _read_torch(path: Path, arch: str | None):
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: expected a state dict of tensors")
     return obj, arch, {}
+
+
+def fill_int_buffers(model: nn.Module, state: dict) -> list[str]:
+    """Add the integer buffers ``state`` lacks (BN ``num_batches_tracked``: converted
+    checkpoints often drop them) from ``model``, as ``load_state_dict`` would accept; returns
+    the keys filled. Missing floating tensors are left for :func:`check_state` to refuse."""
+    filled = [k for k, v in model.state_dict().items()
+              if k not in state and not v.is_floating_point()]
+    expected = model.state_dict()
+    for k in filled:
+        state[k] = expected[k].clone()
+    return filled
 
 
 def check_state(model: nn.Module, state: dict, source: str = "checkpoint") -> None:
@@ -143,11 +162,17 @@ def check_state(model: nn.Module, state: dict, source: str = "checkpoint") -> No
 
 
 def load_model(path: str | Path, arch: str | None = None, allow_code: bool = False) -> nn.Module:
-    """Rebuild the module from the checkpoint's metadata alone and load validated weights."""
+    """Rebuild the module from the checkpoint's metadata (or ``arch``, which a ``.pt`` state
+    dict needs) and load validated weights. User code only with ``allow_code`` or inside
+    :func:`weightspace.arch.code_allowed`."""
     state, ref, meta = read_checkpoint(path, arch)
     model = build(ref, allow_code=allow_code)
+    filled = fill_int_buffers(model, state)
     check_state(model, state, str(path))
     model.load_state_dict(state)
     model.weightspace_arch = ref
     model.weightspace_meta = meta
+    model.weightspace_notes = [f"{path}: filled {len(filled)} missing integer buffer(s) "
+                               f"({filled[0]}{', ...' if len(filled) > 1 else ''}) from the "
+                               f"freshly built model, as load_state_dict would"] if filled else []
     return model.eval()

@@ -8,8 +8,10 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from .errors import WeightspaceError
 
-class StateError(ValueError):
+
+class StateError(WeightspaceError):
     """State dicts that do not fit each other (architecture, width) or hold bad values."""
 
 

@@ -4,9 +4,9 @@
 >>> B_aligned = apply(spec, perms, B)                    # same function as B
 """
 from .matching import MatchReport, WeightMatcher, families, l2_distance, lap, weight_matching
-from .methods import (METHODS, activation_matching, align, residual_families, ste_matching,
-                      transfusion_matching)
+from .methods import (METHODS, AlignError, activation_matching, align, residual_families,
+                      ste_matching, transfusion_matching)
 
-__all__ = ["METHODS", "MatchReport", "WeightMatcher", "activation_matching", "align",
-           "families", "l2_distance", "lap", "residual_families", "ste_matching",
+__all__ = ["METHODS", "AlignError", "MatchReport", "WeightMatcher", "activation_matching",
+           "align", "families", "l2_distance", "lap", "residual_families", "ste_matching",
            "transfusion_matching", "weight_matching"]

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from ..errors import WeightspaceError
 from ..functional import has_batchnorm, loss_acc, reset_bn, scratch, train_step
 from ..symmetry.structure import Perms, Spec, apply, identity_perms
 from .matching import (MatchReport, WeightMatcher, families, l2_distance, lap,
@@ -31,6 +32,10 @@ from .matching import (MatchReport, WeightMatcher, families, l2_distance, lap,
 METHODS = ("wm", "am", "ste", "transfusion")
 _FEATURE_LAST = (nn.Linear, nn.LayerNorm, nn.Embedding)
 _FEATURE_DIM1 = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.GroupNorm)
+
+
+class AlignError(WeightspaceError):
+    """An alignment request that cannot run (unknown method, missing data)."""
 
 
 def _report(method, t0, spec, A, B, perms, info, notes=()) -> MatchReport:
@@ -236,13 +241,13 @@ def align(spec: Spec, A: dict, B: dict, method: str = "wm", model: nn.Module | N
     architecture) are needed by ``am`` and ``ste``.
     """
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
+        raise AlignError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
     if method == "wm":
         return weight_matching(spec, A, B, seed=seed, **kw)
     if method == "transfusion":
         return transfusion_matching(spec, A, B, seed=seed, **kw)
     if model is None or data is None:
-        raise ValueError(f"method {method!r} needs data: pass a dataset (--dataset)")
+        raise AlignError(f"method {method!r} needs data: pass a dataset (--dataset)")
     if method == "am":
         x = data["train"][0][:kw.pop("examples", 2048)]
         return activation_matching(spec, model, A, B, x, seed=seed, **kw)

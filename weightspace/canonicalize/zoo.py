@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save
 
 from ..checkpoint import (atomic_write, atomic_write_text, canonical_safetensors, read_checkpoint,
                           save_checkpoint)
+from ..errors import safe_name
 from ..functional import check_compatible, mean_states
 from ..symmetry import apply, identity_perms, invert, spec as discover_spec
 from ..symmetry.structure import Spec
@@ -189,7 +190,7 @@ def restore(canon_dir, model_id: str) -> dict:
     """The original state dict of ``model_id`` from a canonicalized zoo (bitwise)."""
     root = Path(canon_dir)
     spec = Spec.from_json((root / "spec.json").read_text())
-    perms = load_file(str(root / "perms" / f"{model_id}.safetensors"))
+    perms = load_file(str(root / "perms" / f"{safe_name(model_id, 'model id')}.safetensors"))
     state, _, _ = read_checkpoint(Zoo(root).model_path(model_id))
     return apply(spec, invert(spec, perms), state)
 

@@ -6,9 +6,11 @@ import sys
 
 from ..canonicalize import METHODS, align
 from ..checkpoint import load_model, save_checkpoint
+from ..errors import check_output
 from ..functional import check_compatible
 from ..symmetry import apply, spec as discover_spec
-from ..zoo import DatasetError, load_dataset
+from ..zoo import DatasetError, check_fits, load_dataset
+from .options import POSITIVE, SEED, allow_code, arch_override
 
 
 def _method_args(p) -> None:
@@ -18,14 +20,33 @@ def _method_args(p) -> None:
     p.add_argument("--dataset", default=None,
                    help="data for am/ste (default: the dataset in the checkpoint metadata)")
     p.add_argument("--data-root", default=None, help="where the dataset files are")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-iter", type=int, default=None, help="weight-matching sweeps (100)")
-    p.add_argument("--steps", type=int, default=None, help="STE steps (300)")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--max-iter", type=POSITIVE, default=None, help="weight-matching sweeps (100)")
+    p.add_argument("--steps", type=POSITIVE, default=None, help="STE steps (300)")
     p.add_argument("--pearson", action="store_true", help="am: Pearson correlation")
     p.add_argument("--residual", choices=("identity", "wm"), default=None,
                    help="transfusion: leave the residual stream at identity (default) or "
                         "weight-match it")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    allow_code(p)
+
+
+def load_data(args, model, path) -> object:
+    """The dataset of ``--dataset`` or of the checkpoint's metadata, checked to fit the
+    model (am / ste run it)."""
+    name = args.dataset or model.weightspace_meta.get("dataset")
+    if not name:
+        raise DatasetError(f"--method {args.method} needs data: pass --dataset NAME "
+                           f"({path} records none)")
+    data = load_dataset(name, args.data_root)
+    check_fits(model, data, model.weightspace_arch)
+    return data
+
+
+def print_notes(*models) -> None:
+    for m in models:
+        for n in getattr(m, "weightspace_notes", ()):
+            print(f"note: {n}", file=sys.stderr)
 
 
 def method_kwargs(args) -> dict:
@@ -47,25 +68,20 @@ def add_parser(sub) -> None:
                                    "closest to A and write the permuted B (same function).")
     p.add_argument("a", metavar="A", help="reference checkpoint")
     p.add_argument("b", metavar="B", help="checkpoint to permute")
-    p.add_argument("--out", required=True, help="where to write the aligned B")
-    p.add_argument("--allow-code", action="store_true",
-                   help="allow architecture references to user code")
+    p.add_argument("--out", required=True, help="where to write the aligned B (.safetensors)")
+    arch_override(p)
     _method_args(p)
 
 
 def run(args) -> int:
-    ma = load_model(args.a, allow_code=args.allow_code)
-    mb = load_model(args.b, allow_code=args.allow_code)
+    check_output(args.out, "file")
+    ma = load_model(args.a, arch=args.arch)
+    mb = load_model(args.b, arch=args.arch)
+    print_notes(ma, mb)
     A, B = ma.state_dict(), mb.state_dict()
     check_compatible([A, B], [args.a, args.b])
-    data = None
-    if args.method in ("am", "ste"):
-        name = args.dataset or ma.weightspace_meta.get("dataset")
-        if not name:
-            raise DatasetError(f"--method {args.method} needs data: pass --dataset NAME "
-                               f"({args.a} records none)")
-        data = load_dataset(name, args.data_root)
-    spec = discover_spec(args.a, allow_code=args.allow_code)
+    data = load_data(args, ma, args.a) if args.method in ("am", "ste") else None
+    spec = discover_spec(ma.weightspace_arch)
     perms, rep = align(spec, A, B, args.method, model=ma, data=data, seed=args.seed,
                        **method_kwargs(args))
     meta = {**mb.weightspace_meta, "aligned": {"to": str(args.a), "method": args.method,

@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 
 from ..canonicalize.zoo import canonicalize_zoo
+from ..errors import check_output
 from .align_cmd import _method_args, method_kwargs
+from .options import POSITIVE, float_range
 
 
 def add_parser(sub) -> None:
@@ -16,8 +18,8 @@ def add_parser(sub) -> None:
     p.add_argument("--reference", default="barycenter",
                    help="a model id, or 'barycenter' (default; wm / transfusion)")
     p.add_argument("--out", required=True, help="the canonical zoo directory (new)")
-    p.add_argument("--max-rounds", type=int, default=20, help="barycenter rounds (20)")
-    p.add_argument("--tol", type=float, default=1e-3,
+    p.add_argument("--max-rounds", type=POSITIVE, default=20, help="barycenter rounds (20)")
+    p.add_argument("--tol", type=float_range(0, 1), default=1e-3,
                    help="barycenter: stop when the RMS distance improves by less (1e-3)")
     p.add_argument("--force", action="store_true", help="replace an existing --out zoo")
     p.add_argument("--no-progress", action="store_true")
@@ -25,6 +27,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    check_output(args.out, "dir")
     rep = canonicalize_zoo(args.zoo, args.out, args.method, args.reference,
                            data_root=args.data_root, seed=args.seed, max_rounds=args.max_rounds, tol=args.tol,
                            force=args.force, progress=not args.no_progress and not args.json,

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 
+from ..errors import check_output
 from ..generate import METHODS, audit, fit_generator, sample_zoo
+from .options import POSITIVE, SEED, allow_code, float_range, int_range
 
 
 def add_parser(sub) -> None:
@@ -14,32 +16,37 @@ def add_parser(sub) -> None:
     f = gs.add_parser("fit", help="train a generator on a zoo (resumes an interrupted fit)")
     f.add_argument("zoo", metavar="ZOO_OR_CANON_DIR")
     f.add_argument("--out", required=True, help="generator directory")
-    f.add_argument("--steps", type=int, default=3000)
-    f.add_argument("--batch-size", type=int, default=128)
-    f.add_argument("--lr", type=float, default=1e-3)
-    f.add_argument("--width", type=int, default=512, help="velocity width (512)")
-    f.add_argument("--depth", type=int, default=3, help="velocity layers (3)")
+    f.add_argument("--steps", type=int_range(1, 10**8), default=3000)
+    f.add_argument("--batch-size", type=int_range(1, 10**6), default=128)
+    f.add_argument("--lr", type=float_range(0, 100, lo_open=True), default=1e-3)
+    f.add_argument("--width", type=int_range(1, 65536), default=512,
+                   help="velocity width (512)")
+    f.add_argument("--depth", type=int_range(1, 256), default=3, help="velocity layers (3)")
     f.add_argument("--pca", action="store_true", help="model a PCA code of the zoo")
     f.add_argument("--velocity", choices=("mlp", "transformer"), default="mlp",
                    help="mlp over the code (default), or a transformer over per-layer "
                         "tokens of the full encoding (large models; not with --pca)")
-    f.add_argument("--token", type=int, default=256, help="numbers per token (transformer)")
-    f.add_argument("--heads", type=int, default=4, help="attention heads (transformer)")
+    f.add_argument("--token", type=int_range(1, 10**7), default=256,
+                   help="numbers per token (transformer)")
+    f.add_argument("--heads", type=int_range(1, 4096), default=4,
+                   help="attention heads (transformer; must divide --width)")
     f.add_argument("--condition", metavar="NAME",
                    help="condition on a per-model metric (e.g. val_acc) or hyperparameter "
                         "(e.g. weight_decay), with classifier-free guidance at sampling")
-    f.add_argument("--p-uncond", type=float, default=0.1,
+    f.add_argument("--p-uncond", type=float_range(0, 1, hi_open=True), default=0.1,
                    help="probability of dropping the condition in training (0.1)")
     f.add_argument("--no-ot", action="store_true", help="no minibatch OT coupling")
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--seed", type=SEED, default=0)
     f.add_argument("--no-progress", action="store_true")
     f.add_argument("--json", action="store_true")
+    allow_code(f)
     s = gs.add_parser("sample", help="sample N networks into a new zoo directory")
     s.add_argument("gen", metavar="GEN_DIR")
-    s.add_argument("-n", type=int, default=100)
-    s.add_argument("--steps", type=int, default=10, help="ODE steps (fixed-step methods)")
+    s.add_argument("-n", type=int_range(1, 100_000), default=100, help="networks (100)")
+    s.add_argument("--steps", type=int_range(1, 10_000), default=10,
+                   help="ODE steps (fixed-step methods)")
     s.add_argument("--method", choices=METHODS, default="midpoint")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=SEED, default=0)
     s.add_argument("--condition", metavar="VALUE",
                    help="target value of the generator's condition (its own units), or "
                         "max / min / mean of the zoo's values")
@@ -49,16 +56,19 @@ def add_parser(sub) -> None:
     s.add_argument("--data-root")
     s.add_argument("--out", required=True)
     s.add_argument("--json", action="store_true")
+    allow_code(s)
     e = gs.add_parser("eval", help="audit a sample zoo against its training zoo")
     e.add_argument("samples", metavar="SAMPLES_DIR")
     e.add_argument("--zoo", required=True, help="the training zoo (canonical or raw)")
-    e.add_argument("--ensemble", type=int, default=10, help="ensemble size K (10)")
+    e.add_argument("--ensemble", type=POSITIVE, default=10, help="ensemble size K (10)")
     e.add_argument("--data-root")
     e.add_argument("--out", required=True, help="report directory")
     e.add_argument("--json", action="store_true")
+    allow_code(e)
 
 
 def run(args) -> int:
+    check_output(args.out, "dir")
     if args.gen_verb == "fit":
         res = fit_generator(args.zoo, args.out, args.steps, args.batch_size, args.lr,
                             args.width, args.depth, pca=args.pca, ot=not args.no_ot,

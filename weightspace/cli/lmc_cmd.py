@@ -10,11 +10,22 @@ from pathlib import Path
 
 from ..canonicalize import METHODS as ALIGN_METHODS
 from ..checkpoint import atomic_write_text, load_model, save_checkpoint
+from ..errors import check_output
 from ..functional import check_compatible, loss_acc
 from ..merge import BN_MODES, LMCError, heatmap, lmc, merge, plot
 from ..merge.merging import METHODS as MERGE_METHODS
 from ..symmetry import spec as discover_spec
 from ..zoo import DatasetError, Zoo, ZooError, check_fits, load_dataset
+from .align_cmd import print_notes
+from .options import POSITIVE, SEED, allow_code, arch_override, int_range
+
+MAX_POINTS = 1001
+
+
+def _pairs(text: str):
+    if text == "all":
+        return text
+    return int_range(1, 10**7)(text)
 
 
 def add_parser(sub) -> None:
@@ -24,18 +35,21 @@ def add_parser(sub) -> None:
                                    "alignment, with diagnostics and plots.")
     p.add_argument("models", nargs="*", metavar="CKPT", help="two checkpoints A B")
     p.add_argument("--zoo", help="a zoo: pairwise barrier matrix instead of one pair")
-    p.add_argument("--pairs", default="all", help="with --zoo: 'all' or a number of random "
-                                                  "pairs (default all)")
+    p.add_argument("--pairs", type=_pairs, default="all",
+                   help="with --zoo: 'all' or a number of random pairs (default all)")
     p.add_argument("--dataset", help="default: the dataset in A's metadata")
     p.add_argument("--data-root")
     p.add_argument("--align", choices=("none", *ALIGN_METHODS), default="wm")
-    p.add_argument("--points", type=int, default=25)
+    p.add_argument("--points", type=int_range(2, MAX_POINTS), default=25,
+                   help=f"interpolation points including the endpoints (25; 2-{MAX_POINTS})")
     p.add_argument("--bn", choices=BN_MODES, default="reset",
                    help="between the endpoints: reset BN statistics on train data (default), "
                         "REPAIR, or keep the interpolated buffers")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--out", required=True, help="report directory (lmc.json, lmc.png)")
     p.add_argument("--json", action="store_true")
+    arch_override(p)
+    allow_code(p)
 
     m = sub.add_parser("merge", help="merge several checkpoints into one",
                        description="Merge checkpoints of one architecture: plain mean, "
@@ -48,10 +62,12 @@ def add_parser(sub) -> None:
     post.add_argument("--bn-reset", action="store_true", help="recompute BN statistics")
     m.add_argument("--dataset", help="default: the dataset in the first checkpoint's metadata")
     m.add_argument("--data-root")
-    m.add_argument("--steps", type=int, default=None, help="STE steps (200)")
-    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--steps", type=POSITIVE, default=None, help="STE steps (200)")
+    m.add_argument("--seed", type=SEED, default=0)
     m.add_argument("--out", required=True, help="merged checkpoint (.safetensors)")
     m.add_argument("--json", action="store_true")
+    arch_override(m)
+    allow_code(m)
 
 
 def _data(args, model, required: bool = True):
@@ -65,22 +81,27 @@ def _data(args, model, required: bool = True):
     return data
 
 
-def _load_all(paths):
-    models = [load_model(p) for p in paths]
+def _load_all(paths, arch: str | None = None):
+    models = [load_model(p, arch=arch) for p in paths]
+    print_notes(*models)
     check_compatible([m.state_dict() for m in models], [str(p) for p in paths])
     return models
 
 
 def run_lmc(args) -> int:
-    if args.points < 2:
-        raise LMCError(f"--points must be >= 2, got {args.points}")
+    out = check_output(args.out, "dir")
+    for name in ("lmc.json", "lmc.png", "barriers.json", "barriers_unaligned.png",
+                 "barriers_aligned.png"):
+        check_output(out / name, "file")
     if args.zoo:
+        if args.models:
+            raise LMCError("give two checkpoints A B or --zoo DIR, not both")
         return _pairwise(args)
     if len(args.models) != 2:
         raise LMCError(f"lmc takes two checkpoints A B (got {len(args.models)}), or --zoo DIR")
-    ma, mb = _load_all(args.models)
+    ma, mb = _load_all(args.models, args.arch)
     data = _data(args, ma)
-    spec = discover_spec(args.models[0])
+    spec = discover_spec(ma.weightspace_arch)
     t = time.perf_counter()
     res = lmc(spec, ma, ma.state_dict(), mb.state_dict(), data, args.align, args.points,
               args.bn, seed=args.seed)
@@ -127,16 +148,10 @@ def _pairwise(args) -> int:
         raise ZooError(f"{args.zoo}: need at least two finished models")
     pairs = list(itertools.combinations(range(len(ids)), 2))
     if args.pairs != "all":
-        try:
-            k = int(args.pairs)
-        except ValueError:
-            raise LMCError(f"--pairs must be 'all' or a number, got {args.pairs!r}") from None
-        if k < 1:
-            raise LMCError(f"--pairs must be >= 1, got {k}")
-        pairs = sorted(random.Random(args.seed).sample(pairs, min(k, len(pairs))))
+        pairs = sorted(random.Random(args.seed).sample(pairs, min(args.pairs, len(pairs))))
     models = _load_all([zoo.model_path(i) for i in ids])
     data = _data(args, models[0])
-    spec = discover_spec(str(zoo.model_path(ids[0])))
+    spec = discover_spec(models[0].weightspace_arch)
     n = len(ids)
     before = [[0.0 if i == j else None for j in range(n)] for i in range(n)]
     after = [[0.0 if i == j else None for j in range(n)] for i in range(n)]
@@ -169,12 +184,13 @@ def _pairwise(args) -> int:
 
 
 def run_merge(args) -> int:
-    models = _load_all(args.models)
+    check_output(args.out, "file")
+    models = _load_all(args.models, args.arch)
     post = "repair" if args.repair else "reset" if args.bn_reset else "none"
     data = _data(args, models[0], required=args.method == "ste" or post != "none")
     if data is None and not args.json:
         print("note: no dataset known, so no accuracies are reported", file=sys.stderr)
-    spec = discover_spec(args.models[0])
+    spec = discover_spec(models[0].weightspace_arch)
     kw = {"steps": args.steps} if args.steps is not None and args.method == "ste" else {}
     merged, rep = merge(spec, models[0], [m.state_dict() for m in models], args.method, post,
                         data, seed=args.seed, names=[str(p) for p in args.models], **kw)

@@ -6,7 +6,11 @@ import time
 from collections import Counter
 
 from ..checkpoint import atomic_write_text
+from ..errors import check_output
 from ..symmetry import SpecError, spec
+from .options import SEED, allow_code, arch_override
+
+MAX_INPUT_NUMBERS = 2**28  # 1 GiB of float32: far more than any example input needs
 
 
 def add_parser(sub) -> None:
@@ -15,7 +19,7 @@ def add_parser(sub) -> None:
         description="Trace ARCH (an architecture reference or a checkpoint) with torch.fx, "
                     "discover its permutation groups, verify them by permuting a perturbed "
                     "copy of the model, and print the result.")
-    p.add_argument("arch", metavar="ARCH",
+    p.add_argument("arch", metavar="ARCH_OR_CKPT",
                    help="e.g. 'resnet20?width=4', 'mlp:64-128-10', 'timm:resnet18', or a "
                         ".safetensors checkpoint")
     p.add_argument("--input-shape", default=None,
@@ -23,9 +27,9 @@ def add_parser(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--out", help="also write the spec as JSON to this file (atomic)")
     p.add_argument("--no-verify", action="store_true", help="skip the verification forward")
-    p.add_argument("--seed", type=int, default=0, help="seed of input and permutations")
-    p.add_argument("--allow-code", action="store_true",
-                   help="allow references to user code (package.module:factory)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of input and permutations")
+    arch_override(p, dest="checkpoint_arch")
+    allow_code(p)
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -35,14 +39,23 @@ def _shape(text: str) -> tuple[int, ...]:
         raise SpecError(f"--input-shape must be integers like 1,3,32,32, got {text!r}") from None
     if not shape or any(s < 1 for s in shape):
         raise SpecError(f"--input-shape must be positive integers, got {text!r}")
+    n = 1
+    for s in shape:
+        n *= s
+    if n > MAX_INPUT_NUMBERS:
+        raise SpecError(f"--input-shape {text}: {n} numbers is more than an example input "
+                        f"needs (at most {MAX_INPUT_NUMBERS}); use batch 1 and the model's "
+                        f"input size")
     return shape
 
 
 def run(args) -> int:
     t0 = time.perf_counter()
+    if args.out is not None:
+        check_output(args.out, "file")
     shape = _shape(args.input_shape) if args.input_shape else None
     result = spec(args.arch, shape, check=not args.no_verify, seed=args.seed,
-                  allow_code=args.allow_code)
+                  arch=args.checkpoint_arch)
     seconds = time.perf_counter() - t0
     obj = result.to_dict()
     obj["seconds"] = round(seconds, 3)

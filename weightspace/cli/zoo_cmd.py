@@ -8,8 +8,11 @@ import sys
 import torch
 
 from ..checkpoint import read_checkpoint
+from ..errors import check_output
 from ..zoo import HParams, Zoo, ZooError, load_dataset, load_grid, train_zoo
+from ..zoo.importer import import_zoo
 from ..zoo.train import OPTIMIZERS, SCHEDULES, evaluate
+from .options import allow_code, arch_override, float_range, int_range
 
 HP = HParams()
 
@@ -30,31 +33,47 @@ def add_parser(sub) -> None:
                    help="digits (default), fashion-mnist, mnist, cifar10, cifar100; options "
                         "like fashion-mnist?train_size=5000")
     t.add_argument("--data-root", default=None, help="where the dataset files are")
-    t.add_argument("--models", type=int, required=True, help="models per grid point")
-    t.add_argument("--seed0", type=int, default=0, help="first seed (default 0)")
-    t.add_argument("--epochs", type=int, default=HP.epochs)
-    t.add_argument("--batch-size", type=int, default=HP.batch_size)
-    t.add_argument("--lr", type=float, default=HP.lr)
+    t.add_argument("--models", type=int_range(1, 100_000), required=True,
+                   help="models per grid point")
+    t.add_argument("--seed0", type=int_range(0, 2**31 - 1), default=0,
+                   help="first seed (default 0)")
+    t.add_argument("--epochs", type=int_range(1, 100_000), default=HP.epochs)
+    t.add_argument("--batch-size", type=int_range(1, 1_000_000), default=HP.batch_size)
+    t.add_argument("--lr", type=float_range(0, 100, lo_open=True), default=HP.lr)
     t.add_argument("--optimizer", choices=OPTIMIZERS, default=HP.optimizer)
-    t.add_argument("--weight-decay", type=float, default=HP.weight_decay)
-    t.add_argument("--momentum", type=float, default=HP.momentum, help="SGD momentum")
+    t.add_argument("--weight-decay", type=float_range(0, 100), default=HP.weight_decay)
+    t.add_argument("--momentum", type=float_range(0, 1, hi_open=True), default=HP.momentum,
+                   help="SGD momentum")
     t.add_argument("--schedule", choices=SCHEDULES, default=HP.schedule)
     t.add_argument("--grid", default=None,
                    help="JSON or TOML file of hyperparameter lists, e.g. "
                         '{"lr": [0.001, 0.01], "act": ["relu", "gelu"]}; training keys '
                         f"({', '.join(sorted(HParams.keys()))}) or architecture options")
-    t.add_argument("--checkpoints-per-model", type=int, default=1,
+    t.add_argument("--checkpoints-per-model", type=int_range(1, 10_000), default=1,
                    help="keep K checkpoints per model, evenly spaced in epochs (last = final)")
-    t.add_argument("--chunk-size", type=int, default=32,
+    t.add_argument("--chunk-size", type=int_range(1, 100_000), default=32,
                    help="models trained together in one batched step (default 32)")
     t.add_argument("--no-batched", action="store_true", help="train one model at a time")
     t.add_argument("--out", required=True, help="zoo directory")
     t.add_argument("--force", action="store_true",
                    help="discard an existing zoo in --out made with other settings")
-    t.add_argument("--allow-code", action="store_true",
-                   help="allow references to user code (package.module:factory)")
+    allow_code(t)
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--json", action="store_true", help="print a JSON summary")
+
+    im = zs.add_parser("import", help="a zoo from checkpoints trained elsewhere",
+                       description="Validate checkpoints (.safetensors, or .pt/.pth state "
+                                   "dicts saved with torch.save, given --arch) against one "
+                                   "architecture and write them as a zoo with a manifest "
+                                   "and, when a dataset is known, their metrics.")
+    im.add_argument("checkpoints", nargs="+", metavar="CKPT")
+    im.add_argument("--out", required=True, help="the new zoo directory")
+    arch_override(im)
+    im.add_argument("--dataset", default=None,
+                    help="data for the metrics (default: the first checkpoint's, if any)")
+    im.add_argument("--data-root", default=None, help="where the dataset files are")
+    im.add_argument("--json", action="store_true", help="print a JSON summary")
+    allow_code(im)
 
     ls = zs.add_parser("list", help="table of a zoo's models")
     ls.add_argument("zoo", metavar="ZOO_DIR")
@@ -67,13 +86,32 @@ def add_parser(sub) -> None:
     ev.add_argument("--split", choices=("train", "val", "test"), default="test")
     ev.add_argument("--data-root", default=None, help="where the dataset files are")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
+    allow_code(ev)
 
 
 def run(args) -> int:
-    return {"train": _train, "list": _list, "eval": _eval}[args.zoo_verb](args)
+    return {"train": _train, "import": _import, "list": _list,
+            "eval": _eval}[args.zoo_verb](args)
+
+
+def _import(args) -> int:
+    res = import_zoo(args.checkpoints, args.out, arch=args.arch, dataset=args.dataset,
+                     data_root=args.data_root)
+    for n in res["notes"]:
+        print(f"note: {n}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(res, indent=1))
+        return 0
+    line = f"imported {res['models']} model(s) of {res['arch']} into {res['out']}"
+    if "mean_test_acc" in res:
+        line += (f"; on {res['dataset']}: mean val acc {res['mean_val_acc']:.4f}, mean test "
+                 f"acc {res['mean_test_acc']:.4f} +- {res['std_test_acc']:.4f}")
+    print(line)
+    return 0
 
 
 def _train(args) -> int:
+    check_output(args.out, "dir")
     hp = HParams(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                  optimizer=args.optimizer, weight_decay=args.weight_decay,
                  momentum=args.momentum, schedule=args.schedule)

@@ -28,6 +28,7 @@ from torch.func import functional_call, vmap
 
 from ..arch import build
 from ..checkpoint import atomic_write_text
+from ..errors import check_output
 from ..functional import has_batchnorm, mean_states, reset_bn
 from ..zoo.datasets import load_dataset
 from ..zoo.store import ZooError
@@ -110,6 +111,10 @@ def ece(probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> float:
 
 def audit(samples_dir, zoo_dir, k_ensemble: int = 10, seed: int = 0, data_root=None,
           out_dir=None) -> dict:
+    if out_dir is not None:
+        check_output(out_dir, "dir")
+    if k_ensemble < 1:
+        raise ZooError(f"the ensemble size must be >= 1, got {k_ensemble}")
     sm, s_entries, gen_states, arch = load_zoo_states(samples_dir)
     zm, z_entries, zoo_states, zarch = load_zoo_states(zoo_dir)
     if arch != zarch:

@@ -11,14 +11,16 @@ copied from the first model. The encoding is saved next to the generator.
 from __future__ import annotations
 
 import json
+import math
 
 import torch
 from safetensors.torch import load_file, save
 
 from ..checkpoint import atomic_write, canonical_safetensors
+from ..errors import WeightspaceError
 
 
-class EncodingError(ValueError):
+class EncodingError(WeightspaceError):
     """An encoding that does not fit the models or the generator it is used with."""
 
 
@@ -100,13 +102,14 @@ class Encoding:
 
     @classmethod
     def load(cls, path) -> "Encoding":
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = json.loads((f.metadata() or {})["weightspace.encoding"])
             t = load_file(str(path))
-        except (OSError, KeyError, ValueError) as e:
+        except (OSError, KeyError, ValueError, SafetensorError) as e:
             raise EncodingError(f"{path}: not a weightspace encoding ({e})") from None
+        _check_saved(meta, t, path)
         ints = {k[4:]: v for k, v in t.items() if k.startswith("int/")}
         return cls(meta["arch"], meta["keys"], meta["shapes"], t["mean"], t["std"], ints,
                    t.get("center"), t.get("basis"), t.get("scale"))
@@ -114,3 +117,39 @@ class Encoding:
     def signature(self) -> str:
         return json.dumps({"arch": self.arch, "keys": self.keys, "dim": self.dim,
                            "pca": self.basis is not None})
+
+
+def _check_saved(meta, t: dict, path) -> None:
+    """A saved encoding's fields and tensor shapes agree with each other (a hand-edited or
+    truncated file is refused here, naming the field, not deep inside decoding)."""
+    def bad(msg):
+        raise EncodingError(f"{path}: {msg}")
+    if not isinstance(meta, dict):
+        bad("metadata 'weightspace.encoding' must be a JSON object")
+    if not isinstance(meta.get("arch"), str):
+        bad("field 'arch' must be a string")
+    keys, shapes = meta.get("keys"), meta.get("shapes")
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys) or not keys:
+        bad("field 'keys' must be a non-empty list of strings")
+    if not isinstance(shapes, list) or len(shapes) != len(keys) or not all(
+            isinstance(s, list) and all(isinstance(d, int) and not isinstance(d, bool)
+                                        and d >= 0 for d in s) for s in shapes):
+        bad("field 'shapes' must be one list of non-negative integers per key")
+    for name in ("mean", "std"):
+        v = t.get(name)
+        if v is None or v.shape != (len(keys),) or not v.is_floating_point() \
+                or not bool(torch.isfinite(v).all()):
+            bad(f"tensor {name!r} must hold {len(keys)} finite numbers")
+    if not bool((t["std"] > 0).all()):
+        bad("tensor 'std' must be positive")
+    d = sum(math.prod(s) for s in shapes)
+    pca = [n for n in ("center", "basis", "scale") if n in t]
+    if pca and len(pca) != 3:
+        bad(f"a PCA encoding needs center, basis and scale; found only {', '.join(pca)}")
+    if pca:
+        k = t["basis"].shape[0] if t["basis"].dim() == 2 else -1
+        for name, shape in (("center", (d,)), ("basis", (k, d)), ("scale", (k,))):
+            if tuple(t[name].shape) != shape or not t[name].is_floating_point():
+                bad(f"tensor {name!r} has shape {list(t[name].shape)}, expected {list(shape)}")
+        if not bool((t["scale"] > 0).all()):
+            bad("tensor 'scale' must be positive")

@@ -20,6 +20,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from .encoding import EncodingError
+
 METHODS = ("euler", "midpoint", "rk4", "dopri5")
 
 
@@ -93,7 +95,7 @@ class TokenVelocity(nn.Module):
                  depth: int = 4, heads: int = 4, temb: int = 64, cond: int = 0):
         super().__init__()
         if sum(sizes) != dim:
-            raise ValueError(f"tensor sizes sum to {sum(sizes)}, not the code dimension {dim}")
+            raise EncodingError(f"tensor sizes sum to {sum(sizes)}, not the code dimension {dim}")
         self.dim, self.sizes, self.token, self.width = dim, list(sizes), token, width
         self.depth, self.heads, self.temb_dim, self.cond = depth, heads, temb, cond
         index, off = [], 0
@@ -137,13 +139,55 @@ class TokenVelocity(nn.Module):
 VELOCITIES = {"mlp": Velocity, "transformer": TokenVelocity}
 
 
+MAX_VELOCITY_PARAMETERS = 2_000_000_000
+
+_INT_BOUNDS = {"dim": (1, 10**10), "width": (1, 65536), "depth": (1, 256), "temb": (1, 65536),
+               "cond": (0, 4096), "token": (1, 10**7), "heads": (1, 4096)}
+
+
+def check_velocity_config(cfg, where: str = "velocity") -> dict:
+    """A velocity config (from flags or a generator file) that can be built: known kind,
+    integers in range, heads dividing the width, tensor sizes summing to the dimension,
+    and a parameter count that fits in memory. Raises :class:`EncodingError`."""
+    def bad(msg):
+        raise EncodingError(f"{where}: {msg}")
+    if not isinstance(cfg, dict):
+        bad("the velocity config must be a JSON object")
+    kind = cfg.get("kind", "mlp")
+    if kind not in VELOCITIES:
+        bad(f"unknown velocity model {kind!r}; known: {', '.join(VELOCITIES)}")
+    for k, v in cfg.items():
+        if k in _INT_BOUNDS:
+            lo, hi = _INT_BOUNDS[k]
+            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+                bad(f"{k} must be an integer in [{lo}, {hi}], got {v!r}")
+    width, depth = cfg.get("width", 512), cfg.get("depth", 3)
+    if kind == "transformer":
+        heads, sizes = cfg.get("heads", 4), cfg.get("sizes")
+        if width % heads:
+            bad(f"width {width} is not divisible by heads {heads}")
+        if not isinstance(sizes, list) or not all(
+                isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in sizes) \
+                or sum(sizes) != cfg.get("dim"):
+            bad("sizes must be positive integers summing to dim")
+        tokens = sum(-(-n // cfg.get("token", 256)) for n in sizes)
+        params = depth * 12 * width * width + tokens * width + 2 * cfg.get("token", 256) * width
+    else:
+        params = (cfg.get("dim", 1) + width) * width * 2 + depth * width * width
+    if params > MAX_VELOCITY_PARAMETERS:
+        bad(f"about {params:.2e} parameters is more than fits in memory "
+            f"(at most {MAX_VELOCITY_PARAMETERS:.0e}); use a smaller width or depth")
+    return cfg
+
+
 def make_velocity(cfg: dict) -> nn.Module:
     """A velocity field from its ``config()`` (saved with the generator)."""
-    cfg = dict(cfg)
+    cfg = dict(check_velocity_config(cfg))
     kind = cfg.pop("kind", "mlp")
-    if kind not in VELOCITIES:
-        raise ValueError(f"unknown velocity model {kind!r}; known: {', '.join(VELOCITIES)}")
-    return VELOCITIES[kind](**cfg)
+    try:
+        return VELOCITIES[kind](**cfg)
+    except TypeError as e:
+        raise EncodingError(f"velocity config: {e}") from None
 
 
 def ot_pair(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
@@ -244,11 +288,11 @@ def sample(model: nn.Module, n: int, steps: int = 10, method: str = "midpoint",
     conditional sampling; each evaluation then runs both in one batch)."""
     from torchdiffeq import odeint
     if method not in METHODS:
-        raise ValueError(f"unknown ODE method {method!r}; methods: {', '.join(METHODS)}")
+        raise EncodingError(f"unknown ODE method {method!r}; methods: {', '.join(METHODS)}")
     if steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {steps}")
+        raise EncodingError(f"steps must be >= 1, got {steps}")
     if cond is not None and not getattr(model, "cond", 0):
-        raise ValueError("this generator was fitted without a condition")
+        raise EncodingError("this generator was fitted without a condition")
     gen = torch.Generator().manual_seed(seed)
     x0 = sigma * torch.randn(n, model.dim, generator=gen)
     if cond is not None:

@@ -19,14 +19,17 @@ from safetensors.torch import load_file, save
 from .. import __version__
 from ..arch import build
 from ..checkpoint import (atomic_write, atomic_write_text, canonical_safetensors,
-                          read_checkpoint, save_checkpoint)
+                          check_state, read_checkpoint, save_checkpoint)
+from ..errors import check_output
 from ..functional import has_batchnorm, reset_bn
 from ..zoo.datasets import load_dataset
 from ..zoo.runner import dist_state
 from ..zoo.store import FORMAT, FORMAT_VERSION, Zoo, ZooError
 from ..zoo.train import metrics
 from .encoding import Encoding, EncodingError
-from .flow import VELOCITIES, make_velocity, sample, train_flow
+from .flow import VELOCITIES, check_velocity_config, make_velocity, sample, train_flow
+
+MAX_SAMPLES = 100_000
 
 
 def load_zoo_states(zoo_dir) -> tuple[dict, list[dict], list[dict], str]:
@@ -37,6 +40,11 @@ def load_zoo_states(zoo_dir) -> tuple[dict, list[dict], list[dict], str]:
     if not entries:
         raise ZooError(f"{zoo_dir}: the zoo has no finished models")
     loaded = [read_checkpoint(zoo.model_path(e["id"])) for e in entries]
+    for e, (state, _, _) in zip(entries, loaded):
+        for k, v in state.items():
+            if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                raise ZooError(f"{zoo.model_path(e['id'])}: tensor {k!r} holds non-finite "
+                               f"values (NaN or Inf); remove or retrain model {e['id']}")
     archs = {a for _, a, _ in loaded}
     if len(archs) != 1:
         raise ZooError(f"{zoo_dir}: models of several architectures ({sorted(archs)[:3]}); "
@@ -105,8 +113,12 @@ def fit_generator(zoo_dir, out_dir, steps: int = 3000, batch_size: int = 128,
     hyperparameter the field is conditioned on (with classifier-free dropout
     ``p_uncond``); ``sample_zoo(condition=value, guidance=w)`` steers by it."""
     t0 = time.perf_counter()
+    out = check_output(out_dir, "dir")
+    _check_fit_numbers(steps, batch_size, lr, p_uncond, checkpoint_every)
     m, entries, states, arch = load_zoo_states(zoo_dir)
-    out = Path(out_dir)
+    # the samples will be built as this architecture: refuse now what cannot be built
+    # (user code without --allow-code) or does not fit the zoo's tensors
+    check_state(build(arch), states[0], str(Zoo(zoo_dir).model_path(entries[0]["id"])))
     if velocity not in VELOCITIES:
         raise EncodingError(f"unknown velocity model {velocity!r} ({' or '.join(VELOCITIES)})")
     if velocity == "transformer" and pca:
@@ -127,6 +139,7 @@ def fit_generator(zoo_dir, out_dir, steps: int = 3000, batch_size: int = 128,
                 "sizes": [int(torch.tensor(sh).prod()) if sh else 1 for sh in enc.shapes]}
     else:
         vcfg = {"kind": "mlp", "dim": codes.shape[1], "width": width, "depth": depth}
+    check_velocity_config(vcfg, "generator settings")
     err = max(float((enc.decode(c)[k] - s[k]).abs().max()) for c, s in zip(codes, states)
               for k in enc.keys)
     cfg = {"format": "weightspace.generator", "version": 1, "weightspace_version": __version__,
@@ -140,17 +153,7 @@ def fit_generator(zoo_dir, out_dir, steps: int = 3000, batch_size: int = 128,
                         else {})},
            "condition": cond_norm,
            "max_roundtrip_error": err}
-    state = None
-    if (out / "state.json").is_file():
-        old = json.loads((out / "config.json").read_text())
-        if any(old.get(k) != cfg[k] for k in ("encoding", "train", "zoo", "condition")):
-            raise EncodingError(f"{out} holds a generator fitted with other settings; use "
-                                f"another --out")
-        st = load_file(str(out / "state.safetensors"))
-        sm = json.loads((out / "state.json").read_text())
-        state = {"model": _unflat("model", st, {}), "ema": _unflat("ema", st, {}),
-                 "opt": _unflat("opt", st, sm["meta"]), "step": sm["step"]}
-        state["opt"]["param_groups"] = sm["param_groups"]
+    state = _resume_state(out, cfg) if (out / "state.json").is_file() else None
     main = dist_state().is_main_process  # under accelerate: one writer, one progress bar
     out.mkdir(parents=True, exist_ok=True)
     if main:
@@ -196,28 +199,112 @@ def fit_generator(zoo_dir, out_dir, steps: int = 3000, batch_size: int = 128,
             "max_roundtrip_error": err}
 
 
+def _resume_state(out: Path, cfg: dict) -> dict:
+    """The training state an interrupted fit in ``out`` left, if it was fitted with the same
+    settings; a damaged or foreign state is refused with the file named."""
+    try:
+        old = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise EncodingError(f"{out / 'config.json'}: cannot resume ({e})") from None
+    if not isinstance(old, dict) or any(old.get(k) != cfg[k]
+                                        for k in ("encoding", "train", "zoo", "condition")):
+        raise EncodingError(f"{out} holds a generator fitted with other settings; use "
+                            f"another --out")
+    try:
+        st = load_file(str(out / "state.safetensors"))
+        sm = json.loads((out / "state.json").read_text())
+        state = {"model": _unflat("model", st, {}), "ema": _unflat("ema", st, {}),
+                 "opt": _unflat("opt", st, sm["meta"]), "step": int(sm["step"])}
+        state["opt"]["param_groups"] = sm["param_groups"]
+    except Exception as e:  # any damage to the state files: refuse, do not half-resume
+        raise EncodingError(f"{out}: cannot resume from state.safetensors / state.json "
+                            f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
+                            f"remove them to start over") from None
+    if not 0 <= state["step"] <= cfg["train"]["steps"]:
+        raise EncodingError(f"{out / 'state.json'}: step {state['step']} is outside "
+                            f"[0, {cfg['train']['steps']}]")
+    return state
+
+
+def _check_fit_numbers(steps, batch_size, lr, p_uncond, checkpoint_every) -> None:
+    for name, v, ok in (("steps", steps, isinstance(steps, int) and 1 <= steps <= 10**8),
+                        ("batch_size", batch_size,
+                         isinstance(batch_size, int) and 1 <= batch_size <= 10**6),
+                        ("lr", lr, isinstance(lr, (int, float)) and 0 < lr <= 100),
+                        ("p_uncond", p_uncond,
+                         isinstance(p_uncond, (int, float)) and 0 <= p_uncond < 1),
+                        ("checkpoint_every", checkpoint_every,
+                         isinstance(checkpoint_every, int) and checkpoint_every >= 1)):
+        if not ok or isinstance(v, bool):
+            raise EncodingError(f"generator setting {name} is out of range: {v!r}")
+
+
+def _number(v) -> bool:
+    import math
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_generator_config(cfg, where) -> dict:
+    """``config.json`` of a generator directory, checked once when read: format, version,
+    the fields sampling uses (architecture, dataset, encoding, condition normalisation)."""
+    def bad(msg):
+        raise EncodingError(f"{where}: {msg}")
+    if not isinstance(cfg, dict) or cfg.get("format") != "weightspace.generator":
+        bad("not a weightspace generator config (field 'format')")
+    if not isinstance(cfg.get("version"), int) or isinstance(cfg["version"], bool) \
+            or cfg["version"] > 1:
+        bad(f"field 'version' must be an integer this weightspace reads (1), got "
+            f"{cfg.get('version')!r}")
+    for key, kind in (("arch", str), ("dataset", dict), ("encoding", dict), ("train", dict)):
+        if not isinstance(cfg.get(key), kind):
+            bad(f"field {key!r} must be a {'string' if kind is str else 'JSON object'}")
+    if not isinstance(cfg["dataset"].get("name"), str):
+        bad("field 'dataset.name' must be a string")
+    root = cfg["dataset"].get("data_root")
+    if root is not None and not isinstance(root, str):
+        bad("field 'dataset.data_root' must be a string")
+    cn = cfg.get("condition")
+    if cn is not None:
+        if not isinstance(cn, dict) or not isinstance(cn.get("name"), str) or not all(
+                _number(cn.get(k)) for k in ("mean", "std", "min", "max")) or cn["std"] <= 0:
+            bad("field 'condition' must be null or an object with name, mean, std > 0, "
+                "min and max")
+    return cfg
+
+
 def load_generator(gen_dir) -> tuple[dict, Encoding, torch.nn.Module]:
     gen = Path(gen_dir)
+    if not gen.is_dir():
+        raise EncodingError(f"{gen}: no such generator directory")
     try:
         cfg = json.loads((gen / "config.json").read_text())
     except (OSError, ValueError) as e:
         raise EncodingError(f"{gen}: not a generator directory ({e})") from None
+    check_generator_config(cfg, gen / "config.json")
     enc = Encoding.load(gen / "encoding.safetensors")
+    if enc.arch != cfg["arch"]:
+        raise EncodingError(f"{gen}: encoding.safetensors is for {enc.arch!r} but config.json "
+                            f"names {cfg['arch']!r}")
     if json.loads(enc.signature()) != cfg.get("encoding"):
         raise EncodingError(f"{gen}: encoding.safetensors does not match config.json "
                             f"(a generator directory from a different encoding)")
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     path = gen / "generator.safetensors"
     if not path.is_file():
         raise EncodingError(f"{gen}: no generator.safetensors (fit not finished?)")
-    with safe_open(str(path), framework="pt") as f:
-        vcfg = json.loads((f.metadata() or {})["weightspace.velocity"])
-    if vcfg["dim"] != enc.dim:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            vcfg = json.loads((f.metadata() or {})["weightspace.velocity"])
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
+        raise EncodingError(f"{path}: not a generator file (no readable "
+                            f"'weightspace.velocity' metadata: {e})") from None
+    check_velocity_config(vcfg, str(path))
+    if vcfg.get("dim") != enc.dim:
         raise EncodingError(f"{gen}: generator dimension {vcfg['dim']} != encoding {enc.dim}")
     try:
         model = make_velocity(vcfg)
         model.load_state_dict(load_file(str(path)))
-    except (TypeError, ValueError, RuntimeError) as e:
+    except (TypeError, ValueError, RuntimeError, SafetensorError) as e:
         raise EncodingError(f"{path}: not a velocity field this version reads "
                             f"({str(e).splitlines()[0]})") from None
     return cfg, enc, model.eval()
@@ -246,8 +333,11 @@ def sample_zoo(gen_dir, out_dir, n: int, steps: int = 10, method: str = "midpoin
     values. ``guidance`` is the classifier-free guidance weight, or ``"auto"``: the weight
     in :data:`GUIDANCE_GRID` whose samples have the best mean *validation* accuracy (the
     test split is never used to choose)."""
-    if n < 1:
-        raise ZooError(f"-n must be >= 1, got {n}")
+    if not isinstance(n, int) or not 1 <= n <= MAX_SAMPLES:
+        raise ZooError(f"the number of samples must be in [1, {MAX_SAMPLES}], got {n!r}")
+    if not isinstance(steps, int) or not 1 <= steps <= 10_000:
+        raise EncodingError(f"ODE steps must be in [1, 10000], got {steps!r}")
+    check_output(out_dir, "dir")
     if Zoo(out_dir).exists():
         raise ZooError(f"{out_dir} already holds a zoo; choose another --out")
     cfg, enc, model = load_generator(gen_dir)

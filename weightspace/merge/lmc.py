@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..canonicalize import align, l2_distance
+from ..errors import WeightspaceError
 from ..functional import has_batchnorm, lerp_states, loss_acc, reset_bn, scratch
 from ..symmetry.structure import Spec, apply
 from .repair import feature_stats, repair, repairable
@@ -26,7 +27,7 @@ TRAIN_EVAL = 2048   # train examples the curve is measured on
 CALIB = 2048        # train examples BN reset / REPAIR calibrate on
 
 
-class LMCError(ValueError):
+class LMCError(WeightspaceError):
     """Bad arguments to an interpolation or merge."""
 
 

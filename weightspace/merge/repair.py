@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..canonicalize.methods import _feature_modules
+from ..errors import WeightspaceError
 from ..functional import has_batchnorm, reset_bn, scratch
 from ..symmetry.structure import Spec
 
@@ -132,5 +133,5 @@ def _fold(m: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> None:
     else:
         w.mul_(scale.to(w.dtype))
     if b is None:
-        raise ValueError(f"{type(m).__name__} has no bias to fold a shift into")
+        raise WeightspaceError(f"{type(m).__name__} has no bias to fold a shift into")
     b.mul_(scale.to(b.dtype)).add_(shift.to(b.dtype))

@@ -29,20 +29,28 @@ def symmetry_of(model: nn.Module, example_input, check: bool = True, seed: int =
 
 
 def spec(ref: str, input_shape: tuple[int, ...] | None = None, check: bool = True,
-         seed: int = 0, allow_code: bool = False) -> Spec:
-    """The verified spec of an architecture reference or a checkpoint file (CLI ``spec``)."""
+         seed: int = 0, allow_code: bool = False, arch: str | None = None) -> Spec:
+    """The verified spec of an architecture reference or a checkpoint file (CLI ``spec``);
+    ``arch`` is the architecture of a checkpoint that carries none (``.pt``)."""
     from pathlib import Path
 
     from ..arch import build, input_shape as default_shape
     if ref.endswith((".safetensors", ".pt", ".pth")) or Path(ref).is_file():
         from ..checkpoint import load_model
-        model = load_model(ref, allow_code=allow_code)
+        model = load_model(ref, arch=arch, allow_code=allow_code)
         arch = model.weightspace_arch
     else:
         model, arch = build(ref, allow_code=allow_code), ref
     shape = tuple(input_shape) if input_shape else default_shape(arch, model)
-    result = symmetry_of(model.eval(), torch.randn(shape, generator=torch.Generator()
-                                                   .manual_seed(seed)), check=check, seed=seed)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    except Exception as e:  # the model's own error: wrong rank, channels or size
+        msg = " ".join(str(e).split())[:300] or type(e).__name__
+        raise SpecError(f"{arch} does not accept inputs of shape {list(shape)} ({msg})") \
+            from None
+    result = symmetry_of(model, x, check=check, seed=seed)
     result.input_shape = list(shape)
     result.arch = arch
     return result

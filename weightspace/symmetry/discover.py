@@ -13,6 +13,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from ..errors import WeightspaceError
 from . import rules
 from .axes import AxisGraph
 from .structure import FixedAxes, Group, Spec, permutable_fraction
@@ -42,7 +43,7 @@ class _Tracer(fx.Tracer):
         return super().is_leaf_module(m, qualname)
 
 
-class TraceError(RuntimeError):
+class TraceError(WeightspaceError, RuntimeError):
     """The model could not be traced symbolically."""
 
 

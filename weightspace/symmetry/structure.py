@@ -18,8 +18,10 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from ..errors import WeightspaceError
 
-class SpecError(ValueError):
+
+class SpecError(WeightspaceError):
     """A spec that is malformed, does not fit the model, or fails verification."""
 
 

@@ -29,9 +29,10 @@ import numpy as np
 import torch
 
 from ..arch import parse_value
+from ..errors import WeightspaceError
 
 
-class DatasetError(ValueError):
+class DatasetError(WeightspaceError):
     """An unknown dataset, one whose files are missing, or one that does not fit a model."""
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..checkpoint import CheckpointError, atomic_write_text, load_model, read_checkpoint
+from ..errors import WeightspaceError, safe_name
 
 try:
     import fcntl
@@ -30,8 +31,54 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
 
-class ZooError(ValueError):
+class ZooError(WeightspaceError):
     """A zoo directory that cannot be read, is busy, or does not match a command."""
+
+
+def _field(m: dict, key: str, kinds, where) -> None:
+    if key in m and m[key] is not None and (not isinstance(m[key], kinds)
+                                            or isinstance(m[key], bool) and bool not in kinds):
+        names = "/".join(k.__name__ for k in (kinds if isinstance(kinds, tuple) else (kinds,)))
+        raise ZooError(f"{where}: field {key!r} must be {names}, got {type(m[key]).__name__}")
+
+
+def check_manifest(m, where) -> None:
+    """The manifest's schema, checked once when it is read, so that no later code meets a
+    string where it expects an object: format and integer version, a list of model
+    entries, each an object with a unique, path-safe ``id`` (ids become file names)."""
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise ZooError(f"{where}: not a weightspace zoo manifest "
+                       f"(format {m.get('format') if isinstance(m, dict) else None!r})")
+    version = m.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise ZooError(f"{where}: field 'version' must be a non-negative integer, got "
+                       f"{version!r}")
+    if version > FORMAT_VERSION:
+        raise ZooError(f"{where}: zoo format version {version} is newer than this "
+                       f"weightspace understands ({FORMAT_VERSION})")
+    if not isinstance(m.get("models"), list):
+        raise ZooError(f"{where}: field 'models' must be a list")
+    for key, kinds in (("arch", str), ("dataset", dict), ("settings", dict),
+                       ("summary", dict), ("canonicalization", dict), ("settings_hash", str)):
+        _field(m, key, kinds, where)
+    if isinstance(m.get("dataset"), dict):
+        _field(m["dataset"], "name", str, f"{where}: dataset")
+        _field(m["dataset"], "data_root", str, f"{where}: dataset")
+    seen = set()
+    for i, e in enumerate(m["models"]):
+        at = f"{where}: models[{i}]"
+        if not isinstance(e, dict):
+            raise ZooError(f"{at} must be an object, got {type(e).__name__}")
+        try:
+            safe_name(e.get("id"), f"{at}.id")
+        except WeightspaceError as err:
+            raise ZooError(str(err)) from None
+        if e["id"] in seen:
+            raise ZooError(f"{at}: duplicate id {e['id']!r}")
+        seen.add(e["id"])
+        for key, kinds in (("status", str), ("metrics", dict), ("hparams", dict),
+                           ("arch", str), ("seed", int)):
+            _field(e, key, kinds, at)
 
 
 class Zoo:
@@ -44,10 +91,16 @@ class Zoo:
         return self.root / MANIFEST
 
     def model_path(self, model_id: str) -> Path:
-        return self.root / "models" / f"{model_id}.safetensors"
+        return self.root / "models" / f"{self._id(model_id)}.safetensors"
 
     def snapshot_path(self, model_id: str, epoch: int) -> Path:
-        return self.root / "checkpoints" / model_id / f"epoch{epoch:04d}.safetensors"
+        return self.root / "checkpoints" / self._id(model_id) / f"epoch{epoch:04d}.safetensors"
+
+    def _id(self, model_id: str) -> str:
+        try:
+            return safe_name(model_id, f"{self.root}: model id")
+        except WeightspaceError as e:
+            raise ZooError(str(e)) from None
 
     def exists(self) -> bool:
         return self.manifest_path.is_file()
@@ -60,14 +113,7 @@ class Zoo:
             m = json.loads(self.manifest_path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ZooError(f"{self.manifest_path}: not valid JSON ({e})") from None
-        if not isinstance(m, dict) or m.get("format") != FORMAT:
-            raise ZooError(f"{self.manifest_path}: not a weightspace zoo manifest "
-                           f"(format {m.get('format') if isinstance(m, dict) else None!r})")
-        if m.get("version", 0) > FORMAT_VERSION:
-            raise ZooError(f"{self.manifest_path}: zoo format version {m['version']} is newer "
-                           f"than this weightspace understands ({FORMAT_VERSION})")
-        if not isinstance(m.get("models"), list):
-            raise ZooError(f"{self.manifest_path}: key 'models' must be a list")
+        check_manifest(m, self.manifest_path)
         return m
 
     def write(self, manifest: dict) -> None:

@@ -27,13 +27,14 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from ..arch import build
+from ..errors import WeightspaceError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine")
 TRAIN_EVAL_MAX = 10_000  # train metrics are measured on at most this many train examples
 
 
-class TrainError(ValueError):
+class TrainError(WeightspaceError):
     """Bad hyperparameters."""
 
 

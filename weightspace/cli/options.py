@@ -1,0 +1,74 @@
+"""Argument types with bounds, and a parser whose errors are one line.
+
+A numeric option outside what can work (``--points 0``, ``-n 10**12``, ``--lr nan``) is
+refused by argparse before anything runs, with the flag and the allowed range named."""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+
+class Parser(argparse.ArgumentParser):
+    """``argparse`` with one-line errors (``weightspace VERB: error: ...``), exit code 2."""
+
+    def error(self, message: str):  # noqa: D102 - argparse API
+        print(f"{self.prog}: error: {' '.join(message.split())}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def int_range(lo: int | None = None, hi: int | None = None):
+    """An ``int`` type for argparse in ``[lo, hi]``."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"{v} is out of range {_range(lo, hi)}")
+        return v
+    parse.__name__ = "integer"
+    return parse
+
+
+def float_range(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+                hi_open: bool = False):
+    """A finite ``float`` type for argparse in ``[lo, hi]`` (``lo_open``: ``(lo, ...``)."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        bad = not math.isfinite(v) or (lo is not None and (v <= lo if lo_open else v < lo)) \
+            or (hi is not None and (v >= hi if hi_open else v > hi))
+        if bad:
+            raise argparse.ArgumentTypeError(
+                f"{text} is out of range {'(' if lo_open else '['}"
+                f"{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}"
+                f"{')' if hi_open else ']'}")
+        return v
+    parse.__name__ = "number"
+    return parse
+
+
+def _range(lo, hi) -> str:
+    return f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+
+
+SEED = int_range(0, 2**63 - 1)
+POSITIVE = int_range(1)
+
+
+def allow_code(p: argparse.ArgumentParser) -> None:
+    """``--allow-code``: every verb that builds a model from a file has it."""
+    p.add_argument("--allow-code", action="store_true",
+                   help="allow architecture references to user code (package.module:factory) "
+                        "read from arguments or files; without it such references are refused")
+
+
+def arch_override(p: argparse.ArgumentParser, dest: str = "arch") -> None:
+    """``--arch``: the architecture of checkpoints that do not carry one (``torch.save``
+    state dicts in ``.pt`` / ``.pth``, loaded with ``weights_only=True``)."""
+    p.add_argument("--arch", default=None, metavar="REF", dest=dest,
+                   help="architecture of checkpoints that carry none (a .pt/.pth state dict "
+                        "saved with torch.save), e.g. 'timm:resnet18?num_classes=10'")
