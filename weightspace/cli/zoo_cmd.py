@@ -1,6 +1,7 @@
 """``weightspace zoo train|list|eval``: build a model zoo and look inside it."""
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
@@ -53,7 +54,10 @@ def add_parser(sub) -> None:
                    help="keep K checkpoints per model, evenly spaced in epochs (last = final)")
     t.add_argument("--chunk-size", type=int_range(1, 100_000), default=32,
                    help="models trained together in one batched step (default 32)")
-    t.add_argument("--no-batched", action="store_true", help="train one model at a time")
+    t.add_argument("--batched", action=argparse.BooleanOptionalAction, default=None,
+                   help="force batched training (--batched) or one model at a time "
+                        "(--no-batched); default: time one step of each on this machine "
+                        "and use the faster (recorded in the manifest)")
     t.add_argument("--out", required=True, help="zoo directory")
     t.add_argument("--force", action="store_true",
                    help="discard an existing zoo in --out made with other settings")
@@ -118,7 +122,7 @@ def _train(args) -> int:
     grid = load_grid(args.grid) if args.grid else None
     res = train_zoo(args.out, args.arch, args.dataset, hp, models=args.models,
                     seed0=args.seed0, grid=grid, checkpoints_per_model=args.checkpoints_per_model,
-                    chunk_size=args.chunk_size, batched=not args.no_batched, force=args.force,
+                    chunk_size=args.chunk_size, batched=args.batched, force=args.force,
                     data_root=args.data_root, allow_code=args.allow_code,
                     progress=not args.no_progress and not args.json,
                     log=lambda m: print(m, file=sys.stderr))

@@ -11,7 +11,6 @@ modified; ids come from the file names, made into safe path components.
 from __future__ import annotations
 
 import re
-import statistics
 from pathlib import Path
 
 from .. import __version__
@@ -19,7 +18,7 @@ from ..checkpoint import load_model, save_checkpoint
 from ..errors import check_output
 from ..functional import check_compatible
 from .datasets import check_fits, load_dataset
-from .store import FORMAT, FORMAT_VERSION, Zoo, ZooError
+from .store import FORMAT, FORMAT_VERSION, Zoo, ZooError, summarise
 from .train import metrics
 
 
@@ -35,20 +34,6 @@ def model_ids(paths: list[Path]) -> list[str]:
         seen.add(mid)
         ids.append(mid)
     return ids
-
-
-def summarise(entries: list[dict]) -> dict:
-    """The manifest's summary: counts and mean / std accuracy per split of finished models."""
-    done = [e for e in entries if e.get("status") == "done"]
-    s = {"total": len(entries), "done": len(done),
-         "diverged": sum(e.get("status") == "diverged" for e in entries)}
-    for split in ("train", "val", "test"):
-        accs = [e["metrics"][f"{split}_acc"] for e in done
-                if f"{split}_acc" in e.get("metrics", {})]
-        if accs:
-            s[f"mean_{split}_acc"] = statistics.fmean(accs)
-            s[f"std_{split}_acc"] = statistics.pstdev(accs)
-    return s
 
 
 def import_zoo(paths, out, arch: str | None = None, dataset: str | None = None,

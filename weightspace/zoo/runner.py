@@ -7,6 +7,14 @@ chunk is the unit of work, so the bits of a model depend only on the command, ne
 many processes share the work: under ``accelerate launch`` chunk ``i`` goes to process
 ``i % num_processes`` and the zoo is identical to a single-process run.
 
+Batched or not: ``batched=None`` (the default) times one training step of both paths on
+the zoo's real shapes before anything trains and uses the faster (:func:`.train.choose_path`);
+the decision and both timings go into the manifest under ``batching``, one record per
+architecture and batch size, so a resumed zoo reuses it instead of measuring again. The
+choice depends on the machine's speed, so a zoo that must be bit-identical across machines
+should force one path (``batched=True`` / ``False``). Under ``accelerate launch`` process 0
+decides and every process follows.
+
 Resuming: a model is finished when the manifest says so, or when its checkpoint is on disk
 with this zoo's settings hash in its metadata (the process was killed between the two
 writes). Unfinished chunks train again from scratch; already-written models are kept.
@@ -20,7 +28,7 @@ import json
 import math
 import os
 import shutil
-import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -29,10 +37,11 @@ import torch
 from .. import __version__
 from ..arch import build, with_options
 from ..checkpoint import save_checkpoint
+from ..parallel import Progress, dist_state, shard
 from .datasets import Dataset, check_fits, load_dataset
-from .store import FORMAT, FORMAT_VERSION, Zoo, ZooError
-from .train import (HParams, TrainError, can_batch, metrics, snapshot_epochs, train_batched,
-                    train_sequential)
+from .store import FORMAT, FORMAT_VERSION, Zoo, ZooError, summarise
+from .train import (HParams, TrainError, can_batch, choose_path, metrics, snapshot_epochs,
+                    train_batched, train_sequential)
 
 FINISHED = ("done", "diverged")
 
@@ -117,71 +126,72 @@ def plan(settings: dict, models: int) -> list[dict]:
     return entries
 
 
-def chunks(entries: list[dict], size: int) -> list[list[dict]]:
-    """Consecutive models of one configuration, at most ``size`` per chunk."""
+def chunks(entries: list[dict], size: int | dict[int, int]) -> list[list[dict]]:
+    """Consecutive models of one configuration, at most ``size`` per chunk (one size, or a
+    size per configuration index)."""
     out = []
-    for _, group in itertools.groupby(entries, key=lambda e: e["config"]):
+    for config, group in itertools.groupby(entries, key=lambda e: e["config"]):
         group = list(group)
-        out += [group[i:i + size] for i in range(0, len(group), size)]
+        k = size if isinstance(size, int) else size[config]
+        out += [group[i:i + k] for i in range(0, len(group), k)]
     return out
 
 
-# ---------------------------------------------------------------------- processes
-def dist_state():
-    """accelerate's process state: one process here, or one per ``accelerate launch`` rank."""
-    from accelerate import PartialState
-    cpu = (not torch.cuda.is_available()
-           or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"))
-    return PartialState(cpu=cpu)
+def batching_key(arch: str, hp: HParams) -> str:
+    """What a batched-or-not decision depends on within one zoo (data shape is fixed)."""
+    return f"{arch} batch_size={hp.batch_size}"
 
 
-def _broadcast(state, obj):
-    if state.num_processes == 1:
-        return obj
-    from accelerate.utils import broadcast_object_list
-    box = [obj]
-    broadcast_object_list(box, from_process=0)
-    return box[0]
+def _note(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
-# ---------------------------------------------------------------------- progress
-class Progress:
-    """tqdm bar over models (fractional while a chunk trains), loss and models/min."""
+def decide_batching(settings: dict, entries: list[dict], finished: set, cached: dict,
+                    batched: bool | None, chunk_size: int, x, y, log=None) -> dict:
+    """A batching record per configuration key that still has models to train.
 
-    def __init__(self, total: int, enabled: bool, desc: str = "zoo"):
-        self.bar = None
-        self.start = time.perf_counter()
-        self.done = 0.0
-        self.calls = 0
-        if enabled and total > 0:
-            from tqdm.auto import tqdm
-            self.bar = tqdm(total=total, desc=desc, unit="model", dynamic_ncols=True,
-                            mininterval=0.5,
-                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total} models "
-                                       "[{elapsed}<{remaining}{postfix}]")
+    Forced (``batched`` True/False) records say so; automatic ones come from ``cached``
+    (an earlier run of this zoo) or are measured now with :func:`choose_path`. ``log``
+    receives the notes (default: standard error).
+    """
+    log = log or _note
+    out: dict[str, dict] = {}
+    for ci, (arch, hp, _) in enumerate(configs(settings)):
+        todo = [e for e in entries if e["config"] == ci and e["id"] not in finished]
+        key = batching_key(arch, hp)
+        if not todo or key in out:
+            continue
+        n = min(chunk_size, sum(e["config"] == ci for e in entries))
+        if batched is False:
+            out[key] = {"path": "sequential", "reason": "forced (--no-batched)", "models": n}
+        elif batched is None and cached.get(key, {}).get("models") == n \
+                and cached[key].get("reason", "").startswith("measured"):
+            out[key] = cached[key]
+        elif batched:
+            why = can_batch(arch, x, y) if n > 1 else "one model per chunk"
+            out[key] = {"path": "sequential" if why else "batched", "models": n,
+                        "reason": f"forced (--batched){'; ' + why if why else ''}"}
+            if why:
+                log(f"note: {arch} cannot train batched ({why}); training it one model at "
+                    f"a time")
+        else:
+            out[key] = choose_path(arch, n, hp, x, y)
+            log(f"note: {arch}: {out[key]['reason']}; training {out[key]['path']}")
+    return out
 
-    def step(self, models: int, steps: int, losses: torch.Tensor):
-        if self.bar is None:
-            return
-        self.done += models / steps
-        self.calls += 1
-        self.bar.update(models / steps)
-        if self.calls % 25 == 1:  # reading the loss syncs a GPU: not every step
-            rate = 60 * self.done / max(time.perf_counter() - self.start, 1e-9)
-            self.bar.set_postfix_str(f"loss {float(losses.float().nanmean()):.4f}, "
-                                     f"{rate:.1f} models/min", refresh=False)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
 
 
 # ---------------------------------------------------------------------- the job
 def train_zoo(out, arch: str, dataset: str, hp: HParams, *, models: int, seed0: int = 0,
               grid: dict | None = None, checkpoints_per_model: int = 1, chunk_size: int = 32,
-              batched: bool = True, force: bool = False, data_root=None,
-              allow_code: bool = False, progress: bool = True, log=print) -> dict:
-    """Train (or finish) the zoo in ``out``; returns a summary of this run."""
+              batched: bool | None = None, force: bool = False, data_root=None,
+              allow_code: bool = False, progress: bool = True, log=None) -> dict:
+    """Train (or finish) the zoo in ``out``; returns a summary of this run.
+
+    ``batched``: None measures which path is faster (cached in the manifest), True forces
+    batched training (where the architecture allows), False one model at a time. ``log``
+    receives notes (default: standard error, never the standard output a --json reads).
+    """
     if chunk_size < 1:
         raise ZooError(f"--chunk-size must be >= 1, got {chunk_size}")
     t0 = time.perf_counter()
@@ -191,60 +201,54 @@ def train_zoo(out, arch: str, dataset: str, hp: HParams, *, models: int, seed0: 
     archs = sorted({e["arch"] for e in entries})
     for a in archs:  # every configuration builds and fits the data before anything is written
         check_fits(build(a, allow_code=allow_code), data, a)
-    state = dist_state()
+    sh, device = shard(), dist_state().device
     zoo = Zoo(out)
     h = settings_hash(settings)
+    x, y = (t.to(device) for t in data["train"])
+    cfgs = configs(settings)
     with contextlib.ExitStack() as lock:
-        err = None
-        if state.is_main_process:
+        err, decisions = None, {}
+        if sh.is_main:
             try:
                 lock.enter_context(zoo.writer_lock())
                 _prepare(zoo, settings, h, entries, data, data_root, force)
+                manifest = zoo.read()
+                done = {e["id"] for e in manifest["models"] if e.get("status") in FINISHED}
+                decisions = decide_batching(settings, entries, done,
+                                            manifest.get("batching", {}), batched, chunk_size,
+                                            x, y, log)
+                zoo.update(lambda m: m.setdefault("batching", {}).update(decisions))
             except ZooError as e:
                 err = str(e)
-        err = _broadcast(state, err)
+        err, decisions = sh.broadcast((err, decisions))
         if err:
             raise ZooError(err)
         finished = {e["id"] for e in zoo.read()["models"] if e.get("status") in FINISHED}
-        work = [c for i, c in enumerate(chunks(entries, chunk_size if batched else 1))
-                if i % state.num_processes == state.process_index
-                and not all(e["id"] in finished for e in c)]
-        bar = Progress(sum(len(c) for c in work), progress and state.is_main_process,
-                       desc="zoo" if state.num_processes == 1 else
-                       f"zoo [process 0 of {state.num_processes}]")
-        x, y = (t.to(state.device) for t in data["train"])
-        cfgs = configs(settings)
-        reasons: dict[str, str | None] = {}
+        path = {ci: decisions.get(batching_key(a, hp), {}).get("path", "sequential")
+                for ci, (a, hp, _) in enumerate(cfgs)}
+        sizes = {ci: chunk_size if p == "batched" else 1 for ci, p in path.items()}
+        every = chunks(entries, sizes)
+        work = [every[i] for i in sh.mine(len(every))
+                if not all(e["id"] in finished for e in every[i])]
+        bar = Progress(sum(len(c) for c in work), progress and sh.is_main,
+                       desc="zoo" if sh.count == 1 else f"zoo [process 0 of {sh.count}]")
         trained = 0
         try:
             for chunk in work:
-                a = chunk[0]["arch"]
-                if batched and a not in reasons:
-                    reasons[a] = can_batch(a, x, y)
-                    if reasons[a]:
-                        log(f"note: {a} cannot train batched ({reasons[a]}); training it "
-                            f"one model at a time")
-                use_batched = batched and not reasons.get(a)
-                _train_chunk(zoo, h, chunk, cfgs[chunk[0]["config"]][1], data, x, y,
-                             state.device, use_batched, finished, checkpoints_per_model, bar,
-                             state.process_index)
+                ci = chunk[0]["config"]
+                _train_chunk(zoo, h, chunk, cfgs[ci][1], data, x, y, device,
+                             path[ci] == "batched", finished, checkpoints_per_model, bar,
+                             sh.index)
                 trained += sum(e["id"] not in finished for e in chunk)
         finally:
             bar.close()
-        state.wait_for_everyone()
-        summary = zoo.update(_summarise) if state.is_main_process else {}
+        sh.wait()
+        summary = zoo.update(_summarise) if sh.is_main else {}
     seconds = time.perf_counter() - t0
-    total_trained = int(_broadcast_sum(state, trained))
+    total_trained = sum(sh.gather(trained))
     return {"out": str(out), "trained": total_trained,
-            "skipped": len(entries) - total_trained if state.is_main_process else None,
+            "skipped": len(entries) - total_trained if sh.is_main else None,
             "seconds": seconds, **(summary.get("summary", {}) if summary else {})}
-
-
-def _broadcast_sum(state, value: int) -> int:
-    if state.num_processes == 1:
-        return value
-    from accelerate.utils import gather_object
-    return sum(gather_object([value]))
 
 
 def _prepare(zoo: Zoo, settings: dict, h: str, entries: list[dict], data: Dataset,
@@ -269,7 +273,7 @@ def _prepare(zoo: Zoo, settings: dict, h: str, entries: list[dict], data: Datase
     zoo.write({"format": FORMAT, "version": FORMAT_VERSION, "weightspace_version": __version__,
                "settings": settings, "settings_hash": h, "arch": settings["arch"],
                "dataset": {**data.describe(), **({"data_root": str(data_root)} if data_root else {})},
-               "models": models,
+               "models": models, "batching": old.get("batching", {}) if old else {},
                "summary": old.get("summary", {}) if old else {}})
 
 
@@ -341,12 +345,4 @@ def _meta(entry: dict, h: str, data: Dataset, hp: HParams, m: dict, epoch: int) 
 
 
 def _summarise(manifest: dict) -> None:
-    done = [e for e in manifest["models"] if e.get("status") == "done"]
-    s = {"total": len(manifest["models"]), "done": len(done),
-         "diverged": sum(e.get("status") == "diverged" for e in manifest["models"])}
-    for split in ("train", "val", "test"):
-        accs = [e["metrics"][f"{split}_acc"] for e in done if f"{split}_acc" in e["metrics"]]
-        if accs:
-            s[f"mean_{split}_acc"] = statistics.fmean(accs)
-            s[f"std_{split}_acc"] = statistics.pstdev(accs)
-    manifest["summary"] = s
+    manifest["summary"] = summarise(manifest["models"])

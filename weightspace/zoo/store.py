@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import statistics
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -79,6 +80,20 @@ def check_manifest(m, where) -> None:
         for key, kinds in (("status", str), ("metrics", dict), ("hparams", dict),
                            ("arch", str), ("seed", int)):
             _field(e, key, kinds, at)
+
+
+def summarise(entries: list[dict]) -> dict:
+    """The manifest's summary: counts and mean / std accuracy per split of finished models."""
+    done = [e for e in entries if e.get("status") == "done"]
+    s = {"total": len(entries), "done": len(done),
+         "diverged": sum(e.get("status") == "diverged" for e in entries)}
+    for split in ("train", "val", "test"):
+        accs = [e["metrics"][f"{split}_acc"] for e in done
+                if f"{split}_acc" in e.get("metrics", {})]
+        if accs:
+            s[f"mean_{split}_acc"] = statistics.fmean(accs)
+            s[f"std_{split}_acc"] = statistics.pstdev(accs)
+    return s
 
 
 class Zoo:
