@@ -10,9 +10,10 @@ Baselines:
 Pairs (the same pair for every method): two ``mlp:64-512-512-512-10`` and two
 ``resnet20?width=4`` (BatchNorm, one input channel) trained on digits; two independently
 initialised ``timm:resnet18`` and ``resnet20?width=16`` (69M parameters; not trained: too
-slow on this CPU). Then a zoo of 64 digits MLPs canonicalized to its barycenter.
+slow on this CPU). Then zoos canonicalized to their barycenter, batched against one
+matching per model: 128 ``mlp:64-64-64-10`` and 48 ``resnet20?width=1&in_chans=1``.
 
-    .venv/bin/python scripts/benchmarks/align_speed.py [--skip-zoo] [--skip-w16]
+    .venv/bin/python scripts/benchmarks/align_speed.py [--skip-zoo] [--skip-w16] [--only zoo]
 """
 from __future__ import annotations
 
@@ -150,19 +151,31 @@ def bench_pair(name, ref, A, B, repeat=3, port=True, rebasin=True):
             print(f"  {meth:<16} {secs:>8.3f} {l2:>10.4f} {secs / ours[0]:>10.1f}x  {note}")
 
 
-def bench_zoo():
+def bench_zoo(arch: str, models: int, hp: HParams, sequential: bool = True, root=None):
+    """Canonicalize a trained zoo to its barycenter, batched and (optionally) one matching
+    per model, same rounds; prints models per second and RMS L2 to the barycenter."""
+    from pathlib import Path
+
     from weightspace.canonicalize.zoo import canonicalize_zoo
     from weightspace.zoo import train_zoo
     with tempfile.TemporaryDirectory() as tmp:
-        train_zoo(f"{tmp}/zoo", "mlp:64-64-64-10", "digits", HParams(epochs=30), models=64,
-                  progress=False)
-        t = time.perf_counter()
-        rep = canonicalize_zoo(f"{tmp}/zoo", f"{tmp}/canon", "wm", "barycenter",
-                               progress=False)
-        secs = time.perf_counter() - t
-    print(f"\nzoo: 64 x mlp:64-64-64-10 (digits) to the barycenter: {secs:.2f} s "
-          f"({rep['rounds']} rounds); RMS L2 to barycenter {rep['l2_to_barycenter_before']:.4f}"
-          f" -> {rep['l2_to_barycenter_after']:.4f}")
+        zoo = Path(root or tmp) / f"zoo-{arch.replace(':', '_').replace('?', '_')}-{models}"
+        if not (zoo / "manifest.json").exists():
+            train_zoo(zoo, arch, "digits", hp, models=models, progress=False, log=lambda *a: None)
+        runs = [("batched", True)] + ([("sequential", False)] if sequential else [])
+        print(f"\nzoo: {models} x {arch} (digits, {hp.epochs} epochs) to the barycenter")
+        print(f"  {'matching':<11} {'seconds':>8} {'models/s':>9} {'rounds':>6} "
+              f"{'RMS L2 before':>13} {'after':>8} {'batched faster':>14}")
+        first = None
+        for name, batched in runs:
+            t = time.perf_counter()
+            rep = canonicalize_zoo(zoo, f"{tmp}/canon-{name}", "wm", "barycenter",
+                                   progress=False, batched=batched)
+            secs = time.perf_counter() - t
+            first = first or secs
+            print(f"  {name:<11} {secs:>8.2f} {models / secs:>9.2f} {rep['rounds']:>6} "
+                  f"{rep['l2_to_barycenter_before']:>13.4f} "
+                  f"{rep['l2_to_barycenter_after']:>8.4f} {secs / first:>13.1f}x")
 
 
 def main():
@@ -170,23 +183,36 @@ def main():
     p.add_argument("--skip-zoo", action="store_true")
     p.add_argument("--skip-w16", action="store_true")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--only", choices=["mlp", "resnet20", "resnet18", "w16", "zoo"],
+                   nargs="*", help="run only these cases")
+    p.add_argument("--zoo-root", help="keep the trained zoos here (reused on the next run)")
+    p.add_argument("--sequential-resnet-zoo", action="store_true",
+                   help="also time the 48-model ResNet zoo one matching per model (slow)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device cpu")
-    a, b = trained_pair("mlp:64-512-512-512-10", 10, {"batch_size": 64})
-    bench_pair("trained MLP pair", "mlp:64-512-512-512-10", a, b)
-    ref = "resnet20?width=4&in_chans=1"
-    a, b = trained_pair(ref, 3, {"batch_size": 64, "optimizer": "sgd", "lr": 0.05})
-    bench_pair("trained ResNet-20 x4 pair", ref, a, b)
-    a, b = init_pair("timm:resnet18")
-    bench_pair("initialised timm resnet18 pair", "timm:resnet18", a, b)
-    if not args.skip_w16:
+    want = set(args.only or ["mlp", "resnet20", "resnet18", "w16", "zoo"])
+    want -= {"w16"} if args.skip_w16 else set()
+    want -= {"zoo"} if args.skip_zoo else set()
+    if "mlp" in want:
+        a, b = trained_pair("mlp:64-512-512-512-10", 10, {"batch_size": 64})
+        bench_pair("trained MLP pair", "mlp:64-512-512-512-10", a, b)
+    if "resnet20" in want:
+        ref = "resnet20?width=4&in_chans=1"
+        a, b = trained_pair(ref, 3, {"batch_size": 64, "optimizer": "sgd", "lr": 0.05})
+        bench_pair("trained ResNet-20 x4 pair", ref, a, b)
+    if "resnet18" in want:
+        a, b = init_pair("timm:resnet18")
+        bench_pair("initialised timm resnet18 pair", "timm:resnet18", a, b)
+    if "w16" in want:
         a, b = init_pair("resnet20?width=16")
         bench_pair("initialised ResNet-20 x16 pair", "resnet20?width=16", a, b, repeat=1,
                    rebasin=False)
-    if not args.skip_zoo:
-        bench_zoo()
-
+    if "zoo" in want:
+        bench_zoo("mlp:64-64-64-10", 128, HParams(epochs=30), root=args.zoo_root)
+        bench_zoo("resnet20?width=1&in_chans=1", 48,
+                  HParams(epochs=5, batch_size=64, optimizer="sgd", lr=0.05),
+                  sequential=args.sequential_resnet_zoo, root=args.zoo_root)
 
 if __name__ == "__main__":
     main()

@@ -14,7 +14,9 @@ depends only on the permutations of the *other* groups acting on that parameter,
 cached with their version numbers and recomputed only when one of them changed. A sweep
 after convergence costs almost nothing, and late sweeps touch only the neighbourhood of
 what changed. Cost matrices are built with tensor ops on the models' device; the LAPs are
-solved with ``scipy.optimize.linear_sum_assignment`` on the CPU.
+solved with ``scipy.optimize.linear_sum_assignment`` on the CPU (see :mod:`.assignment`:
+a warm-started solver was measured and did not pay, since consecutive solves of one family
+move 20-50% of its rows).
 """
 from __future__ import annotations
 
@@ -24,10 +26,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from ..symmetry.structure import (Perms, Spec, identity_perms, layout_groups, layout_index,
                                   parse_member)
+from .assignment import lap
 
 
 @dataclass
@@ -134,13 +136,6 @@ def families(spec: Spec) -> list[Family]:
                 raise ValueError(f"{member}: per-block group {c['name']} outside its "
                                  f"parent's product")
     return [f for f in fams.values() if f.occs]
-
-
-# ------------------------------------------------------------------------ assignment
-def lap(cost: torch.Tensor) -> torch.Tensor:
-    """Maximising assignment: ``perm[i]`` is the column matched to row ``i``."""
-    _, cols = linear_sum_assignment(cost.detach().double().cpu().numpy(), maximize=True)
-    return torch.from_numpy(cols).long()
 
 
 @dataclass
@@ -315,10 +310,10 @@ class WeightMatcher:
         plain, nested = None, {}
         for key in sorted({o.key for o in fam.occs}):
             p, ns = self._contribution(fam, key, perms)
-            if p is not None:
-                plain = p if plain is None else plain + p
+            if p is not None:  # one buffer, added into in place (contributions are cached)
+                plain = p.clone() if plain is None else plain.add_(p)
             for c, s in ns.items():
-                nested[c] = s if c not in nested else nested[c] + s
+                nested[c] = s.clone() if c not in nested else nested[c].add_(s)
         return plain, nested
 
     @staticmethod

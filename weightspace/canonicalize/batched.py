@@ -1,0 +1,189 @@
+"""Weight matching of many (A_b, B_b) pairs at once, for zoos of one architecture.
+
+Canonicalizing a zoo to its barycenter solves N independent matchings per round. They share
+the spec, so they can share the work: every tensor is stacked over the batch ([N, ...]),
+the cost of a group is one batched matrix product per member, and the N assignment
+problems of a step are solved together (:func:`~.assignment.lap_batch`). All matchings of
+a call visit the groups in the same random order (from ``seed``); each keeps its own
+acceptance rule (a step is taken only if it strictly raises *its* objective) and stops on
+its own, exactly like :class:`~.matching.WeightMatcher` does for one pair, so a model's
+result does not depend on which other models share its batch (sharding stays exact).
+
+Supported specs: every permuted axis belongs to exactly one top-level group (plain
+layouts: MLPs, CNNs, ResNets); :func:`supports` says whether a spec qualifies, otherwise
+callers fall back to one :func:`~.matching.weight_matching` per pair.
+
+Bookkeeping: ``Bp`` holds each B with *all* current permutations applied. For group ``g``
+and member ``(key, axis)``, ``M = A_mat @ Bp_mat.T`` gives ``M[i, r] = <A[i], B_ex[p[r]]>``
+where ``B_ex`` has every group but ``g`` applied; so the cost ``C[i, j] = <A[i], B_ex[j]>``
+is ``M`` with its columns put back in place (``C[:, p] = M``): no re-gathering of B.
+"""
+from __future__ import annotations
+
+import random
+
+import torch
+
+from ..symmetry.structure import Perms, Spec, parse_member
+from .assignment import lap_batch
+
+
+def supports(spec: Spec) -> bool:
+    """True when every layout is a single top-level group and no group acts on two axes
+    of one tensor (the cases the batched coordinate descent handles exactly)."""
+    if any(g.parent is not None for g in spec.groups):
+        return False
+    seen = set()
+    for member, layout in spec.layouts.items():
+        if layout[0] != "group":
+            return False
+        key, _ = parse_member(member)
+        if (key, layout[1]) in seen:
+            return False
+        seen.add((key, layout[1]))
+    return True
+
+
+def _members(spec: Spec) -> dict[str, list[tuple[str, int]]]:
+    """group -> [(tensor key, axis)] in a fixed order."""
+    out: dict[str, list[tuple[str, int]]] = {g.name: [] for g in spec.groups}
+    for member, layout in sorted(spec.layouts.items()):
+        key, axis = parse_member(member)
+        out[layout[1]].append((key, axis))
+    return {g: m for g, m in out.items() if m}
+
+
+def _take(t: torch.Tensor, axis: int, idx: torch.Tensor) -> torch.Tensor:
+    """``t`` [N, ...] with ``t[b]`` indexed by ``idx[b]`` along ``axis`` (of the model)."""
+    ax = axis + 1
+    shape = [1] * t.dim()
+    shape[0], shape[ax] = idx.shape
+    return t.gather(ax, idx.view(shape).expand(*t.shape[:ax], idx.shape[1], *t.shape[ax + 1:]))
+
+
+def _mat(t: torch.Tensor, axis: int) -> torch.Tensor:
+    """[N, n, rest]: the model axis ``axis`` first, the others flattened."""
+    return t.movedim(axis + 1, 1).reshape(t.shape[0], t.shape[axis + 1], -1)
+
+
+class BatchedMatcher:
+    """Coordinate descent of ``sum <A_b, P_b(B_b)>`` for a stack of pairs (plain specs).
+
+    ``A`` and ``B`` map each permuted tensor's key to a stacked ``[N, ...]`` float tensor.
+    """
+
+    def __init__(self, spec: Spec, A: dict[str, torch.Tensor], B: dict[str, torch.Tensor]):
+        if not supports(spec):
+            raise ValueError("batched weight matching needs a spec of plain layouts")
+        self.spec = spec
+        self.members = _members(spec)
+        keys = sorted({k for ms in self.members.values() for k, _ in ms})
+        self.A = {k: A[k].float() for k in keys}
+        self.B = {k: B[k].float() for k in keys}
+        self.n = next(iter(self.A.values())).shape[0]
+        on_key: dict[str, set[str]] = {}
+        for g, ms in self.members.items():
+            for key, _ in ms:
+                on_key.setdefault(key, set()).add(g)
+        # a group's cost depends on the groups sharing a tensor with it, never on itself
+        self.neighbours = {g: sorted(set().union(*(on_key[k] for k, _ in ms)) - {g})
+                           for g, ms in self.members.items()}
+
+    def _permuted(self, perms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every B with every group's permutation applied."""
+        out = dict(self.B)
+        for g, ms in self.members.items():
+            for key, axis in ms:
+                out[key] = _take(out[key], axis, perms[g])
+        return out
+
+    def _cost(self, g: str, Bp: dict, perm: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """[len(rows), n, n] cost of group ``g`` for the batch members ``rows``."""
+        m = None
+        for key, axis in self.members[g]:
+            a = _mat(self.A[key][rows], axis)
+            b = _mat(Bp[key][rows], axis)
+            prod = torch.bmm(a, b.transpose(1, 2))
+            m = prod if m is None else m.add_(prod)
+        cost = torch.empty_like(m)
+        cost.scatter_(2, perm[:, None, :].expand_as(m), m)   # C[:, :, p] = M
+        return cost
+
+    def objective(self, Bp: dict) -> torch.Tensor:
+        """[N] float64: ``sum <A_b, P_b(B_b)>``."""
+        return sum((self.A[k].double() * Bp[k].double()).flatten(1).sum(1) for k in self.A)
+
+    def run(self, perms: dict[str, torch.Tensor], max_iter: int = 100, seed: int = 0
+            ) -> tuple[dict[str, torch.Tensor], dict]:
+        """From ``perms`` (group -> [N, n]); returns the permutations and a report with
+        per-model ``iterations`` and ``objective`` tensors. A group whose neighbours have not
+        moved since it was last solved in a model is not solved again there (its costs, so
+        its answer, are unchanged), as :class:`~.matching.WeightMatcher` does."""
+        perms = {g: p.clone().long() for g, p in perms.items()}
+        Bp = self._permuted(perms)
+        obj = self.objective(Bp)
+        rng = random.Random(seed)
+        active = torch.ones(self.n, dtype=torch.bool)
+        iters = torch.zeros(self.n, dtype=torch.long)
+        groups = list(self.members)
+        # dirty[g][b]: a neighbour of g moved in model b since g was last solved there
+        dirty = {g: torch.ones(self.n, dtype=torch.bool) for g in groups}
+        for _ in range(max_iter):
+            if not active.any():
+                break
+            iters[active] += 1
+            changed = torch.zeros(self.n, dtype=torch.bool)
+            order = list(groups)
+            rng.shuffle(order)
+            for g in order:
+                rows = (active & dirty[g]).nonzero().flatten()
+                if len(rows) == 0:
+                    continue  # the same costs as last time: the same answer
+                dirty[g][rows] = False
+                cur = perms[g][rows]
+                cost = self._cost(g, Bp, cur, rows).double()
+                new = lap_batch(cost)
+                ar = torch.arange(cost.shape[1])
+                old_v = cost.gather(2, cur[:, :, None]).squeeze(2).sum(1)
+                delta = cost.gather(2, new[:, :, None]).squeeze(2).sum(1) - old_v
+                take = (delta > 1e-9 * obj[rows].abs().clamp_min(1.0)) & (new != cur).any(1)
+                if not take.any():
+                    continue
+                sel = rows[take]
+                # rel[r]: where B_ex[new[r]] sits in the current Bp (Bp[s] = B_ex[cur[s]])
+                inv = torch.empty_like(cur[take]).scatter_(
+                    1, cur[take], ar.expand(len(sel), -1).contiguous())
+                rel = inv.gather(1, new[take])
+                for key, axis in self.members[g]:
+                    Bp[key][sel] = _take(Bp[key][sel], axis, rel)
+                perms[g][sel] = new[take]
+                for h in self.neighbours[g]:
+                    dirty[h][sel] = True
+                obj[sel] += delta[take]
+                changed[sel] = True
+            active &= changed
+        return perms, {"iterations": iters, "objective": obj}
+
+
+def batched_weight_matching(spec: Spec, A: list[dict], B: list[dict],
+                            init: list[Perms] | None = None, max_iter: int = 100,
+                            seed: int = 0) -> list[Perms]:
+    """Weight matching of ``B[b]`` to ``A[b]`` for every ``b`` at once (plain specs)."""
+    keys = sorted({parse_member(m)[0] for m in spec.layouts})
+
+    def stack(states: list[dict]) -> dict[str, torch.Tensor]:
+        return {k: torch.stack([s[k].float() for s in states]) for k in keys}
+    m = BatchedMatcher(spec, stack(A), stack(B))
+    sizes = spec.group_sizes
+    start = {g: torch.stack([p[g] for p in init]) if init else
+             torch.arange(sizes[g]).expand(len(B), -1) for g in m.members}
+    perms, _ = m.run(start, max_iter=max_iter, seed=seed)
+    out = []
+    for b in range(len(B)):
+        full = {g.name: torch.arange(g.size) for g in spec.groups}
+        full.update({g: p[b].clone() for g, p in perms.items()})
+        out.append(full)
+    return out
+
+
+__all__ = ["BatchedMatcher", "batched_weight_matching", "supports"]
