@@ -80,6 +80,18 @@ def reset_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> nn.Mod
     return model
 
 
+def recalibrated(model: nn.Module, state: dict, x: torch.Tensor) -> dict:
+    """``state`` with every BatchNorm's running statistics recomputed on ``x`` (a sample of
+    the train split, never test): the step every interpolated, merged or generated model
+    needs before it is evaluated. ``model`` serves as scratch (it ends up holding the
+    result); a model without BatchNorm returns ``state`` as it is."""
+    if not has_batchnorm(model):
+        return state
+    model.load_state_dict(state)
+    reset_bn(model, x)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 @torch.no_grad()
 def loss_acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor, state: dict | None = None,
              batch_size: int = 2048) -> tuple[float, float]:

@@ -8,7 +8,9 @@
   distance below ``tol``; the best round is kept).
   Given the current barycenter the per-model matches are independent, so under
   ``accelerate launch`` they are sharded across processes with results identical to one
-  process.
+  process. Within a process, weight matching on a plain spec matches the whole shard at
+  once (:mod:`.batched`: stacked costs, one batch of LAPs per step); every model of a round
+  visits the groups in one order, so a model's result does not depend on its shard.
 
 The output is a new zoo directory (the input is never touched): the same manifest with a
 ``canonicalization`` record, ``models/<id>.safetensors`` holding the permuted weights (same
@@ -28,31 +30,18 @@ from ..checkpoint import (atomic_write, atomic_write_text, canonical_safetensors
                           save_checkpoint)
 from ..errors import safe_name
 from ..functional import check_compatible, mean_states
+from ..parallel import LOCAL, Progress, Shard, gather_perms, shard as current_shard
 from ..symmetry import apply, identity_perms, invert, spec as discover_spec
 from ..symmetry.structure import Spec
 from ..zoo.datasets import load_dataset
-from ..zoo.runner import Progress, dist_state
 from ..zoo.store import Zoo, ZooError
+from .batched import batched_weight_matching, supports
 from .matching import l2_distance
-from .methods import METHODS, align
-
-WEIGHT_SPACE_METHODS = ("wm", "transfusion")
+from .methods import METHODS, WEIGHT_SPACE_METHODS, align, get_align_method
 
 
 def _sq_to(states: list[dict], center: dict) -> float:
     return sum(l2_distance(s, center) ** 2 for s in states)
-
-
-def _gather(state, mine: dict) -> dict:
-    if state.num_processes == 1:
-        return mine
-    from accelerate.utils import gather_object
-    merged = {}
-    for part in gather_object([{i: {g: p.tolist() for g, p in perms.items()}
-                                for i, perms in mine.items()}]):
-        merged.update({int(i): {g: torch.tensor(p) for g, p in perms.items()}
-                       for i, perms in part.items()})
-    return merged
 
 
 def canonicalize_zoo(zoo_dir, out_dir, method: str = "wm", reference: str = "barycenter",
@@ -84,29 +73,29 @@ def canonicalize_zoo(zoo_dir, out_dir, method: str = "wm", reference: str = "bar
     spec = discover_spec(str(src.model_path(ids[0])))
     model = None
     data = None
-    if method in ("am", "ste"):
+    if get_align_method(method).needs_data:
         from ..arch import build
         model = build(loaded[0][1])
         ds = manifest.get("dataset", {})
         data = load_dataset(ds.get("name", ""), data_root or ds.get("data_root"))
-    state = dist_state()
+    sh = current_shard()
     before_center = mean_states(states)
     l2_before = _sq_to(states, before_center)
     if reference == "barycenter":
-        perms, rounds, history = barycenter_perms(spec, states, method, state, seed, max_rounds,
-                                             tol, progress, **method_kw)
+        perms, rounds, history = barycenter_perms(spec, states, method, seed, max_rounds, tol,
+                                                  progress, sh, **method_kw)
     else:
         r = ids.index(reference)
         mine = {}
-        bar = Progress(len(ids), progress and state.is_main_process, desc=f"align to {reference}")
-        for i in range(len(ids)):
-            if i == r or i % state.num_processes != state.process_index:
+        bar = Progress(len(ids), progress and sh.is_main, desc=f"align to {reference}")
+        for i in sh.mine(len(ids)):
+            if i == r:
                 continue
             mine[i], _ = align(spec, states[r], states[i], method, model=model, data=data,
                                seed=seed + i, **method_kw)
             bar.step(1, 1, torch.tensor(0.0))
         bar.close()
-        perms = _gather(state, mine)
+        perms = gather_perms(sh, mine)
         perms[r] = identity_perms(spec)
         rounds, history = 1, []
     aligned = [apply(spec, perms[i], s) for i, s in enumerate(states)]
@@ -116,24 +105,50 @@ def canonicalize_zoo(zoo_dir, out_dir, method: str = "wm", reference: str = "bar
               "l2_to_barycenter_before": (l2_before / len(ids)) ** 0.5,
               "l2_to_barycenter_after": (l2_after / len(ids)) ** 0.5,
               "history": history, "seconds": time.perf_counter() - t0,
-              "main_process": state.is_main_process}
-    if state.is_main_process:
+              "main_process": sh.is_main}
+    if sh.is_main:
         _write(src, dst, manifest, entries, loaded, aligned, perms, spec, report, force)
-    state.wait_for_everyone()
+    sh.wait()
     return report
 
 
-def barycenter_perms(spec: Spec, states, method, state, seed, max_rounds, tol, progress, **kw):
+def _match_shard(spec: Spec, targets: dict[int, dict], states, method, inits: dict, seed: int,
+                 batched: bool, **kw) -> dict:
+    """Align ``states[i]`` to ``targets[i]`` for every ``i`` of this process's shard: one
+    batched weight matching of all of them when the spec allows it (every model visits the
+    groups in the order drawn from ``seed``), else one :func:`align` per model (seed
+    ``seed + i``)."""
+    ids = sorted(targets)
+    if not ids:
+        return {}
+    if batched and method == "wm" and supports(spec) and set(kw) <= {"max_iter"}:
+        out = batched_weight_matching(spec, [targets[i] for i in ids], [states[i] for i in ids],
+                                      init=[inits[i] for i in ids] if inits else None,
+                                      seed=seed, **kw)
+        return dict(zip(ids, out))
+    mine = {}
+    for i in ids:
+        extra = {"init": inits[i]} if inits and get_align_method(method).warm_start else {}
+        mine[i], _ = align(spec, targets[i], states[i], method, seed=seed + i, **extra, **kw)
+    return mine
+
+
+def barycenter_perms(spec: Spec, states: list[dict], method: str = "wm", seed: int = 0,
+                     max_rounds: int = 20, tol: float = 1e-3, progress: bool = False,
+                     shard: Shard = LOCAL, batched: bool = True, **kw):
+    """MergeMany-style permutations of every model to the zoo's barycenter: (perms by model
+    index, rounds, RMS distance to the barycenter per round). ``shard`` is this process's
+    part of the matches (all of them by default); ``batched`` matches a process's whole
+    part at once (weight matching on plain specs)."""
     n = len(states)
-    bar = Progress(n * (max_rounds + 1), progress and state.is_main_process, desc="barycenter")
+    bar = Progress(n * (max_rounds + 1), progress and shard.is_main, desc="barycenter")
     # Start from every model aligned to model 0: the blurry mean of unaligned models is a
     # poor first target (and permuted copies of one model become identical at once).
-    mine = {}
-    for i in range(1, n):
-        if i % state.num_processes == state.process_index:
-            mine[i], _ = align(spec, states[0], states[i], method, seed=seed + i, **kw)
-            bar.step(1, 1, torch.tensor(0.0))
-    perms = _gather(state, mine)
+    items = shard.mine(n)
+    mine = _match_shard(spec, {i: states[0] for i in items if i > 0}, states, method, {},
+                        seed, batched, **kw)
+    bar.step(len(mine), 1, torch.tensor(0.0))
+    perms = gather_perms(shard, mine)
     perms[0] = identity_perms(spec)
     best = None
     history = []
@@ -149,17 +164,12 @@ def barycenter_perms(spec: Spec, states, method, state, seed, max_rounds, tol, p
         best = (total, {i: dict(p) for i, p in perms.items()})
         if converged or rounds == max_rounds:
             break
-        mine = {}
-        for i in range(n):
-            if i % state.num_processes != state.process_index:
-                continue
-            others = {k: (v * n - aligned[i][k]) / (n - 1) if v.is_floating_point() else v
-                      for k, v in center.items()}
-            mine[i], _ = align(spec, others, states[i], method, seed=seed + 1000 * rounds + i,
-                               init=perms[i], **kw) if method == "wm" else \
-                align(spec, others, states[i], method, seed=seed + 1000 * rounds + i, **kw)
-            bar.step(1, 1, torch.tensor(history[-1]))
-        perms = _gather(state, mine)
+        targets = {i: {k: (v * n - aligned[i][k]) / (n - 1) if v.is_floating_point() else v
+                       for k, v in center.items()} for i in items}
+        mine = _match_shard(spec, targets, states, method, perms, seed + 1000 * rounds,
+                            batched, **kw)
+        bar.step(len(mine), 1, torch.tensor(history[-1]))
+        perms = gather_perms(shard, mine)
     bar.close()
     return best[1], rounds, history
 

@@ -1,32 +1,27 @@
-"""``weightspace align A B`` and ``weightspace canonicalize ZOO``: remove permutation symmetry."""
+"""``weightspace align A B``: permute B into A's basin; the method flags `canonicalize` shares."""
 from __future__ import annotations
 
 import json
 import sys
 
 from ..canonicalize import METHODS, align
+from ..canonicalize.methods import get_align_method
 from ..checkpoint import load_model, save_checkpoint
 from ..errors import check_output
 from ..functional import check_compatible
 from ..symmetry import apply, spec as discover_spec
 from ..zoo import DatasetError, check_fits, load_dataset
-from .options import POSITIVE, SEED, allow_code, arch_override
+from .options import SEED, allow_code, arch_override, method_flags, method_options
 
 
 def _method_args(p) -> None:
-    p.add_argument("--method", choices=METHODS, default="wm",
-                   help="wm: weight matching (default); am: activation matching; ste: "
-                        "straight-through estimator; transfusion: head-aware attention matching")
+    """``--method`` and every method's options, from the registry of alignment methods."""
+    method_flags(p, METHODS, get_align_method, METHODS[0])
     p.add_argument("--dataset", default=None,
-                   help="data for am/ste (default: the dataset in the checkpoint metadata)")
+                   help="data for methods that read it (am, ste; default: the dataset in "
+                        "the checkpoint metadata)")
     p.add_argument("--data-root", default=None, help="where the dataset files are")
     p.add_argument("--seed", type=SEED, default=0)
-    p.add_argument("--max-iter", type=POSITIVE, default=None, help="weight-matching sweeps (100)")
-    p.add_argument("--steps", type=POSITIVE, default=None, help="STE steps (300)")
-    p.add_argument("--pearson", action="store_true", help="am: Pearson correlation")
-    p.add_argument("--residual", choices=("identity", "wm"), default=None,
-                   help="transfusion: leave the residual stream at identity (default) or "
-                        "weight-match it")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     allow_code(p)
 
@@ -50,16 +45,7 @@ def print_notes(*models) -> None:
 
 
 def method_kwargs(args) -> dict:
-    kw = {}
-    if args.max_iter is not None and args.method in ("wm", "am", "transfusion"):
-        kw["max_iter"] = args.max_iter
-    if args.steps is not None and args.method == "ste":
-        kw["steps"] = args.steps
-    if args.pearson and args.method == "am":
-        kw["pearson"] = True
-    if args.residual and args.method == "transfusion":
-        kw["residual"] = args.residual
-    return kw
+    return method_options(args, get_align_method)
 
 
 def add_parser(sub) -> None:
@@ -80,7 +66,7 @@ def run(args) -> int:
     print_notes(ma, mb)
     A, B = ma.state_dict(), mb.state_dict()
     check_compatible([A, B], [args.a, args.b])
-    data = load_data(args, ma, args.a) if args.method in ("am", "ste") else None
+    data = load_data(args, ma, args.a) if get_align_method(args.method).needs_data else None
     spec = discover_spec(ma.weightspace_arch)
     perms, rep = align(spec, A, B, args.method, model=ma, data=data, seed=args.seed,
                        **method_kwargs(args))

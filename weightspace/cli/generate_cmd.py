@@ -5,7 +5,11 @@ import json
 
 from ..errors import check_output
 from ..generate import METHODS, audit, fit_generator, sample_zoo
+from ..generate.config import VELOCITY_KINDS, FlowSettings
 from .options import POSITIVE, SEED, allow_code, float_range, int_range
+
+
+FS = FlowSettings()  # the defaults of `generate fit`
 
 
 def add_parser(sub) -> None:
@@ -16,24 +20,25 @@ def add_parser(sub) -> None:
     f = gs.add_parser("fit", help="train a generator on a zoo (resumes an interrupted fit)")
     f.add_argument("zoo", metavar="ZOO_OR_CANON_DIR")
     f.add_argument("--out", required=True, help="generator directory")
-    f.add_argument("--steps", type=int_range(1, 10**8), default=3000)
-    f.add_argument("--batch-size", type=int_range(1, 10**6), default=128)
-    f.add_argument("--lr", type=float_range(0, 100, lo_open=True), default=1e-3)
-    f.add_argument("--width", type=int_range(1, 65536), default=512,
-                   help="velocity width (512)")
-    f.add_argument("--depth", type=int_range(1, 256), default=3, help="velocity layers (3)")
+    f.add_argument("--steps", type=int_range(1, 10**8), default=FS.steps)
+    f.add_argument("--batch-size", type=int_range(1, 10**6), default=FS.batch_size)
+    f.add_argument("--lr", type=float_range(0, 100, lo_open=True), default=FS.lr)
+    f.add_argument("--width", type=int_range(1, 65536), default=FS.width,
+                   help=f"velocity width ({FS.width})")
+    f.add_argument("--depth", type=int_range(1, 256), default=FS.depth,
+                   help=f"velocity layers ({FS.depth})")
     f.add_argument("--pca", action="store_true", help="model a PCA code of the zoo")
-    f.add_argument("--velocity", choices=("mlp", "transformer"), default="mlp",
+    f.add_argument("--velocity", choices=VELOCITY_KINDS, default=FS.velocity,
                    help="mlp over the code (default), or a transformer over per-layer "
                         "tokens of the full encoding (large models; not with --pca)")
-    f.add_argument("--token", type=int_range(1, 10**7), default=256,
+    f.add_argument("--token", type=int_range(1, 10**7), default=FS.token,
                    help="numbers per token (transformer)")
-    f.add_argument("--heads", type=int_range(1, 4096), default=4,
+    f.add_argument("--heads", type=int_range(1, 4096), default=FS.heads,
                    help="attention heads (transformer; must divide --width)")
     f.add_argument("--condition", metavar="NAME",
                    help="condition on a per-model metric (e.g. val_acc) or hyperparameter "
                         "(e.g. weight_decay), with classifier-free guidance at sampling")
-    f.add_argument("--p-uncond", type=float_range(0, 1, hi_open=True), default=0.1,
+    f.add_argument("--p-uncond", type=float_range(0, 1, hi_open=True), default=FS.p_uncond,
                    help="probability of dropping the condition in training (0.1)")
     f.add_argument("--no-ot", action="store_true", help="no minibatch OT coupling")
     f.add_argument("--seed", type=SEED, default=0)
@@ -70,11 +75,13 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     check_output(args.out, "dir")
     if args.gen_verb == "fit":
-        res = fit_generator(args.zoo, args.out, args.steps, args.batch_size, args.lr,
-                            args.width, args.depth, pca=args.pca, ot=not args.no_ot,
-                            seed=args.seed, progress=not args.no_progress and not args.json,
-                            velocity=args.velocity, token=args.token, heads=args.heads,
-                            condition=args.condition, p_uncond=args.p_uncond)
+        settings = FlowSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                velocity=args.velocity, width=args.width, depth=args.depth,
+                                token=args.token, heads=args.heads, ot=not args.no_ot,
+                                seed=args.seed, p_uncond=args.p_uncond)
+        res = fit_generator(args.zoo, args.out, settings, pca=args.pca,
+                            condition=args.condition,
+                            progress=not args.no_progress and not args.json)
         print(json.dumps(res, indent=1) if args.json else
               f"fitted a generator on {res['models']} models (code dim {res['dim']}) in "
               f"{res['train_seconds']:.1f} s; wrote {res['out']}")

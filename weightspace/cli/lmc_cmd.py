@@ -14,10 +14,11 @@ from ..errors import check_output
 from ..functional import check_compatible, loss_acc
 from ..merge import BN_MODES, LMCError, heatmap, lmc, merge, plot
 from ..merge.merging import METHODS as MERGE_METHODS
+from ..merge.registry import get_merge_method
 from ..symmetry import spec as discover_spec
 from ..zoo import DatasetError, Zoo, ZooError, check_fits, load_dataset
 from .align_cmd import print_notes
-from .options import POSITIVE, SEED, allow_code, arch_override, int_range
+from .options import SEED, allow_code, arch_override, int_range, method_flags, method_options
 
 MAX_POINTS = 1001
 
@@ -56,13 +57,12 @@ def add_parser(sub) -> None:
                                    "MergeMany or multi-model STE, optionally with REPAIR or a "
                                    "BatchNorm reset on the train split.")
     m.add_argument("models", nargs="+", metavar="CKPT")
-    m.add_argument("--method", choices=MERGE_METHODS, default="mergemany")
+    method_flags(m, MERGE_METHODS, get_merge_method, "mergemany")
     post = m.add_mutually_exclusive_group()
     post.add_argument("--repair", action="store_true", help="REPAIR the merged model")
     post.add_argument("--bn-reset", action="store_true", help="recompute BN statistics")
     m.add_argument("--dataset", help="default: the dataset in the first checkpoint's metadata")
     m.add_argument("--data-root")
-    m.add_argument("--steps", type=POSITIVE, default=None, help="STE steps (200)")
     m.add_argument("--seed", type=SEED, default=0)
     m.add_argument("--out", required=True, help="merged checkpoint (.safetensors)")
     m.add_argument("--json", action="store_true")
@@ -187,11 +187,12 @@ def run_merge(args) -> int:
     check_output(args.out, "file")
     models = _load_all(args.models, args.arch)
     post = "repair" if args.repair else "reset" if args.bn_reset else "none"
-    data = _data(args, models[0], required=args.method == "ste" or post != "none")
+    data = _data(args, models[0], required=get_merge_method(args.method).needs_data
+                 or post != "none")
     if data is None and not args.json:
         print("note: no dataset known, so no accuracies are reported", file=sys.stderr)
     spec = discover_spec(models[0].weightspace_arch)
-    kw = {"steps": args.steps} if args.steps is not None and args.method == "ste" else {}
+    kw = method_options(args, get_merge_method)
     merged, rep = merge(spec, models[0], [m.state_dict() for m in models], args.method, post,
                         data, seed=args.seed, names=[str(p) for p in args.models], **kw)
     if data is not None:

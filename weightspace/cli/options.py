@@ -72,3 +72,29 @@ def arch_override(p: argparse.ArgumentParser, dest: str = "arch") -> None:
     p.add_argument("--arch", default=None, metavar="REF", dest=dest,
                    help="architecture of checkpoints that carry none (a .pt/.pth state dict "
                         "saved with torch.save), e.g. 'timm:resnet18?num_classes=10'")
+
+
+def method_flags(p: argparse.ArgumentParser, names, get, default: str) -> None:
+    """``--method`` and the union of the registered methods' options as flags (each method's
+    options come from its registry entry: ``get(name).options``)."""
+    p.add_argument("--method", choices=tuple(names), default=default,
+                   help="; ".join(f"{m}: {get(m).summary}" for m in names))
+    seen = set()
+    for m in names:
+        for o in get(m).options:
+            if o.name in seen:
+                continue
+            seen.add(o.name)
+            if o.type is bool:
+                p.add_argument(o.flag, dest=o.name, action="store_true", default=None,
+                               help=o.help)
+            else:
+                p.add_argument(o.flag, dest=o.name, default=None, choices=o.choices,
+                               type=POSITIVE if o.type is int else o.type,
+                               help=f"{o.help} ({o.default})")
+
+
+def method_options(args, get) -> dict:
+    """The options the user gave that belong to the chosen ``--method`` (others ignored)."""
+    return {o.name: getattr(args, o.name) for o in get(args.method).options
+            if getattr(args, o.name, None) is not None}

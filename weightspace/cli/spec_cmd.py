@@ -8,6 +8,7 @@ from collections import Counter
 from ..checkpoint import atomic_write_text
 from ..errors import check_output
 from ..symmetry import SpecError, spec
+from ..symmetry.rules import list_op_rules
 from .options import SEED, allow_code, arch_override
 
 MAX_INPUT_NUMBERS = 2**28  # 1 GiB of float32: far more than any example input needs
@@ -19,7 +20,7 @@ def add_parser(sub) -> None:
         description="Trace ARCH (an architecture reference or a checkpoint) with torch.fx, "
                     "discover its permutation groups, verify them by permuting a perturbed "
                     "copy of the model, and print the result.")
-    p.add_argument("arch", metavar="ARCH_OR_CKPT",
+    p.add_argument("arch", metavar="ARCH_OR_CKPT", nargs="?",
                    help="e.g. 'resnet20?width=4', 'mlp:64-128-10', 'timm:resnet18', or a "
                         ".safetensors checkpoint")
     p.add_argument("--input-shape", default=None,
@@ -28,6 +29,9 @@ def add_parser(sub) -> None:
     p.add_argument("--out", help="also write the spec as JSON to this file (atomic)")
     p.add_argument("--no-verify", action="store_true", help="skip the verification forward")
     p.add_argument("--seed", type=SEED, default=0, help="seed of input and permutations")
+    p.add_argument("--ops", action="store_true",
+                   help="list the ops (functions and methods) whose symmetry rule is modelled "
+                        "and what each rule does, then exit")
     arch_override(p, dest="checkpoint_arch")
     allow_code(p)
 
@@ -50,6 +54,16 @@ def _shape(text: str) -> tuple[int, ...]:
 
 
 def run(args) -> int:
+    if args.ops:
+        rules = list_op_rules()
+        if args.json:
+            print(json.dumps(rules, indent=1))
+        else:
+            w = max(map(len, rules))
+            print("\n".join(f"{op:<{w}}  {what}" for op, what in rules.items()))
+        return 0
+    if args.arch is None:
+        raise SpecError("give an architecture reference or a checkpoint (or --ops)")
     t0 = time.perf_counter()
     if args.out is not None:
         check_output(args.out, "file")

@@ -29,7 +29,7 @@ from torch.func import functional_call, vmap
 from ..arch import build
 from ..checkpoint import atomic_write_text
 from ..errors import check_output
-from ..functional import has_batchnorm, mean_states, reset_bn
+from ..functional import mean_states, recalibrated
 from ..zoo.datasets import load_dataset
 from ..zoo.store import ZooError
 from .encoding import Encoding
@@ -127,14 +127,8 @@ def audit(samples_dir, zoo_dir, k_ensemble: int = 10, seed: int = 0, data_root=N
     gen = torch.Generator().manual_seed(seed)
 
     def bn_fix(states):
-        if not has_batchnorm(build(arch)):
-            return states
-        net, out = build(arch), []
-        for s in states:
-            net.load_state_dict(s)
-            reset_bn(net, calib)
-            out.append({k: v.clone() for k, v in net.state_dict().items()})
-        return out
+        net = build(arch)
+        return [recalibrated(net, s, calib) for s in states]
 
     def summarise(states, loo_ref=False):
         p = probabilities(arch, states, x)

@@ -1,4 +1,4 @@
-"""Flow matching over codes: a time-conditioned MLP velocity field on a straight path.
+"""Flow matching over codes: a time-conditioned velocity field on a straight path.
 
 Training: ``x_t = (1 - t) x0 + t x1`` with ``x0 ~ N(0, sigma^2 I)`` and ``x1`` a training
 code; the network regresses the constant velocity ``x1 - x0``. ``ot=True`` pairs noise and
@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import replace
 
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from .config import VELOCITY_KINDS, FlowSettings
 from .encoding import EncodingError
 
 METHODS = ("euler", "midpoint", "rk4", "dopri5")
@@ -136,7 +138,7 @@ class TokenVelocity(nn.Module):
                 "temb": self.temb_dim, "cond": self.cond}
 
 
-VELOCITIES = {"mlp": Velocity, "transformer": TokenVelocity}
+VELOCITIES = dict(zip(VELOCITY_KINDS, (Velocity, TokenVelocity)))
 
 
 MAX_VELOCITY_PARAMETERS = 2_000_000_000
@@ -197,33 +199,54 @@ def ot_pair(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
     return x0[torch.from_numpy(cols).to(x0.device)]
 
 
-def train_flow(codes: torch.Tensor, steps: int = 3000, batch_size: int = 128,
-               lr: float = 1e-3, width: int = 512, depth: int = 3, sigma: float = 1.0,
-               ot: bool = True, ema: float = 0.999, seed: int = 0, state: dict | None = None,
-               on_step=None, checkpoint_every: int = 500, on_checkpoint=None,
-               until: int | None = None, velocity: dict | None = None,
-               cond: torch.Tensor | None = None, p_uncond: float = 0.1):
+def straight_path(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor):
+    """The straight probability path between noise ``x0`` and data ``x1`` [B, D] at times
+    ``t`` [B]: ``(x_t, u)`` with ``x_t = (1 - t) x0 + t x1`` and its velocity ``u = x1 - x0``."""
+    return (1 - t[:, None]) * x0 + t[:, None] * x1, x1 - x0
+
+
+def flow_matching_loss(model: nn.Module, t, xt, u, c=None, keep=None) -> torch.Tensor:
+    """Mean squared error between the field at ``(t, x_t)`` and the path's velocity ``u``."""
+    return (model(t, xt, c, keep) - u).pow(2).mean()
+
+
+@torch.no_grad()
+def ema_update(avg: nn.Module, model: nn.Module, step: int, decay: float) -> None:
+    """``avg <- avg + (1 - d) (model - avg)`` with the warm-up ``d = min(decay, (1 + step) /
+    (10 + step))`` (early averages do not remember the random initialisation)."""
+    d = min(decay, (1 + step) / (10 + step))
+    torch._foreach_lerp_(list(avg.parameters()), list(model.parameters()), 1 - d)
+
+
+def train_flow(codes: torch.Tensor, settings: FlowSettings | None = None, *,
+               velocity: dict | None = None, cond: torch.Tensor | None = None,
+               state: dict | None = None, on_step=None, checkpoint_every: int = 500,
+               on_checkpoint=None, until: int | None = None, **overrides):
     """Train a velocity field on ``codes`` [N, D]; resume from ``state`` if given.
 
-    ``velocity`` is a :func:`make_velocity` config (default: the MLP with ``width`` and
-    ``depth``). ``cond`` [N] or [N, C] conditions the field (one row per model); each
-    training row drops it with probability ``p_uncond`` so the same network also learns
-    the unconditional field (classifier-free guidance).
+    ``settings`` (or its fields as keyword ``overrides``) is the recipe; ``velocity`` a
+    :func:`make_velocity` config (default: ``settings``' network over the whole code).
+    ``cond`` [N] or [N, C] conditions the field (one row per model); each training row
+    drops it with probability ``p_uncond`` so the same network also learns the
+    unconditional field (classifier-free guidance). Each step: draw data, noise and times,
+    couple noise to data (minibatch OT), regress the straight path's velocity, update the
+    EMA.
 
     Returns ``(ema_model, training_state)`` where the state holds the raw and EMA weights,
     optimizer state and step, for :func:`train_flow` to resume from. ``until`` stops after
     that step (a time-boxed run; call again with the state to continue)."""
     from accelerate import Accelerator
+    s = settings if settings is not None else FlowSettings(**overrides)
+    if settings is not None and overrides:
+        s = replace(settings, **overrides)
     acc = Accelerator(cpu=not torch.cuda.is_available())
-    torch.manual_seed(seed)
+    torch.manual_seed(s.seed)
     if cond is not None:
         cond = cond.reshape(len(codes), -1).float()
-    if velocity is None:
-        velocity = {"kind": "mlp", "dim": codes.shape[1], "width": width, "depth": depth}
-    velocity = {**velocity, "cond": 0 if cond is None else cond.shape[1]}
-    model = make_velocity(velocity)
+    velocity = velocity or s.velocity_config(codes.shape[1], [codes.shape[1]])
+    model = make_velocity({**velocity, "cond": 0 if cond is None else cond.shape[1]})
     avg = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, foreach=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.0, foreach=True)
     start = 0
     if state is not None:
         model.load_state_dict(state["model"])
@@ -234,35 +257,31 @@ def train_flow(codes: torch.Tensor, steps: int = 3000, batch_size: int = 128,
     avg.to(acc.device)
     data = codes.to(acc.device)
     cdata = None if cond is None else cond.to(acc.device)
-    gen = torch.Generator().manual_seed(seed + 1000 * acc.process_index)
+    gen = torch.Generator().manual_seed(s.seed + 1000 * acc.process_index)
 
     def draw():
-        return (torch.randint(len(data), (batch_size,), generator=gen),
-                torch.randn(batch_size, data.shape[1], generator=gen),
-                torch.rand(batch_size, generator=gen),
-                torch.rand(batch_size, generator=gen) >= p_uncond)
+        return (torch.randint(len(data), (s.batch_size,), generator=gen),
+                torch.randn(s.batch_size, data.shape[1], generator=gen),
+                torch.rand(s.batch_size, generator=gen),
+                torch.rand(s.batch_size, generator=gen) >= s.p_uncond)
 
     for _ in range(start):  # replay the random stream so a resumed run equals a fresh one
         draw()
     step = start
-    for step in range(start + 1, min(steps, until or steps) + 1):
+    for step in range(start + 1, min(s.steps, until or s.steps) + 1):
         idx, x0, t, keep = (v.to(acc.device) for v in draw())
-        x1, x0 = data[idx], sigma * x0
-        if ot:
+        x1, x0 = data[idx], s.sigma * x0
+        if s.ot:
             x0 = ot_pair(x0, x1)
-        xt = (1 - t[:, None]) * x0 + t[:, None] * x1
-        c = None if cdata is None else cdata[idx]
-        loss = (model(t, xt, c, keep) - (x1 - x0)).pow(2).mean()
+        xt, u = straight_path(x0, x1, t)
+        loss = flow_matching_loss(model, t, xt, u, None if cdata is None else cdata[idx], keep)
         opt.zero_grad(set_to_none=True)
         acc.backward(loss)
         opt.step()
-        with torch.no_grad():
-            raw = acc.unwrap_model(model)
-            decay = min(ema, (1 + step) / (10 + step))
-            torch._foreach_lerp_(list(avg.parameters()), list(raw.parameters()), 1 - decay)
+        ema_update(avg, acc.unwrap_model(model), step, s.ema)
         if on_step is not None:
             on_step(step, float(loss.detach()))
-        last = step == steps or step == until
+        last = step == s.steps or step == until
         if on_checkpoint is not None and (step % checkpoint_every == 0 or last) \
                 and acc.is_main_process:
             on_checkpoint(_state(acc, model, avg, opt, step))

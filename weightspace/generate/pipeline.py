@@ -10,7 +10,9 @@ read directly.
 from __future__ import annotations
 
 import json
+import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -21,13 +23,14 @@ from ..arch import build
 from ..checkpoint import (atomic_write, atomic_write_text, canonical_safetensors,
                           check_state, read_checkpoint, save_checkpoint)
 from ..errors import check_output
-from ..functional import has_batchnorm, reset_bn
+from ..functional import recalibrated
 from ..zoo.datasets import load_dataset
-from ..zoo.runner import dist_state
+from ..parallel import shard
 from ..zoo.store import FORMAT, FORMAT_VERSION, Zoo, ZooError
 from ..zoo.train import metrics
 from .encoding import Encoding, EncodingError
-from .flow import VELOCITIES, check_velocity_config, make_velocity, sample, train_flow
+from .config import Condition, FlowSettings
+from .flow import check_velocity_config, make_velocity, sample, train_flow
 
 MAX_SAMPLES = 100_000
 
@@ -100,61 +103,49 @@ def condition_values(entries: list[dict], name: str, where: str = "") -> torch.T
     return torch.tensor(vals, dtype=torch.float64)
 
 
-def fit_generator(zoo_dir, out_dir, steps: int = 3000, batch_size: int = 128,
-                  lr: float = 1e-3, width: int = 512, depth: int = 3, pca: bool = False,
-                  ot: bool = True, seed: int = 0, progress: bool = True,
-                  checkpoint_every: int = 500, until: int | None = None,
-                  velocity: str = "mlp", token: int = 256, heads: int = 4,
-                  condition: str | None = None, p_uncond: float = 0.1) -> dict:
+def fit_generator(zoo_dir, out_dir, settings: FlowSettings | None = None, *, pca: bool = False,
+                  condition: str | None = None, progress: bool = True,
+                  checkpoint_every: int = 500, until: int | None = None, **overrides) -> dict:
     """Encode the zoo, train (or resume) the flow, save the generator; returns a summary.
 
-    ``velocity="transformer"`` models per-layer tokens of ``token`` numbers (full encodings
-    of large models; not with ``pca``). ``condition`` names a per-model metric or
-    hyperparameter the field is conditioned on (with classifier-free dropout
-    ``p_uncond``); ``sample_zoo(condition=value, guidance=w)`` steers by it."""
+    ``settings`` (or its fields as keyword ``overrides``: ``steps=``, ``width=``,
+    ``velocity="transformer"``, ...) is the training recipe; a transformer velocity models
+    per-layer tokens of the full encoding (large models; not with ``pca``). ``condition``
+    names a per-model metric or hyperparameter the field is conditioned on (with
+    classifier-free dropout ``p_uncond``); ``sample_zoo(condition=value, guidance=w)``
+    steers by it."""
     t0 = time.perf_counter()
     out = check_output(out_dir, "dir")
-    _check_fit_numbers(steps, batch_size, lr, p_uncond, checkpoint_every)
+    s = replace(settings or FlowSettings(), **overrides)
+    if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        raise EncodingError(f"checkpoint_every must be a positive integer, got "
+                            f"{checkpoint_every!r}")
+    if s.velocity == "transformer" and pca:
+        raise EncodingError("the transformer velocity models per-layer tokens of the full "
+                            "encoding; use it without --pca")
     m, entries, states, arch = load_zoo_states(zoo_dir)
     # the samples will be built as this architecture: refuse now what cannot be built
     # (user code without --allow-code) or does not fit the zoo's tensors
     check_state(build(arch), states[0], str(Zoo(zoo_dir).model_path(entries[0]["id"])))
-    if velocity not in VELOCITIES:
-        raise EncodingError(f"unknown velocity model {velocity!r} ({' or '.join(VELOCITIES)})")
-    if velocity == "transformer" and pca:
-        raise EncodingError("the transformer velocity models per-layer tokens of the full "
-                            "encoding; use it without --pca")
-    cond = cond_norm = None
+    cond = cn = None
     if condition is not None:
         raw = condition_values(entries, condition, f"{zoo_dir}: ")
-        cond_norm = {"name": condition, "mean": float(raw.mean()),
-                     "std": float(raw.std(unbiased=False)) or 1.0,
-                     "min": float(raw.min()), "max": float(raw.max())}
-        cond = ((raw - cond_norm["mean"]) / cond_norm["std"]).float()
+        cn = Condition.fit(condition, raw)
+        cond = cn.normalise(raw).float()
     enc = Encoding.fit(arch, states, pca=pca)
-    codes = torch.stack([enc.encode(s) for s in states])
-    if velocity == "transformer":
-        vcfg = {"kind": "transformer", "dim": codes.shape[1], "token": token, "width": width,
-                "depth": depth, "heads": heads,
-                "sizes": [int(torch.tensor(sh).prod()) if sh else 1 for sh in enc.shapes]}
-    else:
-        vcfg = {"kind": "mlp", "dim": codes.shape[1], "width": width, "depth": depth}
+    codes = torch.stack([enc.encode(st) for st in states])
+    vcfg = s.velocity_config(codes.shape[1], [math.prod(sh) for sh in enc.shapes])
     check_velocity_config(vcfg, "generator settings")
-    err = max(float((enc.decode(c)[k] - s[k]).abs().max()) for c, s in zip(codes, states)
+    err = max(float((enc.decode(c)[k] - st[k]).abs().max()) for c, st in zip(codes, states)
               for k in enc.keys)
     cfg = {"format": "weightspace.generator", "version": 1, "weightspace_version": __version__,
            "zoo": str(zoo_dir), "arch": arch, "dataset": m.get("dataset", {}),
            "canonicalization": (m.get("canonicalization") or {}).get("method"),
            "models": len(states), "encoding": json.loads(enc.signature()),
-           "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "width": width,
-                     "depth": depth, "ot": ot, "seed": seed, "sigma": 1.0,
-                     "velocity": velocity, "p_uncond": p_uncond,
-                     **({"token": token, "heads": heads} if velocity == "transformer"
-                        else {})},
-           "condition": cond_norm,
+           "train": s.to_dict(), "condition": cn and cn.to_dict(),
            "max_roundtrip_error": err}
     state = _resume_state(out, cfg) if (out / "state.json").is_file() else None
-    main = dist_state().is_main_process  # under accelerate: one writer, one progress bar
+    main = shard().is_main  # under accelerate: one writer, one progress bar
     out.mkdir(parents=True, exist_ok=True)
     if main:
         enc.save(out / "encoding.safetensors")
@@ -162,7 +153,7 @@ def fit_generator(zoo_dir, out_dir, steps: int = 3000, batch_size: int = 128,
     bar = None
     if progress and main:
         from tqdm.auto import tqdm
-        bar = tqdm(total=steps, initial=state["step"] if state else 0, desc="generator",
+        bar = tqdm(total=s.steps, initial=state["step"] if state else 0, desc="generator",
                    mininterval=0.5)
 
     def on_step(step, loss):
@@ -185,10 +176,9 @@ def fit_generator(zoo_dir, out_dir, steps: int = 3000, batch_size: int = 128,
                       {"weightspace.velocity": json.dumps(st["config"])})
 
     t1 = time.perf_counter()
-    model, _ = train_flow(codes, steps, batch_size, lr, ot=ot, seed=seed, state=state,
-                          on_step=on_step, on_checkpoint=on_checkpoint,
-                          checkpoint_every=checkpoint_every, until=until, velocity=vcfg,
-                          cond=cond, p_uncond=p_uncond)
+    model, _ = train_flow(codes, s, velocity=vcfg, cond=cond, state=state, on_step=on_step,
+                          on_checkpoint=on_checkpoint, checkpoint_every=checkpoint_every,
+                          until=until)
     if bar is not None:
         bar.close()
     cfg["train_seconds"] = time.perf_counter() - t1
@@ -226,24 +216,6 @@ def _resume_state(out: Path, cfg: dict) -> dict:
     return state
 
 
-def _check_fit_numbers(steps, batch_size, lr, p_uncond, checkpoint_every) -> None:
-    for name, v, ok in (("steps", steps, isinstance(steps, int) and 1 <= steps <= 10**8),
-                        ("batch_size", batch_size,
-                         isinstance(batch_size, int) and 1 <= batch_size <= 10**6),
-                        ("lr", lr, isinstance(lr, (int, float)) and 0 < lr <= 100),
-                        ("p_uncond", p_uncond,
-                         isinstance(p_uncond, (int, float)) and 0 <= p_uncond < 1),
-                        ("checkpoint_every", checkpoint_every,
-                         isinstance(checkpoint_every, int) and checkpoint_every >= 1)):
-        if not ok or isinstance(v, bool):
-            raise EncodingError(f"generator setting {name} is out of range: {v!r}")
-
-
-def _number(v) -> bool:
-    import math
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def check_generator_config(cfg, where) -> dict:
     """``config.json`` of a generator directory, checked once when read: format, version,
     the fields sampling uses (architecture, dataset, encoding, condition normalisation)."""
@@ -263,12 +235,13 @@ def check_generator_config(cfg, where) -> dict:
     root = cfg["dataset"].get("data_root")
     if root is not None and not isinstance(root, str):
         bad("field 'dataset.data_root' must be a string")
-    cn = cfg.get("condition")
-    if cn is not None:
-        if not isinstance(cn, dict) or not isinstance(cn.get("name"), str) or not all(
-                _number(cn.get(k)) for k in ("mean", "std", "min", "max")) or cn["std"] <= 0:
-            bad("field 'condition' must be null or an object with name, mean, std > 0, "
-                "min and max")
+    Condition.from_dict(cfg.get("condition"), f"{where}: field 'condition'")
+    try:
+        FlowSettings(**cfg["train"])
+    except TypeError as e:
+        bad(f"field 'train': {e}")
+    except EncodingError as e:
+        bad(f"field 'train': {e}")
     return cfg
 
 
@@ -314,13 +287,9 @@ GUIDANCE_GRID = (1.0, 2.0, 4.0, 6.0, 8.0)
 
 
 def _bn_fix(states: list[dict], arch: str, data) -> list[dict]:
-    if has_batchnorm(build(arch)):  # recalibrate BN statistics on the train split
-        net = build(arch)
-        for i, s in enumerate(states):
-            net.load_state_dict(s)
-            reset_bn(net, data["train"][0][:2048])
-            states[i] = {k: v.clone() for k, v in net.state_dict().items()}
-    return states
+    """BatchNorm statistics of sampled models recomputed on the train split."""
+    net = build(arch)
+    return [recalibrated(net, s, data["train"][0][:2048]) for s in states]
 
 
 def sample_zoo(gen_dir, out_dir, n: int, steps: int = 10, method: str = "midpoint",
@@ -341,20 +310,12 @@ def sample_zoo(gen_dir, out_dir, n: int, steps: int = 10, method: str = "midpoin
     if Zoo(out_dir).exists():
         raise ZooError(f"{out_dir} already holds a zoo; choose another --out")
     cfg, enc, model = load_generator(gen_dir)
-    cn, c = cfg.get("condition"), None
+    cn, c = Condition.from_dict(cfg.get("condition")), None
     if condition is not None:
-        if not cn:
+        if cn is None:
             raise EncodingError(f"{gen_dir}: the generator was fitted without a condition")
-        if isinstance(condition, str):
-            if condition not in ("max", "min", "mean"):
-                try:
-                    condition = float(condition)
-                except ValueError:
-                    raise EncodingError(f"--condition must be a number, max, min or mean; "
-                                        f"got {condition!r}") from None
-            else:
-                condition = cn[condition]
-        c = (condition - cn["mean"]) / cn["std"]
+        condition = cn.target(condition)
+        c = cn.normalise(condition)
     data = load_dataset(cfg["dataset"].get("name", ""), data_root or
                         cfg["dataset"].get("data_root"))
     arch = cfg["arch"]
@@ -398,7 +359,7 @@ def sample_zoo(gen_dir, out_dir, n: int, steps: int = 10, method: str = "midpoin
                "settings": {"generated_from": str(gen_dir), "n": n, "steps": steps,
                             "method": method, "seed": seed, "condition": condition,
                             "guidance": guidance,
-                            "condition_name": (cn or {}).get("name"),
+                            "condition_name": cn.name if cn else None,
                             "guidance_val_acc": sweep and {str(w): a for w, a in sweep.items()}},
                "generation": {"nfe": nfe, "network_passes": passes, "seconds": t_sample,
                               "seconds_per_model": t_sample / n}})

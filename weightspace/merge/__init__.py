@@ -1,8 +1,9 @@
 """Linear mode connectivity and merging: barriers, BN reset / REPAIR, diagnostics, merges."""
+from ..features import feature_stats
 from .lmc import (BN_MODES, LMCError, barrier, curve, diagnostics, heatmap, lmc, plot,
                   singular_alignment)
 from .merging import METHODS, POST, merge, mergemany_perms, ste_perms
-from .repair import feature_stats, repair, repairable
+from .repair import repair, repairable
 
 __all__ = ["BN_MODES", "LMCError", "METHODS", "POST", "barrier", "curve", "diagnostics",
            "feature_stats", "heatmap", "lmc", "merge", "mergemany_perms", "plot", "repair",

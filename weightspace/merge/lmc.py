@@ -18,9 +18,10 @@ from torch import nn
 
 from ..canonicalize import align, l2_distance
 from ..errors import WeightspaceError
-from ..functional import has_batchnorm, lerp_states, loss_acc, reset_bn, scratch
+from ..features import feature_stats
+from ..functional import has_batchnorm, lerp_states, loss_acc, recalibrated, scratch
 from ..symmetry.structure import Spec, apply
-from .repair import feature_stats, repair, repairable
+from .repair import repair, repairable
 
 BN_MODES = ("reset", "repair", "none")
 TRAIN_EVAL = 2048   # train examples the curve is measured on
@@ -56,10 +57,8 @@ def curve(spec: Spec, model: nn.Module, A: dict, B: dict, data, points: int = 25
             state = lerp_states(A, B, t)
             if bn == "repair":
                 state = repair(spec, model, state, stats, [1 - t, t], calib)
-            elif bn == "reset" and has_batchnorm(model):
-                model.load_state_dict(state)
-                reset_bn(model, calib)
-                state = {k: v.clone() for k, v in model.state_dict().items()}
+            elif bn == "reset":
+                state = recalibrated(model, state, calib)
         for split, (x, y) in (("train", (xtr, ytr)), ("test", (xte, yte))):
             loss, acc = loss_acc(model, x, y, state=state)
             out[f"{split}_loss"].append(loss)

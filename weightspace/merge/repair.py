@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..canonicalize.methods import _feature_modules
 from ..errors import WeightspaceError
+from ..features import feature_modules
 from ..functional import has_batchnorm, reset_bn, scratch
 from ..symmetry.structure import Spec
 
@@ -27,7 +27,7 @@ def repairable(spec: Spec, model: nn.Module) -> list[tuple[str, int]]:
     """(module name, feature dim) of every module REPAIR can correct, in forward order."""
     mods = dict(model.named_modules())
     found = []
-    for items in _feature_modules(spec, model).values():
+    for items in feature_modules(spec, model).values():
         for name, dim in items:
             m = mods[name]
             ok = (isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) and m.bias is not None) \
@@ -37,37 +37,6 @@ def repairable(spec: Spec, model: nn.Module) -> list[tuple[str, int]]:
                 found.append((name, dim))
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
     return sorted(set(found), key=lambda x: order[x[0]])
-
-
-@torch.no_grad()
-def feature_stats(model: nn.Module, state: dict, targets, x, batch_size=512):
-    """Per-feature mean and std of each target module's output over ``x``."""
-    from torch.func import functional_call
-    mods = dict(model.named_modules())
-    acc = {n: [0.0, 0.0, 0] for n, _ in targets}
-    handles = []
-    for name, dim in targets:
-        def hook(_m, _i, out, name=name, dim=dim):
-            a = out.movedim(dim, -1).reshape(-1, out.shape[dim]).double()
-            s = acc[name]
-            s[0] = s[0] + a.sum(0)
-            s[1] = s[1] + (a * a).sum(0)
-            s[2] += len(a)
-        handles.append(mods[name].register_forward_hook(hook))
-    was = model.training
-    model.eval()
-    try:
-        for lo in range(0, len(x), batch_size):
-            functional_call(model, state, (x[lo:lo + batch_size],))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was)
-    out = {}
-    for n, (s1, s2, k) in acc.items():
-        mean = s1 / k
-        out[n] = (mean, (s2 / k - mean * mean).clamp_min(0).sqrt())
-    return out
 
 
 @torch.no_grad()

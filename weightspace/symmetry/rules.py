@@ -496,119 +496,279 @@ def module_rule(c: Ctx, m: nn.Module, prefix: str, args, labs, out):
     return None
 
 
+class Call:
+    """One traced function / method call as an op rule sees it: the context, the op's
+    name, its concrete arguments and result, and the axis labels of its tensor arguments
+    (``labs`` positional, ``klabs`` by keyword)."""
+
+    __slots__ = ("c", "name", "args", "kwargs", "labs", "klabs", "out")
+
+    def __init__(self, c: Ctx, name: str, args, kwargs, labs, klabs, out):
+        self.c, self.name, self.args, self.kwargs = c, name, args, kwargs
+        self.labs, self.klabs, self.out = labs, klabs, out
+
+    @property
+    def t0(self):
+        """The first argument (the tensor a method is called on)."""
+        return self.args[0] if self.args else None
+
+    @property
+    def x(self):
+        """The labels of the first argument."""
+        return self.labs[0] if self.labs else None
+
+    def arg(self, i: int, key: str, default=None):
+        """Argument ``i`` if given positionally, else keyword ``key``."""
+        return self.args[i] if len(self.args) > i else self.kwargs.get(key, default)
+
+    def larg(self, i: int, key: str):
+        """The labels of argument ``i`` / keyword ``key``."""
+        return self.labs[i] if len(self.labs) > i else self.klabs.get(key)
+
+
+OP_RULES: dict[str, Callable[[Call], object]] = {}
+
+
+def op_rule(*names: str):
+    """Register the rule of the ops ``names`` (function or method names as torch.fx records
+    them). One rule per name: a second registration is a programming error."""
+    def deco(fn):
+        for n in names:
+            if n in OP_RULES:
+                raise ValueError(f"op {n!r} already has the rule {OP_RULES[n].__name__}")
+            OP_RULES[n] = fn
+        return fn
+    return deco
+
+
+def list_op_rules() -> dict[str, str]:
+    """Every modelled op and the first line of its rule's docstring (``spec --ops``)."""
+    return {n: (OP_RULES[n].__doc__ or OP_RULES[n].__name__).strip().splitlines()[0]
+            for n in sorted(OP_RULES)}
+
+
 def function_rule(c: Ctx, name: str, args, kwargs, labs, klabs, out):
-    """Labels of a function / method call's output; ``None`` if the op is opaque."""
-    t0 = args[0] if args else None
-    x = labs[0] if labs else None
-    kw = kwargs
-
-    def arg(i, key, default=None):
-        if len(args) > i:
-            return args[i]
-        return kw.get(key, default)
-
-    def larg(i, key):
-        if len(labs) > i:
-            return labs[i]
-        return klabs.get(key)
-
+    """Labels of a function / method call's output; ``None`` if the op is opaque (it has no
+    rule, or its rule does not apply to these arguments)."""
     if name in NON_TENSOR and not isinstance(out, torch.Tensor):
         return None
-    if name == "getattr" and isinstance(out, torch.Tensor):
-        if args[1] in ("T", "mT") and x is not None:
-            return x[::-1] if args[1] == "T" else transpose(x, -1, -2)
+    rule = OP_RULES.get(name)
+    return None if rule is None else rule(Call(c, name, args, kwargs, labs, klabs, out))
+
+
+@op_rule("getattr")
+def _getattr_rule(o: Call):
+    """``x.T`` / ``x.mT``: reversed / last two axes swapped."""
+    if not isinstance(o.out, torch.Tensor) or o.x is None or o.args[1] not in ("T", "mT"):
         return None
-    if name in ("permute",):
-        order = args[1:] if len(args) > 2 or isinstance(arg(1, "dims"), int) else arg(1, "dims")
-        return permute(x, list(order))
-    if name in ("transpose", "swapaxes", "swapdims"):
-        return transpose(x, arg(1, "dim0"), arg(2, "dim1"))
-    if name in ("t",):
-        return x[::-1]
-    if name in ("movedim", "moveaxis"):
-        return movedim(x, arg(1, "source"), arg(2, "destination"))
-    if name == "getitem":
-        if isinstance(t0, torch.Tensor):
-            return index(c, x, t0.shape, args[1])
-        if isinstance(x, (list, tuple)) and isinstance(args[1], int):
-            return x[args[1]]
-        return None
-    if name == "unbind":
-        dim = arg(1, "dim", 0) % len(x)
-        if c.g.selector_of(x[dim]) is not None:
-            return tuple(c.g.select(x, dim, i) for i in range(t0.shape[dim]))
-        c.g.fix(x[dim], "indexed by a constant")
-        return tuple(x[:dim] + x[dim + 1:] for _ in range(t0.shape[dim]))
-    if isinstance(out, torch.Tensor) and x is not None and name in ELEMENTWISE:
-        c.g.collapse(x)
-        return x
-    if name in BINARY or name in ("where",):
-        tens = _tensor_args(args, labs) + [(v, klabs[k]) for k, v in kw.items()
-                                           if isinstance(v, torch.Tensor) and k in klabs]
-        if not tens or not isinstance(out, torch.Tensor):
-            return None
-        for _, lab in tens:
-            c.g.collapse(lab)
-        return c.broadcast(tuple(out.shape), [lab for _, lab in tens],
-                           [tuple(v.shape) for v, _ in tens])
-    if name in RESHAPE:
-        return reshape(c, x, t0.shape, out.shape)
-    if name in ("expand", "expand_as", "broadcast_to"):
-        return expand(c, x, t0.shape, out.shape)
-    if name == "repeat":
-        reps = args[1:] if len(args) > 2 or isinstance(args[1], int) else args[1]
-        return repeat(c, x, list(reps))
-    if name in REDUCE:
-        return reduce(c, x, arg(1, "dim"), bool(arg(2, "keepdim", False)))
-    if name in ("max", "min") and isinstance(out, tuple) and arg(1, "dim") is not None:
-        c.g.fix(x[arg(1, "dim") % len(x)], "arg-reduction")
-        r = reduce(c, x, arg(1, "dim"), bool(arg(2, "keepdim", False)))
-        return (r, list(r))
-    if name in ("norm", "vector_norm") and isinstance(out, torch.Tensor):
-        return reduce(c, x, arg(2, "dim"), bool(arg(3, "keepdim", False)))
-    if name in ("chunk", "split", "tensor_split", "split_with_sizes"):
-        dim = arg(2, "dim", 0) % len(x)
-        return tuple(split_dim(c, x, dim, [o.shape[dim] for o in out]))
-    if name == "cat" or name == "concat" or name == "concatenate":
-        tensors = arg(0, "tensors")
-        labs_ = larg(0, "tensors")
-        return cat(c, list(labs_), arg(1, "dim", 0) % tensors[0].dim())
-    if name == "stack":
-        return stack(c, list(larg(0, "tensors")), arg(1, "dim", 0))
-    if name in ("matmul", "bmm", "mm", "__matmul__"):
-        return matmul(c, x, labs[1], t0.shape, args[1].shape)
-    if name == "linear":
-        return linear(c, x, larg(1, "weight"), larg(2, "bias"))
-    if name in ("conv1d", "conv2d", "conv3d"):
-        return conv(c, x, larg(1, "weight"), larg(2, "bias"), _int(arg(6, "groups"), 1),
-                    out.shape)
-    if name == "batch_norm":
-        return channel_affine(c, x, larg(1, "running_mean"), larg(2, "running_var"),
-                              larg(3, "weight"), larg(4, "bias"))
-    if name == "layer_norm":
-        shape = arg(1, "normalized_shape")
-        k = 1 if isinstance(shape, int) else len(shape)
-        return layer_norm(c, x, k, larg(2, "weight"), larg(3, "bias"))
-    if name == "rms_norm":
-        shape = arg(1, "normalized_shape")
-        k = 1 if isinstance(shape, int) else len(shape)
-        return layer_norm(c, x, k, larg(2, "weight"), None)
-    if name == "group_norm":
-        return group_norm(c, x, int(arg(1, "num_groups")), larg(2, "weight"), larg(3, "bias"))
-    if name == "embedding":
-        return embedding(c, x, larg(1, "weight"))
-    if name == "scaled_dot_product_attention":
-        mask = larg(3, "attn_mask")
-        if mask is not None:
-            c.fix_all(mask, "attention mask")
-        return sdpa(c, x, labs[1], labs[2], t0.shape, args[1].shape, args[2].shape)
-    if name == "einsum":
-        olabs = list(labs[1:]) if len(args) > 2 or isinstance(args[1], torch.Tensor) else labs[1]
-        return einsum(c, args[0], list(olabs), out.shape)
-    if name == "pad":
-        return pad(c, x, list(arg(1, "pad")))
-    if name in SPATIAL:
-        return spatial(c, x, out.shape)
-    if name in ("flatten",):
-        return reshape(c, x, t0.shape, out.shape)
+    return o.x[::-1] if o.args[1] == "T" else transpose(o.x, -1, -2)
+
+
+@op_rule("permute")
+def _permute_rule(o: Call):
+    """Axes reordered."""
+    order = o.args[1:] if len(o.args) > 2 or isinstance(o.arg(1, "dims"), int) \
+        else o.arg(1, "dims")
+    return permute(o.x, list(order))
+
+
+@op_rule("transpose", "swapaxes", "swapdims")
+def _transpose_rule(o: Call):
+    """Two axes swapped."""
+    return transpose(o.x, o.arg(1, "dim0"), o.arg(2, "dim1"))
+
+
+@op_rule("t")
+def _t_rule(o: Call):
+    """Matrix transpose: axes reversed."""
+    return o.x[::-1]
+
+
+@op_rule("movedim", "moveaxis")
+def _movedim_rule(o: Call):
+    """Axes moved to new positions."""
+    return movedim(o.x, o.arg(1, "source"), o.arg(2, "destination"))
+
+
+@op_rule("getitem")
+def _getitem_rule(o: Call):
+    """Basic indexing of a tensor, or picking one labels entry of a tuple result."""
+    if isinstance(o.t0, torch.Tensor):
+        return index(o.c, o.x, o.t0.shape, o.args[1])
+    if isinstance(o.x, (list, tuple)) and isinstance(o.args[1], int):
+        return o.x[o.args[1]]
     return None
+
+
+@op_rule("unbind")
+def _unbind_rule(o: Call):
+    """Split into slices along an axis (per-block selection, or that axis fixed)."""
+    x, g = o.x, o.c.g
+    dim = o.arg(1, "dim", 0) % len(x)
+    if g.selector_of(x[dim]) is not None:
+        return tuple(g.select(x, dim, i) for i in range(o.t0.shape[dim]))
+    g.fix(x[dim], "indexed by a constant")
+    return tuple(x[:dim] + x[dim + 1:] for _ in range(o.t0.shape[dim]))
+
+
+@op_rule(*ELEMENTWISE)
+def _elementwise_rule(o: Call):
+    """Elementwise: every axis moves freely, the output keeps the input's labels."""
+    if not isinstance(o.out, torch.Tensor) or o.x is None:
+        return None
+    o.c.g.collapse(o.x)
+    return o.x
+
+
+@op_rule(*BINARY)
+def _binary_rule(o: Call):
+    """Broadcasting elementwise op of several tensors: axes broadcast together unify."""
+    tens = _tensor_args(o.args, o.labs) + [(v, o.klabs[k]) for k, v in o.kwargs.items()
+                                           if isinstance(v, torch.Tensor) and k in o.klabs]
+    if not tens or not isinstance(o.out, torch.Tensor):
+        return None
+    for _, lab in tens:
+        o.c.g.collapse(lab)
+    return o.c.broadcast(tuple(o.out.shape), [lab for _, lab in tens],
+                         [tuple(v.shape) for v, _ in tens])
+
+
+@op_rule(*RESHAPE)
+def _reshape_rule(o: Call):
+    """Reshape: axes that survive keep their labels, merged / split axes join blocks."""
+    return reshape(o.c, o.x, o.t0.shape, o.out.shape)
+
+
+@op_rule("expand", "expand_as", "broadcast_to")
+def _expand_rule(o: Call):
+    """Broadcast to a larger shape: new axes are fresh, size-1 axes grow."""
+    return expand(o.c, o.x, o.t0.shape, o.out.shape)
+
+
+@op_rule("repeat")
+def _repeat_rule(o: Call):
+    """Tiling: repeated axes are fixed."""
+    reps = o.args[1:] if len(o.args) > 2 or isinstance(o.args[1], int) else o.args[1]
+    return repeat(o.c, o.x, list(reps))
+
+
+@op_rule(*REDUCE)
+def _reduce_rule(o: Call):
+    """Reduction over axes: reduced axes collapse (permuting them does not matter)."""
+    return reduce(o.c, o.x, o.arg(1, "dim"), bool(o.arg(2, "keepdim", False)))
+
+
+@op_rule("max", "min")
+def _arg_reduce_rule(o: Call):
+    """``max`` / ``min`` along a dim (values and indices): the indexed axis is fixed."""
+    if not isinstance(o.out, tuple) or o.arg(1, "dim") is None:
+        return None
+    o.c.g.fix(o.x[o.arg(1, "dim") % len(o.x)], "arg-reduction")
+    r = reduce(o.c, o.x, o.arg(1, "dim"), bool(o.arg(2, "keepdim", False)))
+    return (r, list(r))
+
+
+@op_rule("norm", "vector_norm")
+def _norm_rule(o: Call):
+    """A norm over axes: a reduction."""
+    if not isinstance(o.out, torch.Tensor):
+        return None
+    return reduce(o.c, o.x, o.arg(2, "dim"), bool(o.arg(3, "keepdim", False)))
+
+
+@op_rule("chunk", "split", "tensor_split", "split_with_sizes")
+def _split_rule(o: Call):
+    """Cut along an axis: that axis becomes a concatenation of parts."""
+    dim = o.arg(2, "dim", 0) % len(o.x)
+    return tuple(split_dim(o.c, o.x, dim, [t.shape[dim] for t in o.out]))
+
+
+@op_rule("cat", "concat", "concatenate")
+def _cat_rule(o: Call):
+    """Concatenation: the joined axis is a block of the parts' axes."""
+    tensors = o.arg(0, "tensors")
+    return cat(o.c, list(o.larg(0, "tensors")), o.arg(1, "dim", 0) % tensors[0].dim())
+
+
+@op_rule("stack")
+def _stack_rule(o: Call):
+    """Stacking: the parts' axes unify, the new axis is fixed."""
+    return stack(o.c, list(o.larg(0, "tensors")), o.arg(1, "dim", 0))
+
+
+@op_rule("matmul", "bmm", "mm", "__matmul__")
+def _matmul_rule(o: Call):
+    """Matrix product: the contracted axes unify."""
+    return matmul(o.c, o.x, o.labs[1], o.t0.shape, o.args[1].shape)
+
+
+@op_rule("linear")
+def _linear_rule(o: Call):
+    """``F.linear``: input features unify with the weight's columns, outputs with its rows."""
+    return linear(o.c, o.x, o.larg(1, "weight"), o.larg(2, "bias"))
+
+
+@op_rule("conv1d", "conv2d", "conv3d")
+def _conv_rule(o: Call):
+    """``F.conv*``: channels like a linear layer (grouped: per-group blocks)."""
+    return conv(o.c, o.x, o.larg(1, "weight"), o.larg(2, "bias"),
+                _int(o.arg(6, "groups"), 1), o.out.shape)
+
+
+@op_rule("batch_norm")
+def _batch_norm_rule(o: Call):
+    """``F.batch_norm``: per-channel statistics and affine move with the channels."""
+    return channel_affine(o.c, o.x, o.larg(1, "running_mean"), o.larg(2, "running_var"),
+                          o.larg(3, "weight"), o.larg(4, "bias"))
+
+
+@op_rule("layer_norm", "rms_norm")
+def _layer_norm_rule(o: Call):
+    """``F.layer_norm`` / ``F.rms_norm``: normalised axes collapse, affine moves with them."""
+    shape = o.arg(1, "normalized_shape")
+    k = 1 if isinstance(shape, int) else len(shape)
+    bias = o.larg(3, "bias") if o.name == "layer_norm" else None
+    return layer_norm(o.c, o.x, k, o.larg(2, "weight"), bias)
+
+
+@op_rule("group_norm")
+def _group_norm_rule(o: Call):
+    """``F.group_norm``: channels permute within groups' blocks only."""
+    return group_norm(o.c, o.x, int(o.arg(1, "num_groups")), o.larg(2, "weight"),
+                      o.larg(3, "bias"))
+
+
+@op_rule("embedding")
+def _embedding_rule(o: Call):
+    """``F.embedding``: the output features are the table's columns; the vocabulary is
+    fixed."""
+    return embedding(o.c, o.x, o.larg(1, "weight"))
+
+
+@op_rule("scaled_dot_product_attention")
+def _sdpa_rule(o: Call):
+    """Attention: heads as a block; query/key and value dimensions permute per head."""
+    mask = o.larg(3, "attn_mask")
+    if mask is not None:
+        o.c.fix_all(mask, "attention mask")
+    return sdpa(o.c, o.x, o.labs[1], o.labs[2], o.t0.shape, o.args[1].shape, o.args[2].shape)
+
+
+@op_rule("einsum")
+def _einsum_rule(o: Call):
+    """``torch.einsum`` without ellipsis: letters shared between operands unify."""
+    olabs = list(o.labs[1:]) if len(o.args) > 2 or isinstance(o.args[1], torch.Tensor) \
+        else o.labs[1]
+    return einsum(o.c, o.args[0], list(olabs), o.out.shape)
+
+
+@op_rule("pad")
+def _pad_rule(o: Call):
+    """``F.pad``: padded axes are fixed."""
+    return pad(o.c, o.x, list(o.arg(1, "pad")))
+
+
+@op_rule(*SPATIAL)
+def _spatial_rule(o: Call):
+    """Pooling / resizing: channels move freely, spatial axes are fixed."""
+    return spatial(o.c, o.x, o.out.shape)

@@ -1,0 +1,141 @@
+"""Typed generator settings, validated once: the flow's training recipe with its velocity
+network (:class:`FlowSettings`) and the condition with its normalisation
+(:class:`Condition`). Both are saved in the generator's ``config.json`` and compared as a
+whole when an interrupted fit resumes; both are rebuilt (and re-validated) when a
+generator is read back."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+
+from .encoding import EncodingError
+
+VELOCITY_KINDS = ("mlp", "transformer")  # the classes: flow.VELOCITIES
+
+
+@dataclass(frozen=True)
+class FlowSettings:
+    """How the flow is trained: steps, batch, AdamW learning rate, the velocity network
+    (``mlp`` over the code, or ``transformer`` over per-layer tokens of ``token`` numbers
+    with ``heads`` heads), minibatch OT coupling, noise scale, EMA decay, seed, and the
+    probability of dropping the condition (classifier-free guidance)."""
+
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float = 1e-3
+    velocity: str = "mlp"
+    width: int = 512
+    depth: int = 3
+    token: int = 256
+    heads: int = 4
+    ot: bool = True
+    sigma: float = 1.0
+    ema: float = 0.999
+    seed: int = 0
+    p_uncond: float = 0.1
+
+    def __post_init__(self):
+        def bad(msg):
+            raise EncodingError(f"generator setting {msg}")
+        for f in fields(self):
+            v, want = getattr(self, f.name), type(f.default)
+            if want is float and isinstance(v, int) and not isinstance(v, bool):
+                object.__setattr__(self, f.name, float(v))
+            elif not isinstance(v, want) or (isinstance(v, bool) and want is not bool):
+                bad(f"{f.name} must be {want.__name__}, got {v!r}")
+        for name, lo, hi in (("steps", 1, 10**8), ("batch_size", 1, 10**6), ("width", 1, 65536),
+                             ("depth", 1, 256), ("token", 1, 10**7), ("heads", 1, 4096),
+                             ("seed", 0, 2**63 - 1)):
+            if not lo <= getattr(self, name) <= hi:
+                bad(f"{name} must be in [{lo}, {hi}], got {getattr(self, name)}")
+        for name, ok in (("lr", 0 < self.lr <= 100), ("sigma", 0 < self.sigma <= 1e3),
+                         ("ema", 0 <= self.ema < 1), ("p_uncond", 0 <= self.p_uncond < 1)):
+            if not (ok and math.isfinite(getattr(self, name))):
+                bad(f"{name} is out of range: {getattr(self, name)}")
+        if self.velocity not in VELOCITY_KINDS:
+            bad(f"velocity must be one of {', '.join(VELOCITY_KINDS)}, got {self.velocity!r}")
+        if self.velocity == "transformer" and self.width % self.heads:
+            bad(f"width {self.width} is not divisible by heads {self.heads}")
+
+    @classmethod
+    def keys(cls) -> set[str]:
+        return {f.name for f in fields(cls)}
+
+    def to_dict(self) -> dict:
+        """The saved record (the token / heads of a transformer only)."""
+        d = asdict(self)
+        if self.velocity != "transformer":
+            d.pop("token")
+            d.pop("heads")
+        return d
+
+    def velocity_config(self, dim: int, sizes: list[int], cond: int = 0) -> dict:
+        """The :func:`~weightspace.generate.flow.make_velocity` config for codes of ``dim``
+        numbers (``sizes``: numbers per tensor, for per-layer tokens)."""
+        if self.velocity == "transformer":
+            return {"kind": "transformer", "dim": dim, "token": self.token,
+                    "width": self.width, "depth": self.depth, "heads": self.heads,
+                    "sizes": list(sizes), "cond": cond}
+        return {"kind": "mlp", "dim": dim, "width": self.width, "depth": self.depth,
+                "cond": cond}
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A per-model scalar the generator is conditioned on, with the zoo's statistics of it:
+    training normalises by ``mean`` / ``std``; sampling resolves ``"max"`` / ``"min"`` /
+    ``"mean"`` to the zoo's value."""
+
+    name: str
+    mean: float
+    std: float
+    min: float
+    max: float
+
+    def __post_init__(self):
+        ok = isinstance(self.name, str) and all(
+            isinstance(getattr(self, k), (int, float)) and not isinstance(getattr(self, k), bool)
+            and math.isfinite(getattr(self, k)) for k in ("mean", "std", "min", "max"))
+        if not ok or self.std <= 0:
+            raise EncodingError("condition must have a name and finite mean, std > 0, min "
+                                "and max")
+
+    @classmethod
+    def fit(cls, name: str, values: torch.Tensor) -> "Condition":
+        v = values.double()
+        return cls(name, float(v.mean()), float(v.std(unbiased=False)) or 1.0,
+                   float(v.min()), float(v.max()))
+
+    @classmethod
+    def from_dict(cls, d, where: str = "condition") -> "Condition | None":
+        if d is None:
+            return None
+        if not isinstance(d, dict) or set(d) != {"name", "mean", "std", "min", "max"}:
+            raise EncodingError(f"{where}: must be null or an object with name, mean, std > 0, "
+                                f"min and max")
+        try:
+            return cls(**d)
+        except EncodingError as e:
+            raise EncodingError(f"{where}: {e}") from None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def normalise(self, values):
+        return (values - self.mean) / self.std
+
+    def target(self, value: float | str) -> float:
+        """A value in the condition's own units: a number, or the zoo's max / min / mean."""
+        if isinstance(value, str):
+            if value in ("max", "min", "mean"):
+                return getattr(self, value)
+            try:
+                value = float(value)
+            except ValueError:
+                raise EncodingError(f"--condition must be a number, max, min or mean; got "
+                                    f"{value!r}") from None
+        if not math.isfinite(value):
+            raise EncodingError(f"--condition must be finite, got {value}")
+        return float(value)
