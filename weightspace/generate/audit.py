@@ -14,11 +14,16 @@ On the test split (nothing here selects on it):
   better than perturbing a zoo model until it is as new. The zoo's own (leave-one-out)
   margin is what an ideal sampler of independently trained networks would get;
 * ensembles of K generated vs K zoo models: accuracy and expected calibration error;
-* cost: seconds per generated model and function evaluations (from the sample zoo).
+* cost: seconds per generated model and function evaluations (from the sample zoo);
+* what a sample is: its relative distance to the zoo's affine span and the effective
+  number of zoo models its projection mixes (``affine_span``), in the standardised
+  parameters (BN statistics left out: they are recalibrated, not generated); the zoo's
+  leave-one-out values say where an independently trained network lies.
 """
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -97,6 +102,60 @@ def _nn_dist(a: torch.Tensor, b: torch.Tensor, leave_one_out: bool = False):
     return d.min(1).values
 
 
+def affine_span(zoo: torch.Tensor, points: torch.Tensor | None = None,
+                rtol: float = 1e-10) -> dict:
+    """Where each point lies relative to the affine span of the zoo's rows.
+
+    ``zoo`` [N, D], ``points`` [M, D] (None: the zoo itself, each row measured against the
+    *other* rows, leave-one-out). Per point: ``residual`` = ||x - p|| / ||x - mean||, with
+    p its projection on the span and mean the zoo's mean (0: an affine combination of zoo
+    models; 1: orthogonal to every direction the zoo spans); ``weights`` [M, N] the
+    minimum-norm affine weights of p (sum 1; 0 for a left-out row); ``effective`` =
+    1 / sum(w^2) (Kish's effective number: 1 for a zoo model, N for the zoo mean, below
+    the number of models it touches, and below 1, when the combination extrapolates
+    with negative weights); ``negative`` = sum of |w_i| over w_i < 0 (0 for a convex
+    combination). Everything comes from one Gram matrix (M + N)^2 D, float64."""
+    z = zoo.double()
+    mu = z.mean(0)
+    loo = points is None
+    rows = z - mu if loo else torch.cat([z, points.double()]) - mu
+    k = rows @ rows.T
+    n = z.shape[0]
+    kz = k[:n, :n]
+    res, ws = [], []
+    for j in range(k.shape[0] - (0 if loo else n)):
+        t = j if loo else n + j
+        idx = [i for i in range(n) if not (loo and i == j)]
+        if not idx:
+            res.append(0.0)
+            ws.append(torch.zeros(n, dtype=torch.float64))
+            continue
+        kj = kz[idx][:, idx]
+        row, tot = kj.mean(1), kj.mean()
+        gc = kj - row[:, None] - row[None, :] + tot          # centred Gram of the span
+        kx = k[t, idx]
+        b = kx - kx.mean() - row + tot                        # (z_i - zbar) . (x - zbar)
+        nx2 = float(k[t, t] - 2 * kx.mean() + tot)            # ||x - zbar||^2
+        a = torch.linalg.pinv(gc, rtol=rtol, hermitian=True) @ b
+        r2 = nx2 - 2 * float(a @ b) + float(a @ gc @ a)
+        # at the zoo mean (up to rounding) the direction is undefined: residual 0
+        tiny = 1e-12 * float(gc.diagonal().mean()) if len(idx) > 1 else 0.0
+        res.append(math.sqrt(min(max(r2, 0.0) / nx2, 1.0)) if nx2 > tiny else 0.0)
+        w = torch.zeros(n, dtype=torch.float64)
+        w[idx] = a + 1.0 / len(idx)
+        ws.append(w)
+    w = torch.stack(ws) if ws else torch.zeros(0, n, dtype=torch.float64)
+    return {"residual": res, "weights": w,
+            "effective": (1.0 / w.pow(2).sum(1).clamp_min(1e-300)).tolist(),
+            "negative": (-w).clamp_min(0).sum(1).tolist()}
+
+
+def _span_report(s: dict) -> dict:
+    return {"residual": _stats(s["residual"]), "effective_models": _stats(s["effective"]),
+            "negative_weight": _stats(s["negative"]),
+            "per_model": {"residual": s["residual"], "effective_models": s["effective"]}}
+
+
 def ece(probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> float:
     conf, pred = probs.max(1)
     correct = (pred == y).float()
@@ -157,6 +216,14 @@ def audit(samples_dir, zoo_dir, k_ensemble: int = 10, seed: int = 0, data_root=N
         "network_passes": sm.get("generation", {}).get("network_passes"),
         "seconds_per_model": sm.get("generation", {}).get("seconds_per_model"),
     }
+    # what a sample is: distance to the zoo's affine span, zoo models mixed (parameters only)
+    pnames = {k for k, _ in build(arch).named_parameters()}
+    penc = Encoding.fit(arch, [{k: v for k, v in s.items() if k in pnames}
+                               for s in zoo_states])
+    pz = torch.stack([penc._flatten(s) for s in zoo_states])
+    report["generated"]["span"] = _span_report(
+        affine_span(pz, torch.stack([penc._flatten(s) for s in gen_states])))
+    report["zoo"]["span_loo"] = _span_report(affine_span(pz))
     # baselines, each as many models as were generated (capped by the zoo for noise)
     n = len(gen_states)
     base = {}
@@ -237,6 +304,20 @@ def write_report(r: dict, gacc, giou, zacc, ziou, out: Path) -> None:
               f"{100 * gm['mean']:+.2f} on average, {100 * gm['above']:.0f}% of models above "
               f"it); the zoo itself (leave-one-out) {100 * zm['at_mean']:+.2f} at the mean, "
               f"{100 * zm['mean']:+.2f} per model, {100 * zm['above']:.0f}% above."]
+    if "span" in g and "span_loo" in z:
+        lines += ["", "What a sample is (standardised parameters): distance to the zoo's affine "
+                  "span relative to the distance to the zoo mean (0 = an affine combination of "
+                  "zoo models), and the effective number of zoo models the projection mixes "
+                  "(1/sum w^2 of its affine weights; 1 = one zoo model, "
+                  f"{z['n']} = the zoo mean; negative weights = extrapolation).", "",
+                  "| | residual to span mean | median | effective zoo models mean | median "
+                  "| negative weight mass mean |", "|---|---|---|---|---|---|"]
+        for name, sp in (("zoo (leave-one-out)", z["span_loo"]), ("generated", g["span"])):
+            lines.append(f"| {name} | {sp['residual']['mean']:.3f} | "
+                         f"{sp['residual']['median']:.3f} | "
+                         f"{sp['effective_models']['mean']:.2f} | "
+                         f"{sp['effective_models']['median']:.2f} | "
+                         f"{sp['negative_weight']['mean']:.3f} |")
     e = r["ensemble"]
     lines += ["", f"Ensemble of {e['k']}: generated acc {e['generated_acc']:.4f} "
               f"(ECE {e['generated_ece']:.4f}), zoo acc {e['zoo_acc']:.4f} "

@@ -2,44 +2,150 @@
 
 Every floating tensor is standardised with one mean and one std computed over the whole
 zoo, and the model is flattened in a fixed key order. With ``pca=True`` the vectors are
-further projected on the zoo's principal directions (all of them, at most ``N`` for ``N``
-models, so every training model is reproduced to float tolerance) and whitened (unit
+further projected on the zoo's principal directions (all of them, at most ``N - 1`` for
+``N`` models, so every training model is reproduced to float tolerance) and whitened (unit
 variance per component over the zoo); a code then has at most ``N`` numbers instead of one
-per parameter. Integer buffers (BN ``num_batches_tracked``) are
-copied from the first model. The encoding is saved next to the generator.
+per parameter. Integer buffers (BN ``num_batches_tracked``) are copied from the first model.
+The encoding is saved next to the generator.
+
+Two ways to fit the same PCA code:
+* ``Encoding.fit(arch, states, pca=True)``: the SVD of the N x D zoo held in memory
+  (float64); fine for small models, the baseline of ``scripts/benchmarks/encoding_scale.py``;
+* ``Encoding.fit_streaming(arch, paths, pca=True)``: the N x N Gram matrix of the
+  standardised, centred models, streamed chunk by chunk from the safetensors checkpoints
+  (memory ~ N^2 + one chunk of one tensor across the zoo + one model). With the Gram
+  matrix ``G = Xc Xc^T = U S^2 U^T`` the principal directions are ``V = S^-1 U^T Xc``,
+  computed in a second streamed pass and written as a float32 [k, D] basis to disk.
+
+A saved encoding's basis is read lazily: encoding and decoding map it a block of rows at a
+time, so a decode touches the basis once and never holds it (or the zoo) in memory.
+``mix`` [N, k] (the Gram eigenvectors ``U``) expresses a code as a combination of the
+zoo models: ``w = 1/N + mix @ code / sqrt(N - 1)`` (sum 1), and the zoo's own codes are
+``sqrt(N - 1) * mix``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import mmap
+import os
+import tempfile
+from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save
 
-from ..checkpoint import atomic_write, canonical_safetensors
+from ..checkpoint import ARCH_KEY, atomic_write
 from ..errors import WeightspaceError
+
+META = "weightspace.encoding"
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+           "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
+           "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+_NAMES = {v: k for k, v in _DTYPES.items()}
+_BLOCK_BYTES = 1 << 30       # basis rows mapped at once when encoding / decoding
+_CHUNK = 1 << 18             # elements per model read at once when streaming the zoo
 
 
 class EncodingError(WeightspaceError):
     """An encoding that does not fit the models or the generator it is used with."""
 
 
+class DiskBasis:
+    """A row-major [k, D] float matrix at byte ``offset`` of a file, mapped a block of rows
+    at a time (``rows``) and unmapped after use, so it never sits whole in memory."""
+
+    def __init__(self, file, offset: int, shape, dtype: torch.dtype):
+        self.fd = os.dup(file) if isinstance(file, int) else os.open(str(file), os.O_RDONLY)
+        self.offset, self.shape, self.dtype = offset, torch.Size(shape), dtype
+
+    def dim(self) -> int:
+        return 2
+
+    def is_floating_point(self) -> bool:
+        return self.dtype.is_floating_point
+
+    @contextlib.contextmanager
+    def rows(self, i0: int, i1: int):
+        """[i1 - i0, D] view of the mapped rows (valid inside the ``with`` only)."""
+        d, es = self.shape[1], self.dtype.itemsize
+        start = self.offset + i0 * d * es
+        base = start - start % mmap.ALLOCATIONGRANULARITY
+        length = start - base + (i1 - i0) * d * es
+        if length == start - base:
+            yield torch.empty(0, d, dtype=self.dtype)
+            return
+        # ACCESS_COPY: a private mapping torch may treat as writable (no copy unless written)
+        mm = mmap.mmap(self.fd, length, access=mmap.ACCESS_COPY, offset=base)
+        try:
+            yield torch.frombuffer(mm, dtype=self.dtype, count=(i1 - i0) * d,
+                                   offset=start - base).view(i1 - i0, d)
+        finally:
+            with contextlib.suppress(BufferError):   # a view kept by the caller keeps it
+                mm.close()
+
+    def copy_to(self, fd: int, pos: int) -> None:
+        """Write the matrix's bytes at ``pos`` of ``fd`` (in-kernel copy)."""
+        src, left = self.offset, math.prod(self.shape) * self.dtype.itemsize
+        while left:
+            n = os.copy_file_range(self.fd, fd, min(left, 1 << 30), src, pos)
+            if n <= 0:
+                raise EncodingError("the encoding's basis file ended early")
+            src, pos, left = src + n, pos + n, left - n
+
+    def __del__(self):
+        with contextlib.suppress(Exception):
+            os.close(self.fd)
+
+
+def _row_blocks(basis):
+    """(i0, i1, rows [i1 - i0, D]) blocks of ``basis`` (a tensor or a ``DiskBasis``)."""
+    k, d = basis.shape
+    step = max(1, _BLOCK_BYTES // max(1, d * basis.dtype.itemsize))
+    for i0 in range(0, k, step):
+        i1 = min(k, i0 + step)
+        if isinstance(basis, DiskBasis):
+            with basis.rows(i0, i1) as r:
+                yield i0, i1, r
+        else:
+            yield i0, i1, basis[i0:i1]
+
+
 class Encoding:
     def __init__(self, arch: str, keys, shapes, mean, std, ints, center=None, basis=None,
-                 scale=None):
+                 scale=None, mix=None):
         self.arch, self.keys, self.shapes = arch, list(keys), [tuple(s) for s in shapes]
         self.mean, self.std = mean.double(), std.double()      # [tensors]
         self.ints = ints                                        # key -> int tensor
-        self.center, self.basis = center, basis                 # PCA: [D], [k, D]
-        self.scale = scale                                      # PCA: [k] (whitening)
+        self.center = None if center is None else center.double()   # PCA: [D]
+        self.basis = basis            # PCA: [k, D], a tensor or a DiskBasis
+        self.scale = None if scale is None else scale.double()  # PCA: [k] (whitening)
+        self.mix = None if mix is None else mix.double()        # PCA: [N, k] (zoo weights)
 
     @property
     def dim(self) -> int:
         return self.basis.shape[0] if self.basis is not None else \
-            sum(int(torch.tensor(s).prod()) for s in self.shapes)
+            sum(math.prod(s) for s in self.shapes)
 
+    @property
+    def zoo_codes(self) -> torch.Tensor | None:
+        """[N, k] codes of the training models (``encode`` of each, without reading them)."""
+        if self.mix is None:
+            return None
+        return (self.mix * max(self.mix.shape[0] - 1, 1) ** 0.5).float()
+
+    def zoo_weights(self, code: torch.Tensor) -> torch.Tensor:
+        """[N] weights w (sum 1) with ``decode(code) == sum_i w_i zoo_i`` (standardised)."""
+        if self.mix is None:
+            raise EncodingError("this encoding keeps no zoo weights (not a PCA code, or "
+                                "saved by an older version)")
+        n = self.mix.shape[0]
+        return 1.0 / n + self.mix @ code.double() / max(n - 1, 1) ** 0.5
+
+    # ---------------------------------------------------------------- fitting
     @classmethod
     def fit(cls, arch: str, states: list[dict], pca: bool = False) -> "Encoding":
+        """In memory: per-tensor statistics, and with ``pca`` the SVD of the N x D zoo."""
         if not states:
             raise EncodingError("cannot fit an encoding on an empty zoo")
         first = states[0]
@@ -54,12 +160,114 @@ class Encoding:
         if pca:
             flat = torch.stack([enc._flatten(s) for s in states])
             center = flat.mean(0)
-            _, sv, vh = torch.linalg.svd(flat - center, full_matrices=False)
+            u, sv, vh = torch.linalg.svd(flat - center, full_matrices=False)
             keep = sv > sv.max() * 1e-10
-            enc.center, enc.basis = center, vh[keep]
+            enc.center, enc.basis, enc.mix = center, vh[keep], u[:, keep]
             enc.scale = (sv[keep] / max(len(states) - 1, 1) ** 0.5).clamp_min(1e-12)
         return enc
 
+    @classmethod
+    def fit_streaming(cls, arch: str, paths, pca: bool = True, workdir=None,
+                      chunk: int = _CHUNK, progress=None) -> "Encoding":
+        """The same encoding as ``fit`` (up to the sign / rotation of principal directions
+        with equal singular values), read tensor by tensor from safetensors ``paths``.
+
+        Pass 1 reads each tensor across the zoo in chunks of ``chunk`` elements per model
+        and accumulates the tensor's mean and std (exact pooled statistics), its mean model
+        and its centred Gram matrix. Pass 2 (with ``pca``) reads the zoo again and writes
+        the float32 basis ``S^-1 U^T Xc`` to an unlinked file in ``workdir`` (default: the
+        system temp dir) that ``save`` copies. ``progress(pass_no, done, total)`` is called
+        after each chunk."""
+        paths = [Path(p) for p in paths]
+        if not paths:
+            raise EncodingError("cannot fit an encoding on an empty zoo")
+        if chunk < 1:
+            raise EncodingError(f"chunk must be >= 1 element, got {chunk}")
+        from safetensors import SafetensorError, safe_open
+        with contextlib.ExitStack() as stack:
+            files = []
+            for p in paths:
+                try:
+                    files.append(stack.enter_context(safe_open(str(p), framework="pt")))
+                except (OSError, SafetensorError, ValueError) as e:
+                    raise EncodingError(f"{p}: not a readable safetensors checkpoint ({e})") \
+                        from None
+            keys, shapes, ints = _zoo_layout(arch, paths, files)
+            # plain reads, not safetensors' mmap: mapped pages would count as this process's
+            # memory (the whole zoo, by the end of a pass)
+            files = [stack.enter_context(_RawTensors(p)) for p in paths]
+            n, sizes = len(paths), [math.prod(s) for s in shapes]
+            total = sum(sizes)
+            mean, std = torch.empty(len(keys), dtype=torch.float64), \
+                torch.empty(len(keys), dtype=torch.float64)
+            center = torch.empty(total, dtype=torch.float64)     # the mean model (raw)
+            gram = torch.zeros(n, n, dtype=torch.float64)
+            done, off = 0, 0
+            for i, k in enumerate(keys):
+                gk = torch.zeros(n, n, dtype=torch.float64)
+                cnt, mu, m2 = 0, 0.0, 0.0            # Chan et al.: pooled mean / M2
+                for a, w in _chunks(files, paths, k, shapes[i], chunk):
+                    cm = w.mean(0)
+                    w -= cm
+                    gk.addmm_(w, w.T)
+                    c_n = cm.numel()
+                    c_mu = float(cm.mean())
+                    c_m2 = float((cm - c_mu).pow(2).sum())
+                    delta, tot = c_mu - mu, cnt + c_n
+                    mu += delta * c_n / tot
+                    m2 += c_m2 + delta * delta * cnt * c_n / tot
+                    cnt = tot
+                    center[off + a:off + a + c_n] = cm
+                    done += c_n
+                    if progress:
+                        progress(1, done, total)
+                ss = float(gk.diagonal().sum()) + n * m2    # sum over models, elements
+                mean[i] = mu
+                std[i] = max(math.sqrt(ss / max(n * sizes[i], 1)), 1e-8)
+                gram += gk / std[i] ** 2
+                center[off:off + sizes[i]].sub_(mu).div_(std[i])
+                off += sizes[i]
+            enc = cls(arch, keys, shapes, mean, std, ints)
+            if not pca:
+                return enc
+            u, sv = _gram_eig(gram)
+            enc.center, enc.mix = center, u
+            enc.scale = (sv / max(n - 1, 1) ** 0.5).clamp_min(1e-12)
+            enc._stream_basis(files, paths, u / sv, workdir, chunk, progress)
+        return enc
+
+    def _stream_basis(self, files, paths, proj, workdir, chunk, progress) -> None:
+        """Pass 2: basis rows ``proj^T Xc`` ([k, D], float32) into a safetensors file that
+        holds the whole encoding, unlinked at once (only this object's descriptor keeps it)."""
+        k, d = proj.shape[1], self.center.numel()
+        fd, tmp = tempfile.mkstemp(prefix="weightspace-encoding-", suffix=".safetensors",
+                                   dir=workdir)
+        try:
+            os.unlink(tmp)
+            tensors, lazy = self._tensors(), {"basis": ((k, d), torch.float32)}
+            offset = _write_header(fd, tensors, lazy, self._meta())
+            _write_data(fd, tensors, lazy, offset)
+            boff = offset + _data_offsets(tensors, lazy)["basis"][0]
+            pt = proj.T.contiguous()                           # [k, N]
+            off, done = 0, 0
+            for i, key in enumerate(self.keys):
+                n = math.prod(self.shapes[i])
+                for a, w in _chunks(files, paths, key, self.shapes[i], chunk):
+                    c = w.shape[1]
+                    w.sub_(self.mean[i]).div_(self.std[i]).sub_(
+                        self.center[off + a:off + a + c])
+                    rows = (pt @ w).float().numpy()            # [k, c]
+                    for r in range(k):
+                        _pwrite_all(fd, rows[r].tobytes(), boff + 4 * (r * d + off + a))
+                    done += c
+                    if progress:
+                        progress(2, done, d)
+                off += n
+            self.basis = DiskBasis(fd, boff, (k, d), torch.float32)
+        finally:
+            os.close(fd)
+
+    # ---------------------------------------------------------------- coding
     def _flatten(self, state: dict) -> torch.Tensor:
         parts = []
         for i, k in enumerate(self.keys):
@@ -76,47 +284,258 @@ class Encoding:
         flat = self._flatten(state)
         if self.basis is None:
             return flat.float()
-        return (((flat - self.center) @ self.basis.T) / self.scale).float()
+        xc = flat - self.center
+        p = torch.zeros(self.basis.shape[0], dtype=torch.float64)
+        for i0, i1, rows in _row_blocks(self.basis):
+            # float64 dot products: a float32 sum over millions of terms loses ~4 digits
+            for a in range(0, xc.numel(), _CHUNK):
+                p[i0:i1] += rows[:, a:a + _CHUNK].double() @ xc[a:a + _CHUNK]
+        return (p / self.scale).float()
 
     def decode(self, code: torch.Tensor) -> dict:
         code = code.double()
-        flat = code if self.basis is None else self.center + (code * self.scale) @ self.basis
+        if self.basis is None:
+            flat = code
+        else:
+            coef = (code * self.scale).to(self.basis.dtype)
+            acc = torch.zeros(self.basis.shape[1], dtype=self.basis.dtype)
+            for i0, i1, rows in _row_blocks(self.basis):
+                acc.addmv_(rows.T, coef[i0:i1])
+            flat = self.center + acc.double()
         out, off = {}, 0
         for i, (k, shape) in enumerate(zip(self.keys, self.shapes)):
-            n = int(torch.tensor(shape).prod()) if shape else 1
+            n = math.prod(shape)
             out[k] = (flat[off:off + n] * self.std[i] + self.mean[i]).view(shape).float()
             off += n
         out.update({k: v.clone() for k, v in self.ints.items()})
         return out
 
-    def save(self, path) -> None:
-        tensors = {"mean": self.mean, "std": self.std,
-                   **{f"int/{k}": v for k, v in self.ints.items()}}
+    # ---------------------------------------------------------------- files
+    def _meta(self) -> dict:
+        return {META: json.dumps({"arch": self.arch, "keys": self.keys,
+                                  "shapes": [list(s) for s in self.shapes]})}
+
+    def _tensors(self) -> dict:
+        """Every tensor of the file but the basis."""
+        t = {"mean": self.mean, "std": self.std,
+             **{f"int/{k}": v for k, v in self.ints.items()}}
         if self.basis is not None:
-            tensors.update(center=self.center, basis=self.basis, scale=self.scale)
-        meta = {"weightspace.encoding": json.dumps({"arch": self.arch, "keys": self.keys,
-                                                    "shapes": [list(s) for s in self.shapes]})}
-        blob = canonical_safetensors(save({k: v.contiguous() for k, v in tensors.items()},
-                                          metadata=meta))
-        atomic_write(path, lambda tmp: open(tmp, "wb").write(blob))
+            t.update(center=self.center, scale=self.scale)
+            if self.mix is not None:
+                t["mix"] = self.mix
+        return {k: v.detach().cpu().contiguous() for k, v in t.items()}
+
+    def save(self, path) -> None:
+        """One safetensors file, header keys sorted (bitwise reproducible); the basis is
+        written a block of rows at a time, never materialised."""
+        tensors = self._tensors()
+        lazy = {} if self.basis is None else \
+            {"basis": (tuple(self.basis.shape), self.basis.dtype)}
+
+        def write(tmp):
+            fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
+            try:
+                offset = _write_header(fd, tensors, lazy, self._meta())
+                _write_data(fd, tensors, lazy, offset)
+                pos = offset + _data_offsets(tensors, lazy)["basis"][0] if lazy else 0
+                if isinstance(self.basis, DiskBasis):
+                    self.basis.copy_to(fd, pos)
+                elif lazy:
+                    for _, _, rows in _row_blocks(self.basis):
+                        data = rows.contiguous().view(-1).view(torch.uint8).numpy()
+                        _pwrite_all(fd, memoryview(data), pos)
+                        pos += data.nbytes
+            finally:
+                os.close(fd)
+        atomic_write(path, write)
 
     @classmethod
     def load(cls, path) -> "Encoding":
+        """Reads every tensor but the basis, which stays on disk (``DiskBasis``)."""
         from safetensors import SafetensorError, safe_open
         try:
+            header, data_start = _read_header(path)
             with safe_open(str(path), framework="pt") as f:
-                meta = json.loads((f.metadata() or {})["weightspace.encoding"])
-            t = load_file(str(path))
-        except (OSError, KeyError, ValueError, SafetensorError) as e:
+                meta = json.loads((f.metadata() or {})[META])
+                t = {k: f.get_tensor(k) for k in f.keys() if k != "basis"}
+            if "basis" in header:
+                h = header["basis"]
+                dtype = _DTYPES.get(h["dtype"])
+                if dtype not in (torch.float32, torch.float64):
+                    raise ValueError(f"basis dtype {h['dtype']} is not F32 or F64")
+                t["basis"] = DiskBasis(str(path), data_start + h["data_offsets"][0],
+                                       h["shape"], dtype) if len(h["shape"]) == 2 else \
+                    torch.empty(h["shape"])      # refused by _check_saved below
+        except (OSError, KeyError, ValueError, TypeError, SafetensorError) as e:
             raise EncodingError(f"{path}: not a weightspace encoding ({e})") from None
         _check_saved(meta, t, path)
         ints = {k[4:]: v for k, v in t.items() if k.startswith("int/")}
         return cls(meta["arch"], meta["keys"], meta["shapes"], t["mean"], t["std"], ints,
-                   t.get("center"), t.get("basis"), t.get("scale"))
+                   t.get("center"), t.get("basis"), t.get("scale"), t.get("mix"))
 
     def signature(self) -> str:
         return json.dumps({"arch": self.arch, "keys": self.keys, "dim": self.dim,
                            "pca": self.basis is not None})
+
+
+# -------------------------------------------------------------------- streaming helpers
+def _zoo_layout(arch, paths, files):
+    """(floating keys, their shapes, integer tensors of the first model), after checking
+    that every checkpoint has the same tensors and is of ``arch``."""
+    first = files[0]
+    names = list(first.keys())
+    keys, shapes, ints = [], [], {}
+    for k in names:
+        s = first.get_slice(k)
+        dt = _DTYPES.get(s.get_dtype())
+        if dt is not None and dt.is_floating_point:
+            keys.append(k)
+            shapes.append(tuple(s.get_shape()))
+        else:
+            ints[k] = first.get_tensor(k).clone()
+    if not keys:
+        raise EncodingError(f"{paths[0]}: no floating-point tensors to encode")
+    want = {k: (first.get_slice(k).get_dtype(), list(first.get_slice(k).get_shape()))
+            for k in names}
+    for p, f in zip(paths, files):
+        a = (f.metadata() or {}).get(ARCH_KEY)
+        if a is not None and a != arch:
+            raise EncodingError(f"{p}: a {a!r} checkpoint, the encoding is for {arch!r}")
+        got = set(f.keys())
+        if got != set(names):
+            extra, missing = sorted(got - set(names)), sorted(set(names) - got)
+            raise EncodingError(f"{p}: tensors differ from {paths[0]} (missing "
+                                f"{missing[:3]}, extra {extra[:3]})")
+        for k in names:
+            s = f.get_slice(k)
+            if (s.get_dtype(), list(s.get_shape())) != want[k]:
+                raise EncodingError(f"{p}: tensor {k!r} is {s.get_dtype()} "
+                                    f"{list(s.get_shape())}, {paths[0]} has "
+                                    f"{want[k][0]} {want[k][1]}")
+    return keys, shapes, ints
+
+
+class _RawTensors:
+    """Element ranges of a safetensors file's tensors by ``pread`` (no mapping, no copy of
+    anything but the range asked for)."""
+
+    def __init__(self, path):
+        self.path = path
+        self.header, self.start = _read_header(path)
+        self.fd = os.open(str(path), os.O_RDONLY)
+
+    def read(self, key: str, e0: int, e1: int) -> torch.Tensor:
+        h = self.header[key]
+        dtype = _DTYPES[h["dtype"]]
+        es = dtype.itemsize
+        buf = bytearray((e1 - e0) * es)
+        view, pos = memoryview(buf), self.start + h["data_offsets"][0] + e0 * es
+        while len(view):
+            n = os.preadv(self.fd, [view], pos)
+            if n <= 0:
+                raise EncodingError(f"{self.path}: truncated while reading {key!r}")
+            view, pos = view[n:], pos + n
+        return torch.frombuffer(buf, dtype=dtype) if buf else torch.empty(0, dtype=dtype)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
+
+
+def _chunks(files, paths, key, shape, chunk):
+    """(element offset, [N, c] float64) chunks of ``chunk`` elements of tensor ``key``
+    across the zoo; non-finite values are refused naming the file."""
+    size = math.prod(shape)
+    for e0 in range(0, size, chunk):
+        e1 = min(size, e0 + chunk)
+        w = torch.empty(len(files), e1 - e0, dtype=torch.float64)
+        for j, f in enumerate(files):
+            w[j] = f.read(key, e0, e1)
+        if not bool(torch.isfinite(w).all()):
+            bad = int((~torch.isfinite(w)).any(1).nonzero()[0])
+            raise EncodingError(f"{paths[bad]}: tensor {key!r} holds non-finite values "
+                                f"(NaN or Inf)")
+        yield e0, w
+
+
+def _gram_eig(gram: torch.Tensor, rtol: float = 1e-12):
+    """(U [N, k], S [k]) with ``gram = U S^2 U^T`` on the complement of the ones vector
+    (a centred Gram matrix has it in its null space; removing it exactly keeps its rounding
+    noise out of the code), eigenvalues below ``rtol`` x the largest dropped, descending."""
+    n = gram.shape[0]
+    if n < 2:
+        return torch.zeros(n, 0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
+    c = torch.eye(n, dtype=torch.float64) - 1.0 / n
+    q, _ = torch.linalg.qr(c[:, :n - 1])                     # [N, N-1], orthonormal
+    h = q.T @ gram @ q
+    lam, e = torch.linalg.eigh((h + h.T) / 2)
+    lam, e = lam.flip(0), e.flip(1)
+    keep = lam > max(float(lam[0]), 0.0) * rtol
+    if float(lam[0]) <= 0:
+        keep[:] = False
+    return q @ e[:, keep], lam[keep].sqrt()
+
+
+# -------------------------------------------------------------------- safetensors by hand
+def _data_offsets(tensors: dict, lazy: dict) -> dict:
+    """name -> (begin, end) in the data section; larger items first (aligned, as
+    safetensors orders them), then by name."""
+    spec = {k: (tuple(v.shape), v.dtype) for k, v in tensors.items()} | lazy
+    order = sorted(spec, key=lambda k: (-spec[k][1].itemsize, k))
+    out, pos = {}, 0
+    for k in order:
+        size = math.prod(spec[k][0]) * spec[k][1].itemsize
+        out[k] = (pos, pos + size)
+        pos += size
+    return out
+
+
+def _write_header(fd, tensors: dict, lazy: dict, metadata: dict) -> int:
+    """Write the u64 length + sorted JSON header; returns where the data section starts.
+    The file is sized to its full length (the lazy tensors are filled in later)."""
+    spec = {k: (tuple(v.shape), v.dtype) for k, v in tensors.items()} | lazy
+    offs = _data_offsets(tensors, lazy)
+    header = {"__metadata__": metadata,
+              **{k: {"dtype": _NAMES[spec[k][1]], "shape": list(spec[k][0]),
+                     "data_offsets": list(offs[k])} for k in spec}}
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    _pwrite_all(fd, len(text).to_bytes(8, "little") + text, 0)
+    start = 8 + len(text)
+    os.ftruncate(fd, start + max((e for _, e in offs.values()), default=0))
+    return start
+
+
+def _write_data(fd, tensors: dict, lazy: dict, start: int) -> None:
+    offs = _data_offsets(tensors, lazy)
+    for k, v in tensors.items():
+        data = v.reshape(-1).view(torch.uint8).numpy() if v.numel() else b""
+        _pwrite_all(fd, memoryview(data) if len(data) else b"", start + offs[k][0])
+
+
+def _pwrite_all(fd, data, pos: int) -> None:
+    view = memoryview(data).cast("B")
+    while len(view):
+        n = os.pwrite(fd, view, pos)
+        view, pos = view[n:], pos + n
+
+
+def _read_header(path) -> tuple[dict, int]:
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        size = os.fstat(f.fileno()).st_size
+        if n > size - 8:
+            raise ValueError("header longer than the file")
+        header = json.loads(f.read(n))
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"),
+              default=0)
+    if 8 + n + end > size:
+        raise ValueError(f"truncated: {size} bytes, the header needs {8 + n + end}")
+    return header, 8 + n
 
 
 def _check_saved(meta, t: dict, path) -> None:
@@ -146,6 +565,8 @@ def _check_saved(meta, t: dict, path) -> None:
     pca = [n for n in ("center", "basis", "scale") if n in t]
     if pca and len(pca) != 3:
         bad(f"a PCA encoding needs center, basis and scale; found only {', '.join(pca)}")
+    if "mix" in t and not pca:
+        bad("tensor 'mix' belongs to a PCA encoding (no center, basis, scale here)")
     if pca:
         k = t["basis"].shape[0] if t["basis"].dim() == 2 else -1
         for name, shape in (("center", (d,)), ("basis", (k, d)), ("scale", (k,))):
@@ -153,3 +574,11 @@ def _check_saved(meta, t: dict, path) -> None:
                 bad(f"tensor {name!r} has shape {list(t[name].shape)}, expected {list(shape)}")
         if not bool((t["scale"] > 0).all()):
             bad("tensor 'scale' must be positive")
+        if not bool(torch.isfinite(t["center"]).all()):
+            bad("tensor 'center' must hold finite numbers")
+        mix = t.get("mix")
+        if mix is not None and (mix.dim() != 2 or mix.shape[1] != k or mix.shape[0] < k
+                                or not mix.is_floating_point()
+                                or not bool(torch.isfinite(mix).all())):
+            bad(f"tensor 'mix' has shape {list(mix.shape)}, expected [models >= {k}, {k}] "
+                f"of finite numbers")

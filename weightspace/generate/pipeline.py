@@ -132,8 +132,12 @@ def fit_generator(zoo_dir, out_dir, settings: FlowSettings | None = None, *, pca
         raw = condition_values(entries, condition, f"{zoo_dir}: ")
         cn = Condition.fit(condition, raw)
         cond = cn.normalise(raw).float()
-    enc = Encoding.fit(arch, states, pca=pca)
-    codes = torch.stack([enc.encode(st) for st in states])
+    # streamed from the checkpoints, tensor by tensor (memory ~ N^2 + one tensor across
+    # the zoo); the PCA basis lives on disk next to the generator
+    out.mkdir(parents=True, exist_ok=True)
+    enc = Encoding.fit_streaming(arch, [Zoo(zoo_dir).model_path(e["id"]) for e in entries],
+                                 pca=pca, workdir=out)
+    codes = enc.zoo_codes if pca else torch.stack([enc.encode(st) for st in states])
     vcfg = s.velocity_config(codes.shape[1], [math.prod(sh) for sh in enc.shapes])
     check_velocity_config(vcfg, "generator settings")
     err = max(float((enc.decode(c)[k] - st[k]).abs().max()) for c, st in zip(codes, states)
