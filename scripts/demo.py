@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from weightspace.arch import build
-from weightspace.cli.spec_cmd import _table
+from weightspace.symmetry.report import spec_table
 from weightspace.symmetry import apply, random_perms, spec
 from weightspace.canonicalize.zoo import canonicalize_zoo
 from weightspace.generate import audit, fit_generator, sample_zoo
@@ -47,7 +47,7 @@ def main() -> None:
                        ("timm:vit_tiny_patch16_224?img_size=32&patch_size=4&depth=2", None)]:
         t = time.perf_counter()
         s = spec(ref, shape)
-        print(_table(s, time.perf_counter() - t), "\n")
+        print(spec_table(s, time.perf_counter() - t), "\n")
 
     print(f"== 2. a zoo: {MODELS} x {ARCH} on digits, 30 epochs each, batched across seeds ==\n")
     zoo_dir = OUT / "zoo"

@@ -206,6 +206,7 @@ def test_spec_import_errors_name_the_culprit():
         load_spec(spec.to_json(), other, torch.randn(1, 8))
 
 
+@pytest.mark.slow
 def test_resnet50_spec_is_complete():
     # Its speed is measured in scripts/benchmarks/spec_speed.py (a ratio), never asserted.
     model = _model("timm:resnet50")

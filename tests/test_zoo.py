@@ -238,11 +238,12 @@ def _cli(*args):
 def test_kill_dash_nine_loses_only_models_in_flight(tmp_path):
     args = ["zoo", "train", "--arch", "mlp:64-64-64-10", "--models", "8", "--epochs", "12",
             "--no-batched", "--no-progress"]
-    ref = subprocess.run(_cli(*args, "--out", str(tmp_path / "ref")), cwd=ROOT,
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # a second spinning thread crawls under load
+    ref = subprocess.run(_cli(*args, "--out", str(tmp_path / "ref")), cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=1800)
     assert ref.returncode == 0, ref.stderr
     out = tmp_path / "z"
-    proc = subprocess.Popen(_cli(*args, "--out", str(out)), cwd=ROOT,
+    proc = subprocess.Popen(_cli(*args, "--out", str(out)), cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600  # a generous bound: a loaded machine is slow, not wrong
     done = 0
@@ -259,8 +260,8 @@ def test_kill_dash_nine_loses_only_models_in_flight(tmp_path):
     assert 2 <= done < 8, "the run finished before it could be killed"
     m = Zoo(out).read()  # valid JSON after kill -9
     finished = sum(e["status"] == "done" for e in m["models"])
-    rerun = subprocess.run(_cli(*args, "--out", str(out)), cwd=ROOT, capture_output=True,
-                           text=True, timeout=1800)
+    rerun = subprocess.run(_cli(*args, "--out", str(out)), cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=1800)
     assert rerun.returncode == 0, rerun.stderr
     assert f"{finished} already done" in rerun.stdout or \
         f"{finished + 1} already done" in rerun.stdout  # +1: file landed, manifest not yet

@@ -50,15 +50,20 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def save_tensors(path: str | Path, tensors: dict, metadata: dict | None = None) -> None:
+    """The one safetensors writer: CPU, contiguous tensors, sorted header (bitwise
+    reproducible), written atomically (temp file + rename)."""
+    blob = canonical_safetensors(save({k: v.detach().to("cpu").contiguous()
+                                       for k, v in tensors.items()}, metadata=metadata))
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(blob))
+
+
 def save_checkpoint(path: str | Path, model: nn.Module | dict, arch: str,
                     meta: dict | None = None) -> None:
     """Write a model (or state dict) with its architecture reference and metadata."""
     state = model.state_dict() if isinstance(model, nn.Module) else model
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
-    metadata = {ARCH_KEY: arch, VERSION_KEY: __version__,
-                META_KEY: json.dumps(meta or {}, sort_keys=True)}
-    blob = canonical_safetensors(save(tensors, metadata=metadata))
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(blob))
+    save_tensors(path, state, {ARCH_KEY: arch, VERSION_KEY: __version__,
+                               META_KEY: json.dumps(meta or {}, sort_keys=True)})
 
 
 def canonical_safetensors(blob: bytes) -> bytes:
@@ -159,6 +164,15 @@ def check_state(model: nn.Module, state: dict, source: str = "checkpoint") -> No
                                   f"expects {list(expected[k].shape)}")
         if v.is_floating_point() and not bool(torch.isfinite(v).all()):
             raise CheckpointError(f"{source}: key {k!r} has non-finite values")
+
+
+def load_models(paths, arch: str | None = None) -> list[nn.Module]:
+    """Several checkpoints of one architecture (same keys and shapes, finite values); each
+    model keeps its notes (``weightspace_notes``)."""
+    from .functional import check_compatible
+    models = [load_model(p, arch=arch) for p in paths]
+    check_compatible([m.state_dict() for m in models], [str(p) for p in paths])
+    return models
 
 
 def load_model(path: str | Path, arch: str | None = None, allow_code: bool = False) -> nn.Module:

@@ -3,10 +3,13 @@
 >>> perms, report = align(spec, A, B, method="wm")      # B's groups -> A's basin
 >>> B_aligned = apply(spec, perms, B)                    # same function as B
 """
+from .files import align_checkpoints
 from .matching import MatchReport, WeightMatcher, families, l2_distance, lap, weight_matching
 from .methods import (METHODS, AlignError, activation_matching, align, residual_families,
                       ste_matching, transfusion_matching)
+from .zoo import canonicalize_zoo, restore
 
 __all__ = ["METHODS", "AlignError", "MatchReport", "WeightMatcher", "activation_matching",
-           "align", "families", "l2_distance", "lap", "residual_families", "ste_matching",
-           "transfusion_matching", "weight_matching"]
+           "align", "align_checkpoints", "canonicalize_zoo", "families", "l2_distance", "lap",
+           "residual_families", "restore", "ste_matching", "transfusion_matching",
+           "weight_matching"]

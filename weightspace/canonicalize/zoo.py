@@ -24,17 +24,16 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file
 
-from ..checkpoint import (atomic_write, atomic_write_text, canonical_safetensors, read_checkpoint,
-                          save_checkpoint)
+from ..checkpoint import atomic_write_text, read_checkpoint, save_checkpoint, save_tensors
 from ..errors import safe_name
 from ..functional import check_compatible, mean_states
 from ..parallel import LOCAL, Progress, Shard, gather_perms, shard as current_shard
 from ..symmetry import apply, identity_perms, invert, spec as discover_spec
 from ..symmetry.structure import Spec
 from ..zoo.datasets import load_dataset
-from ..zoo.store import Zoo, ZooError
+from ..zoo.store import Zoo, ZooError, finished
 from .batched import batched_weight_matching, supports
 from .matching import l2_distance
 from .methods import METHODS, WEIGHT_SPACE_METHODS, align, get_align_method
@@ -55,7 +54,7 @@ def canonicalize_zoo(zoo_dir, out_dir, method: str = "wm", reference: str = "bar
     if Path(out_dir).resolve() == Path(zoo_dir).resolve():
         raise ZooError("--out must differ from the input zoo (the input is never modified)")
     manifest = src.read()
-    entries = [e for e in manifest["models"] if e.get("status") == "done"]
+    entries = finished(manifest)
     if len(entries) < 2:
         raise ZooError(f"{zoo_dir}: need at least two finished models, found {len(entries)}")
     ids = [e["id"] for e in entries]
@@ -186,10 +185,8 @@ def _write(src: Zoo, dst: Zoo, manifest, entries, loaded, aligned, perms, spec, 
                                           "reference": report["reference"],
                                           "source": str(src.model_path(e["id"]))}}
             save_checkpoint(dst.model_path(e["id"]), new, arch, meta)
-            blob = canonical_safetensors(save({g: p.contiguous() for g, p in perms[i].items()},
-                                              metadata={"weightspace.perms_of": e["id"]}))
-            atomic_write(dst.root / "perms" / f"{e['id']}.safetensors",
-                         lambda tmp, b=blob: Path(tmp).write_bytes(b))
+            save_tensors(dst.root / "perms" / f"{e['id']}.safetensors", perms[i],
+                         {"weightspace.perms_of": e["id"]})
         out = {**manifest, "models": entries,
                "canonicalization": {**report, "source": str(src.root), "spec": "spec.json",
                                     "perms": "perms/<id>.safetensors"}}

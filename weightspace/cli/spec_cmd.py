@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 
 from ..checkpoint import atomic_write_text
 from ..errors import check_output
 from ..symmetry import SpecError, spec
+from ..symmetry.report import spec_table
 from ..symmetry.rules import list_op_rules
 from .options import SEED, allow_code, arch_override
 
@@ -78,33 +78,5 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(obj))
     else:
-        print(_table(result, seconds))
+        print(spec_table(result, seconds))
     return 0
-
-
-def _table(s, seconds: float) -> str:
-    lines = [f"{s.arch}  input {list(s.input_shape)}", ""]
-    w = max([len(g.name) for g in s.groups] + [5])
-    lines.append(f"{'group':<{w}}  {'size':>6}  {'members':>7}  per-block of")
-    for g in s.groups:
-        lines.append(f"{g.name:<{w}}  {g.size:>6}  {len(g.members):>7}  {g.parent or ''}")
-    lines.append("")
-    reasons = Counter()
-    for f in s.fixed:
-        reasons[f.reason] += len(f.members)
-    lines.append("fixed axes (parameter axes that are not permuted, by reason):")
-    for reason, n in reasons.most_common():
-        lines.append(f"  {n:>5}  {reason}")
-    lines.append("")
-    lines.append(f"groups: {len(s.groups)}  "
-                 f"(per-block: {sum(g.parent is not None for g in s.groups)})   "
-                 f"permutable hidden units: {100 * s.permutable_fraction:.1f}%")
-    if s.verified is None:
-        lines.append("verification: skipped")
-    else:
-        lines.append(f"verification: {'PASSED' if s.verified else 'FAILED'}  "
-                     f"(max relative output change {s.max_abs_diff:.2e})")
-    for f in s.failures:
-        lines.append(f"  ! {f}")
-    lines.append(f"time: {seconds:.2f} s")
-    return "\n".join(lines)

@@ -1,18 +1,15 @@
-"""``weightspace zoo train|list|eval``: build a model zoo and look inside it."""
+"""``weightspace zoo train|import|list|eval``: build a model zoo and look inside it."""
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 
-import torch
-
-from ..checkpoint import read_checkpoint
 from ..errors import check_output
-from ..zoo import HParams, Zoo, ZooError, load_dataset, load_grid, train_zoo
+from ..zoo import HParams, Zoo, load_grid, train_zoo
+from ..zoo.evaluation import evaluate_zoo
 from ..zoo.importer import import_zoo
-from ..zoo.train import OPTIMIZERS, SCHEDULES, evaluate
+from ..zoo.train import OPTIMIZERS, SCHEDULES
 from .options import allow_code, arch_override, float_range, int_range
 
 HP = HParams()
@@ -177,33 +174,8 @@ def _list(args) -> int:
 
 
 def _eval(args) -> int:
-    zoo = Zoo(args.zoo)
-    m = zoo.read()
-    entries = [e for e in m["models"] if e.get("status") == "done"]
-    if not entries:
-        raise ZooError(f"{args.zoo}: no finished models to evaluate")
-    ds = m.get("dataset", {})
-    data = load_dataset(ds.get("name", ""), args.data_root or ds.get("data_root"))
-    splits = list(dict.fromkeys(["val", args.split]))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    by_arch: dict[str, list] = {}
-    for e in entries:
-        state, arch, _ = read_checkpoint(zoo.model_path(e["id"]))
-        by_arch.setdefault(arch, []).append((e, state))
-    results = {}
-    for arch, items in by_arch.items():
-        states = [s for _, s in items]
-        for split in splits:
-            x, y = data[split]
-            losses, accs = evaluate(arch, states, x.to(device), y.to(device))
-            for (e, _), lo, a in zip(items, losses, accs):
-                results.setdefault(e["id"], {"id": e["id"], "seed": e.get("seed")})
-                results[e["id"]].update({f"{split}_acc": a, f"{split}_loss": lo})
-    models = [results[e["id"]] for e in entries]
-    out = {"zoo": args.zoo, "dataset": data.name, "splits": splits, "models": models}
-    for split in splits:
-        out[f"mean_{split}_acc"] = statistics.fmean(r[f"{split}_acc"] for r in models)
-        out[f"std_{split}_acc"] = statistics.pstdev(r[f"{split}_acc"] for r in models)
+    out = evaluate_zoo(args.zoo, args.split, args.data_root)
+    splits, models = out["splits"], out["models"]
     if args.json:
         print(json.dumps(out, indent=1))
         return 0

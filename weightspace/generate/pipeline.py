@@ -16,17 +16,17 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file
 
 from .. import __version__
 from ..arch import build
-from ..checkpoint import (atomic_write, atomic_write_text, canonical_safetensors,
-                          check_state, read_checkpoint, save_checkpoint)
+from ..checkpoint import (atomic_write_text, check_state, read_checkpoint, save_checkpoint,
+                          save_tensors)
 from ..errors import check_output
 from ..functional import recalibrated
 from ..zoo.datasets import load_dataset
 from ..parallel import shard
-from ..zoo.store import FORMAT, FORMAT_VERSION, Zoo, ZooError
+from ..zoo.store import FORMAT, FORMAT_VERSION, Zoo, ZooError, finished
 from ..zoo.train import metrics
 from .encoding import Encoding, EncodingError
 from .config import Condition, FlowSettings
@@ -39,7 +39,7 @@ def load_zoo_states(zoo_dir) -> tuple[dict, list[dict], list[dict], str]:
     """(manifest, finished entries, their state dicts, arch) of a zoo or canonical zoo."""
     zoo = Zoo(zoo_dir)
     m = zoo.read()
-    entries = [e for e in m["models"] if e.get("status") == "done"]
+    entries = finished(m)
     if not entries:
         raise ZooError(f"{zoo_dir}: the zoo has no finished models")
     loaded = [read_checkpoint(zoo.model_path(e["id"])) for e in entries]
@@ -53,12 +53,6 @@ def load_zoo_states(zoo_dir) -> tuple[dict, list[dict], list[dict], str]:
         raise ZooError(f"{zoo_dir}: models of several architectures ({sorted(archs)[:3]}); "
                        f"a generator needs one")
     return m, entries, [s for s, _, _ in loaded], archs.pop()
-
-
-def _save_tensors(path, tensors: dict, meta: dict | None = None) -> None:
-    blob = canonical_safetensors(save({k: v.contiguous() for k, v in tensors.items()},
-                                      metadata=meta))
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(blob))
 
 
 def _flat(prefix: str, d: dict, out: dict, meta: dict) -> None:
@@ -173,10 +167,10 @@ def fit_generator(zoo_dir, out_dir, settings: FlowSettings | None = None, *, pca
         opt = dict(st["opt"])
         groups = opt.pop("param_groups")
         _flat("opt", opt, tensors, meta)
-        _save_tensors(out / "state.safetensors", tensors)
+        save_tensors(out / "state.safetensors", tensors)
         atomic_write_text(out / "state.json", json.dumps(
             {"step": st["step"], "meta": meta, "param_groups": groups}))
-        _save_tensors(out / "generator.safetensors", st["ema"],
+        save_tensors(out / "generator.safetensors", st["ema"],
                       {"weightspace.velocity": json.dumps(st["config"])})
 
     t1 = time.perf_counter()

@@ -263,6 +263,20 @@ def load_dataset(ref: str, data_root: str | os.PathLike | None = None,
     return DATASETS[name](str(ref).strip(), data_root, download, **opts)
 
 
+def dataset_of(model: torch.nn.Module, name: str | None = None, data_root=None,
+               required: bool = True, why: str = "this needs data"):
+    """The dataset ``name``, or the one the model's checkpoint records, checked to fit the
+    model; None when there is none and it is not ``required``."""
+    name = name or getattr(model, "weightspace_meta", {}).get("dataset")
+    if not name:
+        if required:
+            raise DatasetError(f"{why}: give a dataset (the checkpoint records none)")
+        return None
+    data = load_dataset(name, data_root)
+    check_fits(model, data, getattr(model, "weightspace_arch", ""))
+    return data
+
+
 def check_fits(model: torch.nn.Module, data: Dataset, arch: str = "") -> None:
     """Refuse, before training, a model whose input or output does not fit the dataset."""
     x = data["train"][0][:2]

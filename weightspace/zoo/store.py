@@ -82,9 +82,14 @@ def check_manifest(m, where) -> None:
             _field(e, key, kinds, at)
 
 
+def finished(manifest: dict) -> list[dict]:
+    """The entries of the models that trained to the end (``status == "done"``)."""
+    return [e for e in manifest["models"] if e.get("status") == "done"]
+
+
 def summarise(entries: list[dict]) -> dict:
     """The manifest's summary: counts and mean / std accuracy per split of finished models."""
-    done = [e for e in entries if e.get("status") == "done"]
+    done = finished({"models": entries})
     s = {"total": len(entries), "done": len(done),
          "diverged": sum(e.get("status") == "diverged" for e in entries)}
     for split in ("train", "val", "test"):
@@ -143,7 +148,9 @@ class Zoo:
             return m
 
     def models(self, status: str | None = "done") -> list[dict]:
-        return [e for e in self.read()["models"] if status is None or e.get("status") == status]
+        m = self.read()
+        return finished(m) if status == "done" else \
+            [e for e in m["models"] if status is None or e.get("status") == status]
 
     def entry(self, model_id: str) -> dict:
         for e in self.read()["models"]:
