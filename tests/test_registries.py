@@ -79,3 +79,27 @@ def test_every_op_rule_is_listed_and_documented(capsys):
     assert all(text and not text.startswith("_") for text in rules.values())
     assert main(["spec", "--ops", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == rules
+
+
+def test_restarts_keep_the_best_and_report_every_run(pair, capsys):
+    root, A, B = pair
+    out = root / "restarts.safetensors"
+    assert main(["align", str(root / "a.safetensors"), str(root / "b.safetensors"),
+                 "--restarts", "3", "--out", str(out), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    runs = rep["restarts"]
+    assert [r["seed"] for r in runs] == [0, 1, 2] and sum(r["kept"] for r in runs) == 1
+    kept = next(r for r in runs if r["kept"])  # chosen on the train split, never test
+    assert kept["train_midpoint_loss"] == min(r["train_midpoint_loss"] for r in runs)
+    assert rep["l2_after"] < 1e-4 * rep["l2_before"]
+    rep_dir = root / "lmc-restarts"
+    assert main(["lmc", str(root / "a.safetensors"), str(root / "b.safetensors"), "--points",
+                 "3", "--restarts", "2", "--out", str(rep_dir), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    kept = next(r for r in res["restarts"] if r["kept"])
+    assert kept["test_loss_barrier"] == res["aligned"]["test_loss_barrier"]
+    assert res["barrier_spread"]["min"] <= res["barrier_spread"]["max"]
+    assert main(["merge", str(root / "a.safetensors"), str(root / "b.safetensors"),
+                 "--restarts", "2", "--out", str(root / "m.safetensors"), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert len(rep["restarts"]) == 2 and rep["restart_score"] == "train loss"

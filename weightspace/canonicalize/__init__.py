@@ -7,9 +7,10 @@ from .files import align_checkpoints
 from .matching import MatchReport, WeightMatcher, families, l2_distance, lap, weight_matching
 from .methods import (METHODS, AlignError, activation_matching, align, residual_families,
                       ste_matching, transfusion_matching)
+from .restarts import align_with_restarts
 from .zoo import canonicalize_zoo, restore
 
 __all__ = ["METHODS", "AlignError", "MatchReport", "WeightMatcher", "activation_matching",
-           "align", "align_checkpoints", "canonicalize_zoo", "families", "l2_distance", "lap",
-           "residual_families", "restore", "ste_matching", "transfusion_matching",
-           "weight_matching"]
+           "align", "align_checkpoints", "align_with_restarts", "canonicalize_zoo",
+           "families", "l2_distance", "lap", "residual_families", "restore", "ste_matching",
+           "transfusion_matching", "weight_matching"]

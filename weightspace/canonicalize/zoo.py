@@ -37,6 +37,7 @@ from ..zoo.store import Zoo, ZooError, finished
 from .batched import batched_weight_matching, supports
 from .matching import l2_distance
 from .methods import METHODS, WEIGHT_SPACE_METHODS, align, get_align_method
+from .restarts import align_with_restarts
 
 
 def _sq_to(states: list[dict], center: dict) -> float:
@@ -45,8 +46,13 @@ def _sq_to(states: list[dict], center: dict) -> float:
 
 def canonicalize_zoo(zoo_dir, out_dir, method: str = "wm", reference: str = "barycenter",
                      data_root=None, seed: int = 0, max_rounds: int = 20, tol: float = 1e-3,
-                     force: bool = False, progress: bool = True, **method_kw) -> dict:
-    """Write the canonicalized copy of ``zoo_dir`` to ``out_dir``; returns a report."""
+                     force: bool = False, progress: bool = True, restarts: int = 1,
+                     **method_kw) -> dict:
+    """Write the canonicalized copy of ``zoo_dir`` to ``out_dir``; returns a report.
+
+    ``restarts`` > 1: the barycenter from that many seeds, the one with the lowest RMS
+    distance kept; with ``reference=ID`` each model's match is the best of that many (lowest
+    train midpoint loss when the method reads data, else lowest L2)."""
     t0 = time.perf_counter()
     if method not in METHODS:
         raise ZooError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
@@ -81,8 +87,11 @@ def canonicalize_zoo(zoo_dir, out_dir, method: str = "wm", reference: str = "bar
     before_center = mean_states(states)
     l2_before = _sq_to(states, before_center)
     if reference == "barycenter":
-        perms, rounds, history = barycenter_perms(spec, states, method, seed, max_rounds, tol,
-                                                  progress, sh, **method_kw)
+        runs = [barycenter_perms(spec, states, method, seed + 7919 * k, max_rounds, tol,
+                                 progress, sh, **method_kw) for k in range(restarts)]
+        perms, rounds, history = min(runs, key=lambda r: min(r[2]))
+        if restarts > 1:
+            history = {"kept": history, "restart_rms": [min(r[2]) for r in runs]}
     else:
         r = ids.index(reference)
         mine = {}
@@ -90,8 +99,9 @@ def canonicalize_zoo(zoo_dir, out_dir, method: str = "wm", reference: str = "bar
         for i in sh.mine(len(ids)):
             if i == r:
                 continue
-            mine[i], _ = align(spec, states[r], states[i], method, model=model, data=data,
-                               seed=seed + i, **method_kw)
+            mine[i], _, _, _ = align_with_restarts(spec, states[r], states[i], method,
+                                                   restarts, model=model, data=data,
+                                                   seed=seed + i, **method_kw)
             bar.step(1, 1, torch.tensor(0.0))
         bar.close()
         perms = gather_perms(sh, mine)

@@ -7,7 +7,7 @@ import sys
 from ..canonicalize import METHODS
 from ..canonicalize.files import align_checkpoints
 from ..canonicalize.methods import get_align_method
-from .options import SEED, allow_code, arch_override, method_flags, method_options
+from .options import SEED, allow_code, arch_override, method_flags, method_options, restarts
 
 
 def _method_args(p) -> None:
@@ -18,6 +18,7 @@ def _method_args(p) -> None:
                         "the checkpoint metadata)")
     p.add_argument("--data-root", default=None, help="where the dataset files are")
     p.add_argument("--seed", type=SEED, default=0)
+    restarts(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     allow_code(p)
 
@@ -40,7 +41,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     rep = align_checkpoints(args.a, args.b, args.out, args.method, arch=args.arch,
                             dataset=args.dataset, data_root=args.data_root, seed=args.seed,
-                            **method_kwargs(args))
+                            restarts=args.restarts, **method_kwargs(args))
     if args.json:
         print(json.dumps(rep, indent=1))
     else:

@@ -31,6 +31,7 @@ def run(args) -> int:
     rep = canonicalize_zoo(args.zoo, args.out, args.method, args.reference,
                            data_root=args.data_root, seed=args.seed, max_rounds=args.max_rounds, tol=args.tol,
                            force=args.force, progress=not args.no_progress and not args.json,
+                           restarts=args.restarts,
                            **method_kwargs(args))
     if not rep.pop("main_process"):
         return 0  # another process of an `accelerate launch` run reports

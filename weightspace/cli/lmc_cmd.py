@@ -10,7 +10,8 @@ from ..merge import BN_MODES, LMCError
 from ..merge.files import barrier_matrix, lmc_checkpoints, merge_checkpoints
 from ..merge.merging import METHODS as MERGE_METHODS
 from ..merge.registry import get_merge_method
-from .options import SEED, allow_code, arch_override, int_range, method_flags, method_options
+from .options import (SEED, allow_code, arch_override, int_range, method_flags, method_options,
+                      restarts)
 
 MAX_POINTS = 1001
 
@@ -39,6 +40,7 @@ def add_parser(sub) -> None:
                    help="between the endpoints: reset BN statistics on train data (default), "
                         "REPAIR, or keep the interpolated buffers")
     p.add_argument("--seed", type=SEED, default=0)
+    restarts(p)
     p.add_argument("--out", required=True, help="report directory (lmc.json, lmc.png)")
     p.add_argument("--json", action="store_true")
     arch_override(p)
@@ -56,6 +58,7 @@ def add_parser(sub) -> None:
     m.add_argument("--dataset", help="default: the dataset in the first checkpoint's metadata")
     m.add_argument("--data-root")
     m.add_argument("--seed", type=SEED, default=0)
+    restarts(m)
     m.add_argument("--out", required=True, help="merged checkpoint (.safetensors)")
     m.add_argument("--json", action="store_true")
     arch_override(m)
@@ -76,7 +79,7 @@ def run_lmc(args) -> int:
         raise LMCError(f"lmc takes two checkpoints A B (got {len(args.models)}), or --zoo DIR")
     res = lmc_checkpoints(*args.models, args.out, args.align, args.points, args.bn,
                           arch=args.arch, dataset=args.dataset, data_root=args.data_root,
-                          seed=args.seed)
+                          seed=args.seed, restarts=args.restarts)
     _notes(res)
     if args.json:
         print(json.dumps(res, indent=1))
@@ -91,6 +94,12 @@ def run_lmc(args) -> int:
             label = name if name == "unaligned" else f"{args.align}"
             print(f"{label:<12} {c['test_loss_barrier']:>17.4f} {c['test_acc_barrier']:>16.4f} "
                   f"{c['train_loss_barrier']:>18.4f} {c['train_acc_barrier']:>17.4f}")
+    if "barrier_spread" in res:
+        s = res["barrier_spread"]
+        kept = next(r for r in res["restarts"] if r["kept"])
+        print(f"{len(res['restarts'])} restarts: aligned test loss barrier {s['min']:.4f} .. "
+              f"{s['max']:.4f} (mean {s['mean']:.4f}); kept seed {kept['seed']} (lowest "
+              f"train midpoint loss)")
     if "diagnostics" in res:
         d = res["diagnostics"]
         print(f"L2 distance {d['l2_unaligned']:.4f} -> {d['l2_aligned']:.4f} "
@@ -105,7 +114,8 @@ def run_lmc(args) -> int:
 
 def _pairwise(args) -> int:
     result = barrier_matrix(args.zoo, args.out, args.align, args.points, args.bn, args.pairs,
-                            dataset=args.dataset, data_root=args.data_root, seed=args.seed)
+                            dataset=args.dataset, data_root=args.data_root, seed=args.seed,
+                            restarts=args.restarts)
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
@@ -124,7 +134,7 @@ def run_merge(args) -> int:
     post = "repair" if args.repair else "reset" if args.bn_reset else "none"
     rep = merge_checkpoints(args.models, args.out, args.method, post, arch=args.arch,
                             dataset=args.dataset, data_root=args.data_root, seed=args.seed,
-                            **method_options(args, get_merge_method))
+                            restarts=args.restarts, **method_options(args, get_merge_method))
     _notes(rep)
     if args.json:
         print(json.dumps(rep, indent=1))

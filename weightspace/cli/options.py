@@ -59,6 +59,14 @@ SEED = int_range(0, 2**63 - 1)
 POSITIVE = int_range(1)
 
 
+def restarts(p: argparse.ArgumentParser) -> None:
+    """``--restarts K``: K seeds of the matching's random group order, the best kept."""
+    p.add_argument("--restarts", type=int_range(1, 1000), default=1,
+                   help="align from K seeds of the random group order and keep the best: "
+                        "lowest midpoint loss on a train subset when data is known, else "
+                        "highest matching objective (1)")
+
+
 def allow_code(p: argparse.ArgumentParser) -> None:
     """``--allow-code``: every verb that builds a model from a file has it."""
     p.add_argument("--allow-code", action="store_true",

@@ -35,7 +35,7 @@ def _report_dir(out_dir, names) -> Path:
 
 def lmc_checkpoints(a, b, out_dir, align: str = "wm", points: int = 25, bn: str = "reset",
                     arch: str | None = None, dataset: str | None = None, data_root=None,
-                    seed: int = 0) -> dict:
+                    seed: int = 0, restarts: int = 1) -> dict:
     """Barriers of A and B before and after alignment, with diagnostics; writes
     ``lmc.json`` and ``lmc.png`` to ``out_dir`` and returns the result (summary first)."""
     out = _report_dir(out_dir, LMC_FILES)
@@ -43,7 +43,8 @@ def lmc_checkpoints(a, b, out_dir, align: str = "wm", points: int = 25, bn: str 
     data = dataset_of(ma, dataset, data_root, why="barriers are measured on data")
     spec = discover_spec(ma.weightspace_arch)
     t = time.perf_counter()
-    res = lmc(spec, ma, ma.state_dict(), mb.state_dict(), data, align, points, bn, seed=seed)
+    res = lmc(spec, ma, ma.state_dict(), mb.state_dict(), data, align, points, bn, seed=seed,
+              restarts=restarts)
     res["seconds"] = time.perf_counter() - t
     res["a"], res["b"], res["dataset"] = str(a), str(b), data.name
     res["load_notes"] = [n for m in (ma, mb) for n in m.weightspace_notes]
@@ -63,7 +64,7 @@ def lmc_checkpoints(a, b, out_dir, align: str = "wm", points: int = 25, bn: str 
 
 def barrier_matrix(zoo_dir, out_dir, align: str = "wm", points: int = 25, bn: str = "reset",
                    pairs: int | str = "all", dataset: str | None = None, data_root=None,
-                   seed: int = 0) -> dict:
+                   seed: int = 0, restarts: int = 1) -> dict:
     """The test-loss barrier of every pair of a zoo's finished models (or ``pairs`` random
     pairs), unaligned and aligned; writes ``barriers.json`` and heatmaps to ``out_dir``."""
     out = _report_dir(out_dir, MATRIX_FILES)
@@ -85,7 +86,7 @@ def barrier_matrix(zoo_dir, out_dir, align: str = "wm", points: int = 25, bn: st
     t = time.perf_counter()
     for i, j in todo:
         res = lmc(spec, models[i], models[i].state_dict(), models[j].state_dict(), data,
-                  align, points, bn, seed=seed)
+                  align, points, bn, seed=seed, restarts=restarts)
         before[i][j] = before[j][i] = res["unaligned"]["test_loss_barrier"]
         if "aligned" in res:
             after[i][j] = after[j][i] = res["aligned"]["test_loss_barrier"]
@@ -103,7 +104,7 @@ def barrier_matrix(zoo_dir, out_dir, align: str = "wm", points: int = 25, bn: st
 
 def merge_checkpoints(paths, out, method: str = "mergemany", post: str = "none",
                       arch: str | None = None, dataset: str | None = None, data_root=None,
-                      seed: int = 0, **options) -> dict:
+                      seed: int = 0, restarts: int = 1, **options) -> dict:
     """Merge the checkpoints ``paths`` with ``method`` (its ``options``) and ``post``
     (``none`` / ``reset`` / ``repair``), write the merged checkpoint to ``out``, and report
     test accuracies when a dataset is known."""
@@ -114,7 +115,8 @@ def merge_checkpoints(paths, out, method: str = "mergemany", post: str = "none",
                       why=f"merge method {method!r} / post-processing {post!r} needs data")
     spec = discover_spec(models[0].weightspace_arch)
     merged, rep = merge(spec, models[0], [m.state_dict() for m in models], method, post,
-                        data, seed=seed, names=[str(p) for p in paths], **options)
+                        data, seed=seed, names=[str(p) for p in paths], restarts=restarts,
+                        **options)
     if data is not None:
         x, y = data["test"]
         rep["endpoint_test_accs"] = [loss_acc(m, x, y)[1] for m in models]

@@ -16,7 +16,8 @@ import math
 import torch
 from torch import nn
 
-from ..canonicalize import align, l2_distance
+from ..canonicalize import l2_distance
+from ..canonicalize.restarts import align_with_restarts
 from ..errors import WeightspaceError
 from ..features import feature_stats
 from ..functional import has_batchnorm, lerp_states, loss_acc, recalibrated, scratch
@@ -115,16 +116,30 @@ def diagnostics(spec: Spec, A: dict, B: dict, perms, k: int = 5) -> dict:
 
 
 def lmc(spec: Spec, model: nn.Module, A: dict, B: dict, data, align_method: str = "wm",
-        points: int = 25, bn: str = "reset", seed: int = 0, **align_kw) -> dict:
-    """Curves and barriers before and (unless ``align_method == "none"``) after alignment."""
+        points: int = 25, bn: str = "reset", seed: int = 0, restarts: int = 1,
+        **align_kw) -> dict:
+    """Curves and barriers before and (unless ``align_method == "none"``) after alignment.
+
+    ``restarts`` > 1 aligns from that many seeds and keeps the one with the lowest train
+    midpoint loss; the test-loss barrier of every restart is reported (``restarts``,
+    ``barrier_spread``) so the luck of the group order is visible, never used to choose."""
     out = {"points": points, "bn": bn, "align": align_method,
            "unaligned": curve(spec, model, A, B, data, points, bn)}
     if align_method != "none":
-        perms, rep = align(spec, A, B, align_method, model=model, data=data, seed=seed,
-                           **align_kw)
+        perms, rep, runs, candidates = align_with_restarts(
+            spec, A, B, align_method, restarts, model=model, data=data, seed=seed, **align_kw)
         out["alignment"] = rep.to_dict()
         out["aligned"] = curve(spec, model, A, apply(spec, perms, B), data, points, bn)
         out["diagnostics"] = diagnostics(spec, A, B, perms)
+        if restarts > 1:
+            for rec, p in zip(runs, candidates):
+                rec["test_loss_barrier"] = out["aligned"]["test_loss_barrier"] \
+                    if rec["kept"] else \
+                    curve(spec, model, A, apply(spec, p, B), data, points, bn)["test_loss_barrier"]
+            barriers = [r["test_loss_barrier"] for r in runs]
+            out["restarts"] = runs
+            out["barrier_spread"] = {"min": min(barriers), "max": max(barriers),
+                                     "mean": sum(barriers) / len(barriers)}
     return out
 
 

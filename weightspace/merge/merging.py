@@ -14,7 +14,8 @@ from torch import nn
 
 from . import mean, mergemany, ste
 from ..features import feature_stats
-from ..functional import check_compatible, mean_states, recalibrated, scratch
+from ..canonicalize import l2_distance
+from ..functional import check_compatible, loss_acc, mean_states, recalibrated, scratch
 from ..symmetry.structure import Spec, apply
 from .lmc import CALIB, LMCError
 from .mergemany import mergemany_perms
@@ -29,9 +30,13 @@ POST = ("none", "reset", "repair")
 
 
 def merge(spec: Spec, model: nn.Module, states: list[dict], method: str = "mergemany",
-          post: str = "none", data=None, seed: int = 0, names=None, **options
-          ) -> tuple[dict, dict]:
-    """The merged state dict and a report (``options`` are the method's own)."""
+          post: str = "none", data=None, seed: int = 0, names=None, restarts: int = 1,
+          **options) -> tuple[dict, dict]:
+    """The merged state dict and a report (``options`` are the method's own).
+
+    ``restarts`` > 1 runs the method from that many seeds and keeps the merge with the
+    lowest loss on a train subset when data is given (after the post-processing), else the
+    one whose aligned models are closest to their mean."""
     model = scratch(model)
     t0 = time.perf_counter()
     m = get_merge_method(method)
@@ -45,19 +50,48 @@ def merge(spec: Spec, model: nn.Module, states: list[dict], method: str = "merge
     check_compatible(states, names)
     if (m.needs_data or post != "none") and data is None:
         raise LMCError(f"method {method!r} / post-processing {post!r} needs data (a dataset)")
-    report = {"method": method, "post": post, "models": len(states)}
-    perms = m.fn(spec, model, states, data, seed, report, **options)
-    aligned = [apply(spec, p, s) for p, s in zip(perms, states)]
+    if not isinstance(restarts, int) or restarts < 1:
+        raise LMCError(f"restarts must be a positive integer, got {restarts!r}")
+    best = None
+    runs = []
+    for k in range(restarts):
+        report = {"method": method, "post": post, "models": len(states)}
+        perms = m.fn(spec, model, states, data, seed + k, report, **options)
+        aligned = [apply(spec, p, s) for p, s in zip(perms, states)]
+        merged = _post(spec, model, aligned, post, data)
+        score = _score(model, merged, aligned, data) if restarts > 1 else 0.0
+        runs.append({"seed": seed + k, "score": score})
+        if best is None or score < best[0]:
+            best = (score, merged, report, k)
+    _, merged, report, k = best
+    if restarts > 1:
+        report["restarts"] = [{**r, "kept": i == k} for i, r in enumerate(runs)]
+        report["restart_score"] = "train loss" if data is not None else "sum sq. distance"
+    report["seconds"] = time.perf_counter() - t0
+    return merged, report
+
+
+def _post(spec: Spec, model, aligned: list[dict], post: str, data) -> dict:
+    """The mean of the aligned models, then REPAIR or a BN reset on the train split."""
     merged = mean_states(aligned)
     if post == "repair":
         calib = data["train"][0][:CALIB]
         targets = repairable(spec, model)
         stats = [feature_stats(model, s, targets, calib) for s in aligned]
-        merged = repair(spec, model, merged, stats, [1 / len(states)] * len(states), calib)
-    elif post == "reset":
-        merged = recalibrated(model, merged, data["train"][0][:CALIB])
-    report["seconds"] = time.perf_counter() - t0
-    return merged, report
+        return repair(spec, model, merged, stats, [1 / len(aligned)] * len(aligned), calib)
+    if post == "reset":
+        return recalibrated(model, merged, data["train"][0][:CALIB])
+    return merged
+
+
+def _score(model, merged: dict, aligned: list[dict], data) -> float:
+    """Lower is better: the merged model's loss on a train subset (BN recalibrated there
+    when it has BN and no post-processing did it), else the aligned models' summed squared
+    distance to their mean (never validation or test)."""
+    if data is not None:
+        x, y = (t[:CALIB] for t in data["train"])
+        return loss_acc(model, x, y, state=recalibrated(model, merged, x))[0]
+    return sum(l2_distance(s, merged) ** 2 for s in aligned)
 
 
 __all__ = ["METHODS", "POST", "merge", "mergemany_perms", "ste_perms"]
