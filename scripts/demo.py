@@ -7,10 +7,11 @@
    its spec moves the weights far away while leaving every prediction unchanged;
 4. canonicalize the zoo (weight matching to its barycenter) and measure the loss barrier
    between two of its models before and after alignment;
-5. fit a flow-matching generator on the canonical zoo (conditioned on validation accuracy),
-   sample 100 new networks (classifier-free guidance towards the zoo's best validation
-   accuracy, the weight chosen on validation) and audit them on test against the zoo and the
-   baselines, including the curve of zoo models plus noise.
+5. ``generate run`` on the canonical zoo with the default recipe: fit a flow-matching
+   generator (a PCA code, conditioned on validation accuracy), sample 100 new networks
+   (classifier-free guidance towards the zoo's best validation accuracy, the weight chosen
+   on validation) and audit them on test against the zoo and the baselines, including the
+   curve of zoo models plus noise.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from weightspace.arch import build
 from weightspace.symmetry.report import spec_table
 from weightspace.symmetry import apply, random_perms, spec
 from weightspace.canonicalize.zoo import canonicalize_zoo
-from weightspace.generate import audit, fit_generator, sample_zoo
+from weightspace.generate.run import run_generation
 from weightspace.merge import lmc
 from weightspace.zoo import HParams, Zoo, load_dataset, train_zoo
 
@@ -97,16 +98,16 @@ def main() -> None:
     t = time.perf_counter()
     for d in ("generator", "samples", "report"):  # the canonical zoo was rebuilt: refit
         shutil.rmtree(OUT / d, ignore_errors=True)
-    # conditioned on validation accuracy; sampling asks for the zoo's best value, with the
-    # guidance weight chosen on the validation split (the audit below is on test)
-    fit = fit_generator(canon, OUT / "generator", steps=GEN_STEPS, pca=True, progress=True,
-                        condition="val_acc")
-    smp = sample_zoo(OUT / "generator", OUT / "samples", 100, steps=5, method="midpoint",
-                     condition="max", guidance="auto")
+    # `weightspace generate run` as a function: the zoo is canonical already (step 4), so
+    # it fits, samples and audits; every setting left out is the default recipe: a PCA
+    # code, conditioned on validation accuracy; sampling asks for the zoo's best value,
+    # with the guidance weight chosen on the validation split (the audit below is on test)
+    run = run_generation(canon, OUT, steps=GEN_STEPS, n=100, sample_steps=5,
+                         method="midpoint", progress=True, log=print)
+    fit, smp, rep = run["fit"], run["sample"], run["audit"]
     print("guidance chosen on validation: " + ", ".join(
-        f"w={w:g}: val acc {a:.4f}" for w, a in smp["guidance_val_acc"].items()) +
+        f"w={float(w):g}: val acc {a:.4f}" for w, a in smp["guidance_val_acc"].items()) +
         f" -> w={smp['guidance']:g}")
-    rep = audit(OUT / "samples", canon, out_dir=OUT / "report")
     print(f"generator fitted in {fit['train_seconds']:.1f} s; 100 samples in "
           f"{smp['seconds']:.2f} s with {smp['nfe']} function evaluations "
           f"({smp['network_passes']} network passes)")

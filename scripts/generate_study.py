@@ -45,7 +45,8 @@ def main() -> None:
     for name in ("canon", "zoo"):
         fit = fit_generator(out / name, out / f"gen_{name}", steps=args.steps, pca=True,
                             width=args.width, progress=False, condition="val_acc")
-        for mode, kw in (("free", {}), ("guided", {"condition": "max", "guidance": "auto"})):
+        for mode, kw in (("free", {"condition": None}),
+                         ("guided", {"condition": "max", "guidance": "auto"})):
             samples = out / f"samples_{name}_{mode}"
             if not samples.exists():
                 smp = sample_zoo(out / f"gen_{name}", samples, args.samples, **kw)

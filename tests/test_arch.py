@@ -15,7 +15,8 @@ def test_values_parse_to_python_types():
 
 @pytest.mark.parametrize("ref", [
     "mlp:64-128-128-10", "mlp:64-32-10?act=gelu&bias=false", "vgg11?width=0.25&norm=none",
-    "vgg11?width=0.25&norm=ln&num_classes=7", "resnet20?width=2&norm=bn", "resnet20?norm=ln",
+    "vgg11?width=0.25&norm=ln&num_classes=7", "vgg11?width=0.125&in_chans=1&pools=3",
+    "resnet20?width=2&norm=bn", "resnet20?norm=ln",
     "timm:resnet18?num_classes=10", "torchvision:resnet18?num_classes=10",
     "tests.factories:tiny_net?hidden=5",
 ])

@@ -122,6 +122,8 @@ CODE_CASES = {
                                "--no-progress"],
     "generate-sample": lambda w: ["generate", "sample", "gen", "--out", "s", "-n", "2"],
     "generate-eval": lambda w: ["generate", "eval", "samples", "--zoo", "zoo", "--out", "r"],
+    "generate-run": lambda w: ["generate", "run", "zoo", "--out", "r", "--steps", "2",
+                               "--no-progress"],
 }
 
 
@@ -151,7 +153,8 @@ def test_allow_code_is_what_lets_code_run(w, capsys):
 @pytest.mark.parametrize("verb", [["spec"], ["align"], ["canonicalize"], ["lmc"], ["merge"],
                                   ["zoo", "train"], ["zoo", "eval"], ["zoo", "import"],
                                   ["generate", "fit"],
-                                  ["generate", "sample"], ["generate", "eval"]])
+                                  ["generate", "sample"], ["generate", "eval"],
+                                  ["generate", "run"]])
 def test_every_verb_that_builds_from_a_file_lists_allow_code(verb, capsys):
     assert main([*verb, "--help"]) == 0
     assert "--allow-code" in capsys.readouterr().out
@@ -189,6 +192,7 @@ DIR_OUT = {
     "zoo-import": ["zoo", "import", "a.safetensors", "b.safetensors", "--out"],
     "generate-sample": ["generate", "sample", "gen", "-n", "2", "--out"],
     "generate-eval": ["generate", "eval", "samples", "--zoo", "zoo", "--out"],
+    "generate-run": ["generate", "run", "zoo", "--steps", "2", "--no-progress", "--out"],
 }
 
 
@@ -299,6 +303,9 @@ def test_damaged_generator_files(w, capsys, damage, match):
     (["generate", "fit", "zoo", "--out", "g", "--p-uncond", "1"], "--p-uncond"),
     (["generate", "eval", "samples", "--zoo", "zoo", "--out", "r", "--ensemble", "0"],
      "--ensemble"),
+    (["generate", "run", "zoo", "--out", "r", "-n", "0"], "-n"),
+    (["generate", "run", "zoo", "--out", "r", "--sample-steps", "0"], "--sample-steps"),
+    (["generate", "run", "zoo", "--out", "r", "--guidance", "lots"], "guidance"),
     (["canonicalize", "zoo", "--out", "c", "--max-rounds", "0"], "--max-rounds"),
     (["canonicalize", "zoo", "--out", "c", "--tol", "-1"], "--tol"),
     (["align", "a.safetensors", "b.safetensors", "--out", "x", "--max-iter", "0"],

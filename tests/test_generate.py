@@ -1,6 +1,7 @@
 """Generate: exact encoding round trip, deterministic sampling, a tiny end-to-end run,
 the audit on hand-made cases, resume of an interrupted fit, bad input."""
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from weightspace.cli.main import main
 from weightspace.generate import (Encoding, EncodingError, TokenVelocity, Velocity, audit,
                                   fit_generator, sample, sample_zoo, train_flow)
 from weightspace.generate.pipeline import load_zoo_states
+from weightspace.generate.run import run_generation
 from weightspace.zoo import HParams, ZooError, train_zoo
 
 ARCH = "mlp:64-16-10"
@@ -52,7 +54,8 @@ def test_sampling_is_deterministic():
 def test_end_to_end_and_cli(tiny_zoo, tmp_path, capsys):
     gen, samples = tmp_path / "gen", tmp_path / "samples"
     assert main(["generate", "fit", str(tiny_zoo), "--out", str(gen), "--steps", "30",
-                 "--pca", "--width", "32", "--no-progress", "--json"]) == 0
+                 "--pca", "--condition", "none", "--width", "32", "--no-progress",
+                 "--json"]) == 0
     fit = json.loads(capsys.readouterr().out)
     assert fit["max_roundtrip_error"] < 1e-5 and fit["dim"] == 5
     assert main(["generate", "sample", str(gen), "-n", "5", "--steps", "4", "--out",
@@ -167,9 +170,9 @@ def test_conditional_generator_pipeline(tiny_zoo, tmp_path):
     sweep = {float(w): a for w, a in m["guidance_val_acc"].items()}
     assert m["guidance"] == max(sweep, key=lambda w: (sweep[w], -w))  # chosen on val only
     with pytest.raises(EncodingError, match="needs --condition"):
-        sample_zoo(tmp_path / "g", tmp_path / "s3", 2, guidance="auto")
+        sample_zoo(tmp_path / "g", tmp_path / "s3", 2, condition=None, guidance="auto")
     fit_generator(tiny_zoo, tmp_path / "u", steps=2, width=8, depth=1, pca=True,
-                  progress=False)
+                  condition=None, progress=False)
     with pytest.raises(EncodingError, match="without a condition"):
         sample_zoo(tmp_path / "u", tmp_path / "s2", 2, condition=0.9)
 
@@ -219,3 +222,140 @@ def test_fit_under_accelerate_with_two_processes(tiny_zoo, tmp_path):
     assert run.stdout.count("fitted a generator on 6 models") == 2  # one line per rank
     assert json.loads((gen / "state.json").read_text())["step"] == 20
     assert sample_zoo(gen, tmp_path / "s", 2, steps=2)["n"] == 2
+
+
+# ------------------------------------------------------------ the best recipe by default
+def test_defaults_are_the_measured_recipe_and_recorded(tiny_zoo, tmp_path, capsys):
+    from weightspace.generate.config import default_condition, default_pca
+    gen = tmp_path / "g"
+    assert main(["generate", "fit", str(tiny_zoo), "--out", str(gen), "--steps", "5",
+                 "--width", "16", "--depth", "1", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "defaults: pca=True" in err and "condition=val_acc" in err
+    cfg = json.loads((gen / "config.json").read_text())
+    assert cfg["encoding"]["pca"] and cfg["condition"]["name"] == "val_acc"
+    assert set(cfg["defaults"]) == {"pca", "condition"}
+    assert cfg["defaults"]["pca"]["value"] is True and "6 models <" in \
+        cfg["defaults"]["pca"]["why"] and "0.948" in cfg["defaults"]["pca"]["evidence"]
+    assert cfg["defaults"]["condition"]["value"] == "val_acc"
+    # sampling with no options: the zoo's best val_acc, guidance chosen on validation
+    assert main(["generate", "sample", str(gen), "-n", "3", "--steps", "2", "--out",
+                 str(tmp_path / "s")]) == 0
+    err = capsys.readouterr().err
+    assert "condition=max" in err and "guidance=auto" in err
+    st = json.loads((tmp_path / "s" / "manifest.json").read_text())["settings"]
+    assert st["condition"] == cfg["condition"]["max"] and st["guidance_val_acc"]
+    assert st["defaults"]["condition"]["value"] == "max"
+    assert st["defaults"]["guidance"]["value"] == "auto"
+    assert st["defaults"]["guidance"]["chosen"] == st["guidance"]
+    # explicit flags turn each default off, and nothing is then recorded as automatic
+    assert main(["generate", "sample", str(gen), "-n", "2", "--steps", "2", "--guidance", "1",
+                 "--out", str(tmp_path / "s1")]) == 0
+    st = json.loads((tmp_path / "s1" / "manifest.json").read_text())["settings"]
+    assert st["guidance"] == 1.0 and set(st["defaults"]) == {"condition"}
+    assert main(["generate", "sample", str(gen), "-n", "2", "--steps", "2", "--condition",
+                 "none", "--out", str(tmp_path / "s2")]) == 0
+    st = json.loads((tmp_path / "s2" / "manifest.json").read_text())["settings"]
+    assert st["condition"] is None and st["guidance"] == 1.0
+    assert st["defaults"]["guidance"]["value"] == 1.0
+    capsys.readouterr()
+    assert main(["generate", "fit", str(tiny_zoo), "--out", str(tmp_path / "g2"), "--steps",
+                 "2", "--width", "8", "--depth", "1", "--no-pca", "--condition", "none",
+                 "--no-progress"]) == 0
+    assert "none taken" in capsys.readouterr().err
+    cfg = json.loads((tmp_path / "g2" / "config.json").read_text())
+    assert cfg["defaults"] == {} and not cfg["encoding"]["pca"] and cfg["condition"] is None
+    # the rules themselves
+    assert default_pca(6, 650, "mlp")[0] and not default_pca(700, 650, "mlp")[0]
+    assert not default_pca(6, 650, "transformer")[0]
+    assert default_condition([{"metrics": {"val_acc": 0.5}}, {"metrics": {"val_acc": 0.6}}]
+                             )[0] == "val_acc"
+    assert default_condition([{"metrics": {"val_acc": 0.5}}, {"metrics": {}}])[0] is None
+    assert default_condition([{"metrics": {"val_acc": 0.5}}] * 2)[0] is None
+
+
+# ------------------------------------------------------------------- generate run
+RUN_ARGS = ["--steps", "12", "--width", "16", "--depth", "1", "-n", "3", "--sample-steps",
+            "2", "--ensemble", "2", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def raw_zoo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "zoo"
+    train_zoo(out, "mlp:64-8-10", "digits", HParams(epochs=2), models=4, progress=False)
+    return out
+
+
+def _files(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def test_generate_run_end_to_end_and_skips_finished_stages(raw_zoo, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["generate", "run", str(raw_zoo), "--out", str(out), *RUN_ARGS]) == 0
+    o, err = capsys.readouterr()
+    assert "| generated |" in o and "| zoo (leave-one-out) |" in o  # the audit table
+    for i, stage in enumerate(("canonicalize", "fit", "sample", "audit"), 1):
+        assert f"[{i}/4] {stage}: done" in err
+    canon = json.loads((out / "canonical" / "manifest.json").read_text())
+    assert canon["canonicalization"]["method"] == "wm"
+    assert canon["canonicalization"]["reference"] == "barycenter"
+    cfg = json.loads((out / "generator" / "config.json").read_text())
+    assert set(cfg["defaults"]) == {"pca", "condition"}
+    st = json.loads((out / "samples" / "manifest.json").read_text())["settings"]
+    assert set(st["defaults"]) == {"condition", "guidance"} and st["n"] == 3
+    assert (out / "report" / "report.md").is_file()
+    before = _files(out)
+    assert main(["generate", "run", str(raw_zoo), "--out", str(out), *RUN_ARGS]) == 0
+    o, err = capsys.readouterr()
+    assert err.count("skipped") == 4 and "| generated |" in o
+    assert _files(out) == before  # nothing redone, nothing rewritten
+    # a canonical zoo is not canonicalized again
+    res = run_generation(out / "canonical", tmp_path / "run2", steps=12, width=16, depth=1,
+                         n=2, sample_steps=2, ensemble=2, progress=False)
+    assert res["stages"]["canonicalize"].startswith("skipped")
+    assert not (tmp_path / "run2" / "canonical").exists()
+    assert res["canonical"] == str(out / "canonical")
+    # other settings on an existing run directory are refused, not silently mixed
+    assert main(["generate", "run", str(raw_zoo), "--out", str(out),
+                 *RUN_ARGS[:-1], "--width", "8"]) == 2
+    assert "other training settings" in capsys.readouterr().err
+
+
+def test_generate_run_resumes_after_an_interrupted_stage(raw_zoo, tmp_path, monkeypatch):
+    import weightspace.generate.run as run_mod
+    kw = dict(steps=12, width=16, depth=1, n=3, sample_steps=2, ensemble=2, progress=False)
+    full = tmp_path / "full"
+    run_mod.run_generation(raw_zoo, full, **kw)
+    # 1. the fit is interrupted at step 5: the rerun skips the canonical zoo and resumes
+    real_fit, out = run_mod.fit_generator, tmp_path / "run"
+
+    def interrupted_fit(*a, **k):
+        real_fit(*a, until=5, checkpoint_every=2, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_mod, "fit_generator", interrupted_fit)
+    with pytest.raises(KeyboardInterrupt):
+        run_mod.run_generation(raw_zoo, out, **kw)
+    assert json.loads((out / "generator" / "state.json").read_text())["step"] == 5
+    assert not (out / "samples").exists()
+    canon = _files(out / "canonical")
+    monkeypatch.setattr(run_mod, "fit_generator", real_fit)
+    res = run_mod.run_generation(raw_zoo, out, **kw)
+    assert res["stages"]["canonicalize"].startswith("skipped")
+    assert "resumed from step 5" in res["stages"]["fit"]
+    assert _files(out / "canonical") == canon
+    assert (out / "generator" / "generator.safetensors").read_bytes() == \
+        (full / "generator" / "generator.safetensors").read_bytes()  # as if never stopped
+    # 2. the samples are lost: only sampling and the audit are redone, from the same inputs
+    before = _files(out)
+    shutil.rmtree(out / "samples")
+    res = run_mod.run_generation(raw_zoo, out, **kw)
+    assert [res["stages"][s].split()[0] for s in run_mod.STAGES] == \
+        ["skipped:", "skipped:", "done", "done"]
+    after = _files(out)
+    kept = ("canonical", "generator", "samples/models")  # sampling is deterministic
+    assert {k: v for k, v in after.items() if k.startswith(kept)} == \
+        {k: v for k, v in before.items() if k.startswith(kept)}
+    assert after.keys() == before.keys()

@@ -2,7 +2,8 @@
 
 Forms (``?k=v&k2=v2`` options everywhere; values parse as int, float, bool or str):
 
-* ``mlp:64-128-128-10`` (``act=relu|gelu``, ``bias=true``, ``dropout=0.1``), ``vgg11?width=1&norm=bn``,
+* ``mlp:64-128-128-10`` (``act=relu|gelu``, ``bias=true``, ``dropout=0.1``), ``vgg11?width=1&norm=bn``
+  (``pools=3`` for 8x8 inputs),
   ``resnet20?width=4&num_classes=10&norm=bn|ln`` — the built-ins (``list_archs()``);
 * ``timm:NAME?k=v`` — ``timm.create_model(NAME, pretrained=False, **kw)``;
 * ``torchvision:NAME?k=v`` — ``torchvision.models.get_model(NAME, weights=None, **kw)``;
@@ -217,8 +218,8 @@ def _image_input(r: ArchRef) -> tuple[int, ...]:
 
 @register_arch("vgg11", _image_input)
 def _vgg11(width: float = 1, num_classes: int = 10, norm: str = "bn", in_chans: int = 3,
-           act: str = "relu") -> nn.Module:
-    return models.VGG("vgg11", width, num_classes, norm, in_chans, act)
+           act: str = "relu", pools: int = 5) -> nn.Module:
+    return models.VGG("vgg11", width, num_classes, norm, in_chans, act, pools)
 
 
 @register_arch("resnet20", _image_input)

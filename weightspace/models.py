@@ -65,13 +65,18 @@ class VGG(nn.Module):
     CFG = {"vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]}
 
     def __init__(self, name: str = "vgg11", width: float = 1, num_classes: int = 10,
-                 norm: str = "bn", in_chans: int = 3, act: str = "relu"):
+                 norm: str = "bn", in_chans: int = 3, act: str = "relu", pools: int = 5):
         super().__init__()
+        if not 0 <= pools <= 5:
+            raise ValueError(f"pools must be between 0 and 5, got {pools}")
         layers: list[nn.Module] = []
         c = in_chans
+        seen = 0
         for v in self.CFG[name]:
-            if v == "M":
-                layers.append(nn.MaxPool2d(2))
+            if v == "M":  # the first `pools` halvings (small inputs: 8x8 digits take 3)
+                seen += 1
+                if seen <= pools:
+                    layers.append(nn.MaxPool2d(2))
                 continue
             out = max(1, int(round(v * width)))
             layers += [nn.Conv2d(c, out, 3, padding=1, bias=norm == "none"), _norm2d(norm, out),

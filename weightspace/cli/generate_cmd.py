@@ -1,11 +1,15 @@
-"""``weightspace generate fit|sample|eval``: learn a zoo's distribution, sample, audit."""
+"""``weightspace generate fit|sample|eval|run``: learn a zoo's distribution, sample,
+audit; or all of it (canonicalizing first if needed) in one resumable command."""
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 
 from ..errors import check_output
 from ..generate import METHODS, audit, fit_generator, sample_zoo
-from ..generate.config import VELOCITY_KINDS, FlowSettings
+from ..generate.config import AUTO, VELOCITY_KINDS, FlowSettings, describe_defaults
+from ..generate.run import run_generation
 from .options import POSITIVE, SEED, allow_code, float_range, int_range
 
 
@@ -27,7 +31,9 @@ def add_parser(sub) -> None:
                    help=f"velocity width ({FS.width})")
     f.add_argument("--depth", type=int_range(1, 256), default=FS.depth,
                    help=f"velocity layers ({FS.depth})")
-    f.add_argument("--pca", action="store_true", help="model a PCA code of the zoo")
+    f.add_argument("--pca", action=argparse.BooleanOptionalAction, default=None,
+                   help="model a PCA code of the zoo (default: automatic, on when the zoo "
+                        "has fewer models than parameters and the velocity is mlp)")
     f.add_argument("--velocity", choices=VELOCITY_KINDS, default=FS.velocity,
                    help="mlp over the code (default), or a transformer over per-layer "
                         "tokens of the full encoding (large models; not with --pca)")
@@ -35,9 +41,11 @@ def add_parser(sub) -> None:
                    help="numbers per token (transformer)")
     f.add_argument("--heads", type=int_range(1, 4096), default=FS.heads,
                    help="attention heads (transformer; must divide --width)")
-    f.add_argument("--condition", metavar="NAME",
+    f.add_argument("--condition", metavar="NAME", default=AUTO,
                    help="condition on a per-model metric (e.g. val_acc) or hyperparameter "
-                        "(e.g. weight_decay), with classifier-free guidance at sampling")
+                        "(e.g. weight_decay), with classifier-free guidance at sampling; "
+                        "none: unconditional (default: auto, val_acc when every finished "
+                        "model has it)")
     f.add_argument("--p-uncond", type=float_range(0, 1, hi_open=True), default=FS.p_uncond,
                    help="probability of dropping the condition in training (0.1)")
     f.add_argument("--no-ot", action="store_true", help="no minibatch OT coupling")
@@ -52,12 +60,14 @@ def add_parser(sub) -> None:
                    help="ODE steps (fixed-step methods)")
     s.add_argument("--method", choices=METHODS, default="midpoint")
     s.add_argument("--seed", type=SEED, default=0)
-    s.add_argument("--condition", metavar="VALUE",
-                   help="target value of the generator's condition (its own units), or "
-                        "max / min / mean of the zoo's values")
-    s.add_argument("--guidance", default="1",
+    s.add_argument("--condition", metavar="VALUE", default=AUTO,
+                   help="target value of the generator's condition (its own units), max / "
+                        "min / mean of the zoo's values, or none (default: max when the "
+                        "generator is conditional)")
+    s.add_argument("--guidance", default=None,
                    help="classifier-free guidance weight w (1 = plain conditional), or "
-                        "auto: the w among 1,2,4,6,8 with the best validation accuracy")
+                        "auto: the w among 1,2,4,6,8 with the best validation accuracy "
+                        "(default: auto when sampling with a condition, else 1)")
     s.add_argument("--data-root")
     s.add_argument("--out", required=True)
     s.add_argument("--json", action="store_true")
@@ -70,29 +80,90 @@ def add_parser(sub) -> None:
     e.add_argument("--out", required=True, help="report directory")
     e.add_argument("--json", action="store_true")
     allow_code(e)
+    r = gs.add_parser("run", help="the whole path: canonicalize (if needed), fit, sample, "
+                                  "audit; resumable stage by stage",
+                      description="Canonicalize ZOO (weight matching to the barycenter, only "
+                                  "if its manifest has no canonicalization record) into "
+                                  "OUT/canonical, fit OUT/generator, sample OUT/samples and "
+                                  "audit them into OUT/report. Rerunning skips finished "
+                                  "stages and resumes an interrupted fit. Unset options "
+                                  "follow the best measured recipe, as in fit and sample.")
+    r.add_argument("zoo", metavar="ZOO_DIR")
+    r.add_argument("--out", required=True, help="run directory")
+    r.add_argument("--steps", type=int_range(1, 10**8), default=FS.steps,
+                   help=f"generator training steps ({FS.steps})")
+    r.add_argument("--batch-size", type=int_range(1, 10**6), default=FS.batch_size)
+    r.add_argument("--lr", type=float_range(0, 100, lo_open=True), default=FS.lr)
+    r.add_argument("--width", type=int_range(1, 65536), default=FS.width,
+                   help=f"velocity width ({FS.width})")
+    r.add_argument("--depth", type=int_range(1, 256), default=FS.depth,
+                   help=f"velocity layers ({FS.depth})")
+    r.add_argument("--pca", action=argparse.BooleanOptionalAction, default=None,
+                   help="PCA code (default: automatic, as in fit)")
+    r.add_argument("--condition", metavar="NAME", default=AUTO,
+                   help="fit condition: a metric or hyperparameter name, or none (default: "
+                        "auto, val_acc when every finished model has it)")
+    r.add_argument("-n", type=int_range(1, 100_000), default=100, help="samples (100)")
+    r.add_argument("--sample-steps", type=int_range(1, 10_000), default=10,
+                   help="ODE steps (10)")
+    r.add_argument("--method", choices=METHODS, default="midpoint")
+    r.add_argument("--target", metavar="VALUE", default=AUTO,
+                   help="sampling target of the condition (a value, max / min / mean, or "
+                        "none; default: max when the generator is conditional)")
+    r.add_argument("--guidance", default=None,
+                   help="guidance weight, or auto (default: auto with a condition, else 1)")
+    r.add_argument("--ensemble", type=POSITIVE, default=10, help="audit ensemble size (10)")
+    r.add_argument("--seed", type=SEED, default=0)
+    r.add_argument("--data-root")
+    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--json", action="store_true")
+    allow_code(r)
+
+
+def _settings(args) -> FlowSettings:
+    return FlowSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                        velocity=getattr(args, "velocity", FS.velocity), width=args.width,
+                        depth=args.depth, token=getattr(args, "token", FS.token),
+                        heads=getattr(args, "heads", FS.heads),
+                        ot=not getattr(args, "no_ot", False), seed=args.seed,
+                        p_uncond=getattr(args, "p_uncond", FS.p_uncond))
 
 
 def run(args) -> int:
     check_output(args.out, "dir")
     if args.gen_verb == "fit":
-        settings = FlowSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                velocity=args.velocity, width=args.width, depth=args.depth,
-                                token=args.token, heads=args.heads, ot=not args.no_ot,
-                                seed=args.seed, p_uncond=args.p_uncond)
-        res = fit_generator(args.zoo, args.out, settings, pca=args.pca,
+        res = fit_generator(args.zoo, args.out, _settings(args), pca=args.pca,
                             condition=args.condition,
                             progress=not args.no_progress and not args.json)
+        print(describe_defaults(res["defaults"]), file=sys.stderr)
         print(json.dumps(res, indent=1) if args.json else
               f"fitted a generator on {res['models']} models (code dim {res['dim']}) in "
               f"{res['train_seconds']:.1f} s; wrote {res['out']}")
     elif args.gen_verb == "sample":
         res = sample_zoo(args.gen, args.out, args.n, args.steps, args.method, args.seed,
                          args.data_root, condition=args.condition, guidance=args.guidance)
+        print(describe_defaults(res["defaults"]), file=sys.stderr)
         print(json.dumps(res, indent=1) if args.json else
               f"sampled {res['n']} networks in {res['seconds']:.2f} s ({res['nfe']} function "
               f"evaluations" + (f", guidance {res['guidance']:g}" if res["condition"] is not
                                 None else "") +
               f"); mean test acc {res['mean_test_acc']:.4f}; wrote {res['out']}")
+    elif args.gen_verb == "run":
+        res = run_generation(args.zoo, args.out, _settings(args), pca=args.pca,
+                             condition=args.condition, n=args.n,
+                             sample_steps=args.sample_steps, method=args.method,
+                             sample_condition=args.target, guidance=args.guidance,
+                             seed=args.seed, ensemble=args.ensemble, data_root=args.data_root,
+                             progress=not args.no_progress and not args.json,
+                             log=lambda line: print(line, file=sys.stderr, flush=True))
+        if args.json:
+            print(json.dumps({k: res[k] for k in ("out", "canonical", "generator", "samples",
+                                                   "report", "stages", "fit", "sample",
+                                                   "seconds")} |
+                             {"audit": {k: res["audit"].get(k) for k in
+                                        ("generated", "zoo", "nfe")}}, indent=1, default=str))
+        else:
+            print(open(res["report"]).read())
     else:
         r = audit(args.samples, args.zoo, args.ensemble, data_root=args.data_root,
                   out_dir=args.out)

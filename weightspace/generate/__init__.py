@@ -3,7 +3,8 @@ from .audit import audit
 from .encoding import Encoding, EncodingError
 from .flow import METHODS, TokenVelocity, Velocity, make_velocity, sample, train_flow
 from .pipeline import fit_generator, load_generator, sample_zoo
+from .run import run_generation
 
 __all__ = ["METHODS", "Encoding", "EncodingError", "TokenVelocity", "Velocity", "audit",
-           "fit_generator", "load_generator", "make_velocity", "sample", "sample_zoo",
-           "train_flow"]
+           "fit_generator", "load_generator", "make_velocity", "run_generation", "sample",
+           "sample_zoo", "train_flow"]

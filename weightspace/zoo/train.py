@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 from typing import Callable
 
@@ -26,6 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
+
+# vmap runs ops without a batching rule (e.g. CPU flash attention) one model at a time and
+# says so in a UserWarning; the zoo already times batched against sequential and says which
+# it uses in one line (choose_path), so the raw warning is noise in a verb's output.
+warnings.filterwarnings("ignore", category=UserWarning,
+                        message="There is a performance drop because we have not yet "
+                                "implemented the batching rule")
 
 from ..arch import build
 from .stacked import Stack, unsupported
