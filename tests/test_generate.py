@@ -11,7 +11,7 @@ from weightspace.checkpoint import load_model
 from weightspace.cli.main import main
 from weightspace.generate import (Encoding, EncodingError, TokenVelocity, Velocity, audit,
                                   fit_generator, sample, sample_zoo, train_flow)
-from weightspace.generate.pipeline import load_zoo_states
+from weightspace.generate.pipeline import choose_guidance, load_zoo_states
 from weightspace.generate.run import run_generation
 from weightspace.zoo import HParams, ZooError, train_zoo
 
@@ -168,7 +168,9 @@ def test_conditional_generator_pipeline(tiny_zoo, tmp_path):
     m = json.loads((tmp_path / "a" / "manifest.json").read_text())["settings"]
     assert m["condition"] == cfg["condition"]["max"]
     sweep = {float(w): a for w, a in m["guidance_val_acc"].items()}
-    assert m["guidance"] == max(sweep, key=lambda w: (sweep[w], -w))  # chosen on val only
+    choice = m["guidance_choice"]  # chosen on val only: accuracy under a novelty limit
+    novelty = choice["val_novelty"] and {float(w): v for w, v in choice["val_novelty"].items()}
+    assert m["guidance"] == choose_guidance(sweep, novelty, choice["novelty_limit"])[0]
     with pytest.raises(EncodingError, match="needs --condition"):
         sample_zoo(tmp_path / "g", tmp_path / "s3", 2, condition=None, guidance="auto")
     fit_generator(tiny_zoo, tmp_path / "u", steps=2, width=8, depth=1, pca=True,
@@ -359,3 +361,12 @@ def test_generate_run_resumes_after_an_interrupted_stage(raw_zoo, tmp_path, monk
     assert {k: v for k, v in after.items() if k.startswith(kept)} == \
         {k: v for k, v in before.items() if k.startswith(kept)}
     assert after.keys() == before.keys()
+
+
+def test_guidance_is_chosen_under_a_novelty_limit_on_validation():
+    acc = {1.0: 0.90, 2.0: 0.95, 4.0: 0.97}
+    novelty = {1.0: 0.60, 2.0: 0.70, 4.0: 0.90}
+    assert choose_guidance(acc, novelty, 0.75)[0] == 2.0  # 4 is too close to the zoo
+    assert choose_guidance(acc, novelty, 0.95)[0] == 4.0
+    assert choose_guidance(acc, novelty, 0.50)[0] == 1.0  # none is novel enough: most novel
+    assert choose_guidance(acc, None, None)[0] == 4.0

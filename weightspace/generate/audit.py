@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.func import functional_call, vmap
 
 from ..arch import build
 from ..checkpoint import atomic_write_text
@@ -38,6 +37,7 @@ from ..functional import mean_states, recalibrated
 from ..zoo.datasets import load_dataset
 from ..zoo.store import ZooError
 from .encoding import Encoding
+from .novelty import max_iou, probabilities
 from .pipeline import load_zoo_states
 
 NOISE = (0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
@@ -70,29 +70,9 @@ def curve_margin(curve, iou: list[float], acc: list[float]) -> dict:
             "at_mean": statistics.fmean(acc) - float(np.interp(statistics.fmean(iou), xs, ys))}
 
 
-@torch.no_grad()
-def probabilities(arch: str, states: list[dict], x: torch.Tensor) -> torch.Tensor:
-    """[models, examples, classes] softmax outputs (eval mode)."""
-    base = build(arch).to("meta").eval()
-    stacked = {k: torch.stack([s[k] for s in states]) for k in states[0]}
-    out = vmap(lambda s, xb: functional_call(base, s, (xb,)), in_dims=(0, None))(stacked, x)
-    return out.softmax(-1)
-
-
 def _stats(v: list[float]) -> dict:
     return {"mean": statistics.fmean(v), "std": statistics.pstdev(v), "min": min(v),
             "max": max(v), "median": statistics.median(v)}
-
-
-def _max_iou(wrong: torch.Tensor, ref: torch.Tensor, leave_one_out: bool = False):
-    """For each row of ``wrong`` [M, n] the max IoU with any row of ``ref`` [R, n]."""
-    w, r = wrong.float(), ref.float()
-    inter = w @ r.T
-    union = w.sum(1, keepdim=True) + r.sum(1)[None, :] - inter
-    iou = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(inter))
-    if leave_one_out:
-        iou.fill_diagonal_(-1)
-    return iou.max(1).values
 
 
 def _nn_dist(a: torch.Tensor, b: torch.Tensor, leave_one_out: bool = False):
@@ -194,7 +174,7 @@ def audit(samples_dir, zoo_dir, k_ensemble: int = 10, seed: int = 0, data_root=N
         pred = p.argmax(-1)
         acc = (pred == y).float().mean(1).tolist()
         wrong = pred != y
-        iou = _max_iou(wrong, zoo_wrong, leave_one_out=loo_ref).tolist()
+        iou = max_iou(wrong, zoo_wrong, leave_one_out=loo_ref).tolist()
         return p, acc, iou
 
     zp = probabilities(arch, zoo_states, x)

@@ -16,22 +16,24 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from .. import __version__
 from ..arch import build
 from ..checkpoint import (atomic_write_text, check_state, read_checkpoint, save_checkpoint,
                           save_tensors)
-from ..errors import check_output
+from ..errors import WeightspaceError, check_output
 from ..functional import recalibrated
-from ..zoo.datasets import load_dataset
 from ..parallel import shard
+from ..zoo.datasets import load_dataset
 from ..zoo.store import FORMAT, FORMAT_VERSION, Zoo, ZooError, finished
 from ..zoo.train import metrics
 from .encoding import Encoding, EncodingError
 from .config import (AUTO, OFF, Condition, FlowSettings, default_condition,
                      default_pca, default_record, default_sampling)
 from .flow import check_velocity_config, make_velocity, sample, train_flow
+from .novelty import errors, max_iou
 
 MAX_SAMPLES = 100_000
 
@@ -172,6 +174,9 @@ def fit_generator(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
     out.mkdir(parents=True, exist_ok=True)
     if main:
         enc.save(out / "encoding.safetensors")
+        zoo_err = _zoo_val_errors(m, arch, states)
+        if zoo_err is not None:
+            save_tensors(out / ZOO_ERRORS, {"errors": zoo_err.to(torch.uint8)})
         atomic_write_text(out / "config.json", json.dumps(cfg, indent=1))
     bar = None
     if progress and main:
@@ -287,7 +292,7 @@ def load_generator(gen_dir) -> tuple[dict, Encoding, torch.nn.Module]:
     if json.loads(enc.signature()) != cfg.get("encoding"):
         raise EncodingError(f"{gen}: encoding.safetensors does not match config.json "
                             f"(a generator directory from a different encoding)")
-    from safetensors import SafetensorError, safe_open
+    from safetensors import safe_open
     path = gen / "generator.safetensors"
     if not path.is_file():
         raise EncodingError(f"{gen}: no generator.safetensors (fit not finished?)")
@@ -309,7 +314,47 @@ def load_generator(gen_dir) -> tuple[dict, Encoding, torch.nn.Module]:
     return cfg, enc, model.eval()
 
 
-GUIDANCE_GRID = (1.0, 2.0, 4.0, 6.0, 8.0)
+GUIDANCE_GRID = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+NOVELTY_SLACK = 0.05  # samples may be this much less novel than independently trained nets
+ZOO_ERRORS = "zoo_val_errors.safetensors"
+
+
+def _zoo_val_errors(manifest: dict, arch: str, states: list[dict]):
+    """[N, n_val] bool: where each zoo model errs on the validation split (kept with the
+    generator, so that sampling can measure novelty without the zoo); None when the zoo's
+    dataset cannot be loaded."""
+    ds = manifest.get("dataset") or {}
+    try:
+        data = load_dataset(ds.get("name", ""), ds.get("data_root"))
+    except WeightspaceError:
+        return None
+    return errors(arch, states, *data["val"])
+
+
+def choose_guidance(acc: dict, novelty: dict | None, limit: float | None):
+    """The guidance weight: the best validation accuracy among the weights whose samples'
+    validation novelty (mean max IoU of their errors with the zoo's) is at most ``limit``
+    (the zoo's leave-one-out novelty plus :data:`NOVELTY_SLACK`); if no weight is that
+    novel, the most novel one. Without novelty: the best validation accuracy. Returns
+    ``(w, rule)``. Validation only: the test split never chooses."""
+    if novelty is None or limit is None:
+        return max(acc, key=lambda w: (acc[w], -w)), "best validation accuracy"
+    ok = [w for w in acc if novelty[w] <= limit]
+    if ok:
+        return max(ok, key=lambda w: (acc[w], -w)), \
+            f"best validation accuracy with validation novelty <= {limit:.3f}"
+    return min(acc, key=lambda w: (novelty[w], w)), \
+        f"no weight reached validation novelty <= {limit:.3f}: the most novel"
+
+
+def _load_zoo_errors(gen: Path, n_val: int):
+    """The zoo's validation errors a generator keeps, or None (an older generator, or a
+    dataset whose validation split changed)."""
+    try:
+        err = load_file(str(gen / ZOO_ERRORS))["errors"].bool()
+    except (OSError, KeyError, SafetensorError):
+        return None
+    return err if err.dim() == 2 and err.shape[1] == n_val else None
 
 
 def _bn_fix(states: list[dict], arch: str, data) -> list[dict]:
@@ -364,17 +409,26 @@ def sample_zoo(gen_dir, out_dir, n: int, steps: int = 10, method: str = "midpoin
     data = load_dataset(cfg["dataset"].get("name", ""), data_root or
                         cfg["dataset"].get("data_root"))
     arch = cfg["arch"]
-    sweep = None
+    sweep = sweep_record = None
     if guidance == "auto":
         if c is None:
             raise EncodingError("--guidance auto needs --condition (guidance steers by it)")
-        sweep = {}
+        sweep, novelty = {}, {}
+        zoo_err = _load_zoo_errors(Path(gen_dir), len(data["val"][1]))
         for w in GUIDANCE_GRID:
             codes, _ = sample(model, n, steps, method, seed=seed, cond=c, guidance=w)
-            val = metrics(arch, _bn_fix([enc.decode(x) for x in codes], arch, data), data,
-                          "cpu", splits=("val",))
+            drawn = _bn_fix([enc.decode(x) for x in codes], arch, data)
+            val = metrics(arch, drawn, data, "cpu", splits=("val",))
             sweep[w] = sum(m["val_acc"] for m in val) / n
-        guidance = max(sweep, key=lambda w: (sweep[w], -w))
+            if zoo_err is not None:
+                wrong = errors(arch, drawn, *data["val"])
+                novelty[w] = float(max_iou(wrong, zoo_err).mean())
+        limit = None if zoo_err is None else \
+            float(max_iou(zoo_err, zoo_err, leave_one_out=True).mean()) + NOVELTY_SLACK
+        guidance, rule = choose_guidance(sweep, novelty or None, limit)
+        sweep_record = {"rule": rule, "novelty_limit": limit,
+                        "val_acc": {str(w): a for w, a in sweep.items()},
+                        "val_novelty": {str(w): v for w, v in novelty.items()} or None}
         if "guidance" in defaults:
             defaults["guidance"]["chosen"] = guidance
     elif isinstance(guidance, str):
@@ -408,10 +462,12 @@ def sample_zoo(gen_dir, out_dir, n: int, steps: int = 10, method: str = "midpoin
                             "guidance": guidance,
                             "condition_name": cn.name if cn else None,
                             "guidance_val_acc": sweep and {str(w): a for w, a in sweep.items()},
+                            "guidance_choice": sweep_record,
                             "defaults": defaults},
                "generation": {"nfe": nfe, "network_passes": passes, "seconds": t_sample,
                               "seconds_per_model": t_sample / n}})
     return {"out": str(out_dir), "n": n, "nfe": nfe, "network_passes": passes,
             "seconds": t_sample,
             "condition": condition, "guidance": guidance, "guidance_val_acc": sweep,
+            "guidance_choice": sweep_record,
             "mean_test_acc": sum(m["test_acc"] for m in ms) / n, "defaults": defaults}
