@@ -16,6 +16,21 @@ from .options import POSITIVE, SEED, allow_code, float_range, int_range
 FS = FlowSettings()  # the defaults of `generate fit`
 
 
+def _recipe_args(p) -> None:
+    """The fit recipe's flags, shared by ``fit`` and ``run``."""
+    p.add_argument("--steps", type=int_range(1, 10**8), default=FS.steps,
+                   help=f"generator training steps ({FS.steps})")
+    p.add_argument("--batch-size", type=int_range(1, 10**6), default=FS.batch_size)
+    p.add_argument("--lr", type=float_range(0, 100, lo_open=True), default=FS.lr)
+    p.add_argument("--width", type=int_range(1, 65536), default=FS.width,
+                   help=f"velocity width ({FS.width})")
+    p.add_argument("--depth", type=int_range(1, 256), default=FS.depth,
+                   help=f"velocity layers ({FS.depth})")
+    p.add_argument("--pca", action=argparse.BooleanOptionalAction, default=None,
+                   help="model a PCA code of the zoo (default: automatic, on when the zoo "
+                        "has fewer models than parameters and the velocity is mlp)")
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("generate", help="flow-matching generator of complete networks",
                        description="Fit a flow-matching generator on a (canonical) zoo, "
@@ -24,16 +39,7 @@ def add_parser(sub) -> None:
     f = gs.add_parser("fit", help="train a generator on a zoo (resumes an interrupted fit)")
     f.add_argument("zoo", metavar="ZOO_OR_CANON_DIR")
     f.add_argument("--out", required=True, help="generator directory")
-    f.add_argument("--steps", type=int_range(1, 10**8), default=FS.steps)
-    f.add_argument("--batch-size", type=int_range(1, 10**6), default=FS.batch_size)
-    f.add_argument("--lr", type=float_range(0, 100, lo_open=True), default=FS.lr)
-    f.add_argument("--width", type=int_range(1, 65536), default=FS.width,
-                   help=f"velocity width ({FS.width})")
-    f.add_argument("--depth", type=int_range(1, 256), default=FS.depth,
-                   help=f"velocity layers ({FS.depth})")
-    f.add_argument("--pca", action=argparse.BooleanOptionalAction, default=None,
-                   help="model a PCA code of the zoo (default: automatic, on when the zoo "
-                        "has fewer models than parameters and the velocity is mlp)")
+    _recipe_args(f)
     f.add_argument("--velocity", choices=VELOCITY_KINDS, default=FS.velocity,
                    help="mlp over the code (default), or a transformer over per-layer "
                         "tokens of the full encoding (large models; not with --pca)")
@@ -90,16 +96,7 @@ def add_parser(sub) -> None:
                                   "follow the best measured recipe, as in fit and sample.")
     r.add_argument("zoo", metavar="ZOO_DIR")
     r.add_argument("--out", required=True, help="run directory")
-    r.add_argument("--steps", type=int_range(1, 10**8), default=FS.steps,
-                   help=f"generator training steps ({FS.steps})")
-    r.add_argument("--batch-size", type=int_range(1, 10**6), default=FS.batch_size)
-    r.add_argument("--lr", type=float_range(0, 100, lo_open=True), default=FS.lr)
-    r.add_argument("--width", type=int_range(1, 65536), default=FS.width,
-                   help=f"velocity width ({FS.width})")
-    r.add_argument("--depth", type=int_range(1, 256), default=FS.depth,
-                   help=f"velocity layers ({FS.depth})")
-    r.add_argument("--pca", action=argparse.BooleanOptionalAction, default=None,
-                   help="PCA code (default: automatic, as in fit)")
+    _recipe_args(r)
     r.add_argument("--condition", metavar="NAME", default=AUTO,
                    help="fit condition: a metric or hyperparameter name, or none (default: "
                         "auto, val_acc when every finished model has it)")

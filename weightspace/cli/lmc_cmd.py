@@ -22,6 +22,16 @@ def _pairs(text: str):
     return int_range(1, 10**7)(text)
 
 
+def _common(p, out_help: str) -> None:
+    """The flags lmc and merge share: seed, restarts, output, JSON, --arch, --allow-code."""
+    p.add_argument("--seed", type=SEED, default=0)
+    restarts(p)
+    p.add_argument("--out", required=True, help=out_help)
+    p.add_argument("--json", action="store_true")
+    arch_override(p)
+    allow_code(p)
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("lmc", help="linear mode connectivity: barriers before/after alignment",
                        description="Interpolate A and B (or every pair of a zoo), report loss "
@@ -39,12 +49,7 @@ def add_parser(sub) -> None:
     p.add_argument("--bn", choices=BN_MODES, default="reset",
                    help="between the endpoints: reset BN statistics on train data (default), "
                         "REPAIR, or keep the interpolated buffers")
-    p.add_argument("--seed", type=SEED, default=0)
-    restarts(p)
-    p.add_argument("--out", required=True, help="report directory (lmc.json, lmc.png)")
-    p.add_argument("--json", action="store_true")
-    arch_override(p)
-    allow_code(p)
+    _common(p, "report directory (lmc.json, lmc.png)")
 
     m = sub.add_parser("merge", help="merge several checkpoints into one",
                        description="Merge checkpoints of one architecture: plain mean, "
@@ -57,12 +62,7 @@ def add_parser(sub) -> None:
     post.add_argument("--bn-reset", action="store_true", help="recompute BN statistics")
     m.add_argument("--dataset", help="default: the dataset in the first checkpoint's metadata")
     m.add_argument("--data-root")
-    m.add_argument("--seed", type=SEED, default=0)
-    restarts(m)
-    m.add_argument("--out", required=True, help="merged checkpoint (.safetensors)")
-    m.add_argument("--json", action="store_true")
-    arch_override(m)
-    allow_code(m)
+    _common(m, "merged checkpoint (.safetensors)")
 
 
 def _notes(res: dict) -> None:

@@ -144,6 +144,22 @@ def run_generation(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
         stages[name] = text
         log(f"[{i}/{len(STAGES)}] {name}: {text}")
 
+    def done(i, name, t, details=""):
+        """A stage finished: its time and ``details``; later stages are now out of date."""
+        note(i, name, f"done in {time.perf_counter() - t:.1f} s{details}")
+        return True
+
+    def fresh(path: Path, why: str) -> float:
+        """A stage's clock; its outputs go when an earlier stage has just run again."""
+        if stale:
+            clear(path, why)
+        return time.perf_counter()
+
+    def begin(i, name, text):
+        """A stage starts: say so, and make sure the run directory exists."""
+        log(f"[{i}/{len(STAGES)}] {name}: {text}")
+        out.mkdir(parents=True, exist_ok=True)
+
     def clear(path: Path, why: str):
         if path.exists():
             shutil.rmtree(path)
@@ -164,20 +180,16 @@ def run_generation(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
                            f"{zoo_dir}; use another --out or remove {canon}")
         note(1, "canonicalize", f"skipped: {canon} is done (wm to the barycenter)")
     else:
-        log(f"[1/{len(STAGES)}] canonicalize: weight matching to the barycenter -> {canon}")
-        out.mkdir(parents=True, exist_ok=True)
+        begin(1, "canonicalize", f"weight matching to the barycenter -> {canon}")
         from ..canonicalize.zoo import canonicalize_zoo
         canon_rep = canonicalize_zoo(zoo_dir, canon, "wm", "barycenter", data_root=data_root,
                                      seed=seed, progress=progress)
-        stale = True
-        note(1, "canonicalize", f"done in {time.perf_counter() - t:.1f} s (RMS L2 to the "
-                                f"barycenter {canon_rep['l2_to_barycenter_before']:.3f} -> "
-                                f"{canon_rep['l2_to_barycenter_after']:.3f})")
+        stale = done(1, "canonicalize", t, f" (RMS L2 to the barycenter "
+                                           f"{canon_rep['l2_to_barycenter_before']:.3f} -> "
+                                           f"{canon_rep['l2_to_barycenter_after']:.3f})")
 
     # 2. fit ----------------------------------------------------------------------------
-    t = time.perf_counter()
-    if stale:
-        clear(gen, "the canonical zoo was rebuilt")
+    t = fresh(gen, "the canonical zoo was rebuilt")
     cfg = _finished_fit(gen, canon, s, pca, condition)
     if cfg is not None:
         fit = {"out": str(gen), "models": cfg.get("models"),
@@ -186,18 +198,14 @@ def run_generation(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
                "skipped": True}
         note(2, "fit", f"skipped: {gen} is fitted ({s.steps} steps)")
     else:
-        log(f"[2/{len(STAGES)}] fit: {s.steps} steps on {canon} -> {gen}")
-        out.mkdir(parents=True, exist_ok=True)
+        begin(2, "fit", f"{s.steps} steps on {canon} -> {gen}")
         fit = fit_generator(canon, gen, s, pca=pca, condition=condition, progress=progress)
-        stale = True
         resumed = f", resumed from step {fit['resumed_from']}" if fit["resumed_from"] else ""
-        note(2, "fit", f"done in {time.perf_counter() - t:.1f} s ({fit['models']} models, "
-                       f"code dim {fit['dim']}{resumed}); {describe_defaults(fit['defaults'])}")
+        stale = done(2, "fit", t, f" ({fit['models']} models, code dim {fit['dim']}{resumed}); "
+                                  f"{describe_defaults(fit['defaults'])}")
 
     # 3. sample -------------------------------------------------------------------------
-    t = time.perf_counter()
-    if stale:
-        clear(smp, "the generator was refitted")
+    t = fresh(smp, "the generator was refitted")
     m = _finished_samples(smp, gen, n, sample_steps, method, seed, guidance)
     if m is not None:
         st = m["settings"]
@@ -209,19 +217,15 @@ def run_generation(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
         note(3, "sample", f"skipped: {smp} holds {n} samples")
     else:
         clear(smp, "left unfinished")  # model files of an interrupted sampling
-        log(f"[3/{len(STAGES)}] sample: {n} networks -> {smp}")
+        begin(3, "sample", f"{n} networks -> {smp}")
         smp_res = sample_zoo(gen, smp, n, sample_steps, method, seed, data_root,
                              condition=sample_condition, guidance=guidance)
-        stale = True
-        g = smp_res["guidance"]
-        note(3, "sample", f"done in {time.perf_counter() - t:.1f} s (guidance {g:g}, mean "
-                          f"test acc {smp_res['mean_test_acc']:.4f}); "
-                          f"{describe_defaults(smp_res['defaults'])}")
+        stale = done(3, "sample", t, f" (guidance {smp_res['guidance']:g}, mean test acc "
+                                     f"{smp_res['mean_test_acc']:.4f}); "
+                                     f"{describe_defaults(smp_res['defaults'])}")
 
     # 4. audit --------------------------------------------------------------------------
-    t = time.perf_counter()
-    if stale:
-        clear(rep, "the samples were redrawn")
+    t = fresh(rep, "the samples were redrawn")
     if (rep / "report.md").is_file() and (rep / "report.json").is_file():
         try:
             report = json.loads((rep / "report.json").read_text())
@@ -230,10 +234,10 @@ def run_generation(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
                            f"audit again") from None
         note(4, "audit", f"skipped: {rep} is written")
     else:
-        log(f"[4/{len(STAGES)}] audit: {smp} against {canon} -> {rep}")
+        begin(4, "audit", f"{smp} against {canon} -> {rep}")
         from .audit import audit
         report = audit(smp, canon, ensemble, seed=seed, data_root=data_root, out_dir=rep)
-        note(4, "audit", f"done in {time.perf_counter() - t:.1f} s")
+        done(4, "audit", t)
     return {"out": str(out), "canonical": str(canon), "generator": str(gen),
             "samples": str(smp), "report": str(rep / "report.md"), "stages": stages,
             "canonicalize": canon_rep, "fit": fit, "sample": smp_res, "audit": report,
