@@ -114,7 +114,7 @@ def fit_generator(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
     steers by it.
 
     Not passed, both follow the best recipe measured (README, digits MLP demo: PCA code,
-    ``val_acc`` condition, guidance auto w=4: test acc 0.948 vs the zoo's 0.957):
+    ``val_acc`` condition, guidance auto w=3: test acc 0.947 vs the zoo's 0.957):
     ``pca=None`` is a PCA code whenever the zoo has fewer models than parameters
     (:func:`~weightspace.generate.config.default_pca`); ``condition="auto"`` is ``val_acc``
     when every finished model has it (:func:`~weightspace.generate.config.default_condition`).
@@ -376,7 +376,7 @@ def sample_zoo(gen_dir, out_dir, n: int, steps: int = 10, method: str = "midpoin
     to choose).
 
     Not passed, they sample the way the default recipe was measured (README, digits MLP
-    demo: ``condition="max"``, ``guidance="auto"`` chose w=4: test acc 0.948 vs the zoo's
+    demo: ``condition="max"``, ``guidance="auto"`` chose w=3: test acc 0.947 vs the zoo's
     0.957; see :func:`~weightspace.generate.config.default_sampling`): the zoo's best value
     of the generator's condition with the weight chosen on validation, or plain sampling for
     an unconditional generator. Each default taken is in the summary's and the manifest's
