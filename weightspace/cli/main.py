@@ -56,6 +56,7 @@ def _close_process_group() -> None:
     still be in a collective, and destroying the group would hang."""
     dist = sys.modules.get("torch.distributed")
     if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()  # no rank tears its group down while a peer still talks to it
         dist.destroy_process_group()
 
 
