@@ -59,3 +59,11 @@ def test_console_script_help():
     r = subprocess.run([sys.executable, "-m", "weightspace.cli.main", "spec", "--help"],
                        capture_output=True, text=True)
     assert r.returncode == 0 and "--input-shape" in r.stdout
+
+
+def test_top_level_help_does_not_import_torch():
+    code = ("import sys; from weightspace.cli.main import main; rc = main(['--help']); "
+            "print(rc, 'torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip().endswith("0 False"), r.stdout + r.stderr
+    assert "generate" in r.stdout and "canonicalize" in r.stdout

@@ -6,29 +6,51 @@ unexpected exits 1 with its type named (``WEIGHTSPACE_DEBUG=1`` shows the traceb
 command that fails leaves no new output behind: an ``--out`` it created is removed."""
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import sys
 from pathlib import Path
 
-from ..arch import code_allowed
 from ..errors import WeightspaceError
-from . import align_cmd, canonicalize_cmd, generate_cmd, lmc_cmd, spec_cmd, zoo_cmd
 from .options import Parser
 
-VERBS = {"spec": spec_cmd, "zoo": zoo_cmd, "align": align_cmd,
-         "canonicalize": canonicalize_cmd, "lmc": lmc_cmd, "merge": lmc_cmd,
-         "generate": generate_cmd}
+# verb -> (module that builds its parser and runs it, one-line help). Only the module of
+# the verb asked for is imported, so `weightspace --help` answers without importing torch.
+VERBS = {"spec": ("spec_cmd", "discover and verify the permutation symmetry of a model"),
+         "zoo": ("zoo_cmd", "train, import, list and evaluate model zoos"),
+         "align": ("align_cmd", "permute model B into model A's basin"),
+         "canonicalize": ("canonicalize_cmd", "align every model of a zoo into one basin"),
+         "lmc": ("lmc_cmd", "linear mode connectivity: barriers before/after alignment"),
+         "merge": ("lmc_cmd", "merge several checkpoints into one"),
+         "generate": ("generate_cmd", "flow-matching generator of complete networks")}
 
 
-def parser() -> Parser:
+def _module(verb: str):
+    return importlib.import_module(f".{VERBS[verb][0]}", __package__)
+
+
+def _verb_of(argv: list[str]) -> str | None:
+    """The verb of a command line: its first argument that is one (None for --help)."""
+    return next((a for a in argv if a in VERBS), None)
+
+
+def parser(verb: str | None = None) -> Parser:
+    """The CLI's parser: every verb in full when ``verb`` is None and the arguments hold
+    no verb of their own only by name (a placeholder with its help), and ``verb``'s
+    module's parsers in full."""
     p = Parser(
         prog="weightspace",
         description="Weight-space learning and model merging: model zoos, permutation "
                     "symmetry, canonicalization, merging, generation.")
     sub = p.add_subparsers(dest="verb", metavar="VERB")
-    for mod in dict.fromkeys(VERBS.values()):  # a module may serve several verbs
-        mod.add_parser(sub)
+    full = {VERBS[verb][0]} if verb else set()
+    for name, (module, help_text) in VERBS.items():
+        if module in full:
+            if name == next(n for n, (m, _) in VERBS.items() if m == module):
+                _module(name).add_parser(sub)  # a module may serve several verbs
+        else:
+            sub.add_parser(name, help=help_text, add_help=False)
     return p
 
 
@@ -61,7 +83,8 @@ def _close_process_group() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = parser(_verb_of(argv))
     try:
         args = p.parse_args(argv)
     except SystemExit as e:  # --help (0) or a bad argument (2, already printed)
@@ -75,8 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = [getattr(args, k, None) for k in ("zoo_verb", "gen_verb")]
     prog = " ".join(["weightspace", args.verb, *filter(None, sub)])  # as argparse names it
     try:
+        from ..arch import code_allowed  # imports torch: only once there is work to do
         with code_allowed(getattr(args, "allow_code", False)):
-            rc = VERBS[args.verb].run(args) or 0
+            rc = _module(args.verb).run(args) or 0
         _close_process_group()
         return rc
     except KeyboardInterrupt:
