@@ -38,7 +38,7 @@ def peak_gb() -> float:
 def step(args) -> dict:
     import torch
     torch.set_num_threads(args.threads)
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file, save_file
 
     from weightspace.generate import Encoding
     d = Path(args.dir)
@@ -69,12 +69,13 @@ def step(args) -> dict:
         fit = time.perf_counter() - t
         enc.save(d / "encoding.safetensors")
         total = time.perf_counter() - t
-        torch.save(enc.zoo_codes[[0, len(paths) - 1]], d / "codes.pt")
+        save_file({"codes": enc.zoo_codes[[0, len(paths) - 1]].contiguous()},
+                  str(d / "codes.safetensors"))
         return {"seconds": total, "fit_seconds": fit, "save_seconds": total - fit,
                 "k": enc.dim, "params": enc.center.numel(),
                 "basis_gb": (d / "encoding.safetensors").stat().st_size / 2 ** 30}
     if args.step == "decode":
-        codes = torch.load(d / "codes.pt")
+        codes = load_file(str(d / "codes.safetensors"))["codes"]
         t = time.perf_counter()
         enc = Encoding.load(d / "encoding.safetensors")
         load = time.perf_counter() - t
