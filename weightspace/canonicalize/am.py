@@ -12,8 +12,8 @@ from torch import nn
 
 from ..features import feature_batches, feature_modules
 from ..symmetry.structure import Perms, Spec, identity_perms
-from .matching import MatchReport, WeightMatcher, families, lap
-from .registry import Option, method_report, register_align_method
+from .matching import MatchReport, WeightMatcher, families, lap, method_report
+from .registry import Option, register_align_method
 from .wm import MAX_ITER
 
 EXAMPLES = 2048

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..symmetry.structure import (Perms, Spec, identity_perms, layout_groups, layout_index,
-                                  parse_member)
+from ..symmetry.structure import (Perms, Spec, apply, identity_perms, layout_groups,
+                                  layout_index, parse_member)
 from .assignment import lap
 
 
@@ -420,11 +420,18 @@ def l2_distance(A: dict, B: dict) -> float:
 def weight_matching(spec: Spec, A: dict, B: dict, max_iter: int = 100, seed: int = 0,
                     init: Perms | None = None, device=None) -> tuple[Perms, MatchReport]:
     """Permutations of B's groups that maximise ``<A, P(B)>``, with a report."""
-    from ..symmetry import apply
     t = time.perf_counter()
-    m = WeightMatcher(spec, A, B, device=device)
-    perms, info = m.run(init, max_iter=max_iter, seed=seed)
-    rep = MatchReport("wm", time.perf_counter() - t, info["iterations"], l2_distance(A, B),
-                      l2_distance(A, apply(spec, perms, B)), info["objective_history"][-1],
-                      info["objective_history"][0], info["objective_history"], info["changes"])
-    return perms, rep
+    perms, info = WeightMatcher(spec, A, B, device=device).run(init, max_iter=max_iter,
+                                                                 seed=seed)
+    return perms, method_report("wm", t, spec, A, B, perms, info)
+
+
+def method_report(method: str, t0: float, spec: Spec, A: dict, B: dict, perms: Perms,
+                  info: dict, notes=()) -> MatchReport:
+    """The :class:`MatchReport` of a finished alignment (time since ``t0``, L2 before and
+    after, the objective history a matcher recorded in ``info``)."""
+    hist = info.get("objective_history", [])
+    return MatchReport(method, time.perf_counter() - t0, info.get("iterations", 0),
+                       l2_distance(A, B), l2_distance(A, apply(spec, perms, B)),
+                       hist[-1] if hist else 0.0, hist[0] if hist else 0.0, hist,
+                       info.get("changes", 0), list(notes))

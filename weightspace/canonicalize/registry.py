@@ -10,13 +10,12 @@ its name in ``methods.py``'s explicit list.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from ..errors import WeightspaceError
 from ..registry import Method, Option, Registry
-from ..symmetry.structure import Perms, Spec, apply
-from .matching import MatchReport, l2_distance
+from ..symmetry.structure import Perms, Spec
+from .matching import MatchReport
 
 
 class AlignError(WeightspaceError):
@@ -62,14 +61,3 @@ def align(spec: Spec, A: dict, B: dict, method: str = "wm", model=None, data=Non
             raise AlignError(f"method {method!r} needs data (a dataset and the model)")
         return m.fn(spec, A, B, model=model, data=data, seed=seed, **options)
     return m.fn(spec, A, B, seed=seed, **options)
-
-
-def method_report(method: str, t0: float, spec: Spec, A: dict, B: dict, perms: Perms,
-                  info: dict, notes=()) -> MatchReport:
-    """The :class:`MatchReport` of a finished alignment (time since ``t0``, L2 before and
-    after, the objective history a matcher recorded in ``info``)."""
-    hist = info.get("objective_history", [])
-    return MatchReport(method, time.perf_counter() - t0, info.get("iterations", 0),
-                       l2_distance(A, B), l2_distance(A, apply(spec, perms, B)),
-                       hist[-1] if hist else 0.0, hist[0] if hist else 0.0, hist,
-                       info.get("changes", 0), list(notes))

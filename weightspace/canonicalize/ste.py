@@ -12,8 +12,8 @@ from torch import nn
 
 from ..functional import has_batchnorm, loss_acc, recalibrated, scratch, train_step
 from ..symmetry.structure import Perms, Spec, apply
-from .matching import MatchReport, WeightMatcher
-from .registry import Option, method_report, register_align_method
+from .matching import MatchReport, WeightMatcher, method_report
+from .registry import Option, register_align_method
 
 
 def _midpoint_loss(model, spec, A, B, perms, x, y, calib) -> float:

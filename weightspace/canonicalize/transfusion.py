@@ -9,8 +9,8 @@ import time
 import torch
 
 from ..symmetry.structure import Perms, Spec
-from .matching import MatchReport, WeightMatcher, lap
-from .registry import Option, method_report, register_align_method
+from .matching import MatchReport, WeightMatcher, lap, method_report
+from .registry import Option, register_align_method
 from .wm import MAX_ITER
 
 
