@@ -336,6 +336,13 @@ def test_damaged_generator_files(w, capsys, damage, match):
      "unknown dataset"),
     (["nosuchverb"], "invalid choice"),
     (["align", "a.safetensors"], "required"),
+    (["align", "a.safetensors", "b.safetensors", "--out", "x", "--device", "tpu"],
+     "--device"),
+    (["canonicalize", "zoo", "--out", "c", "--device", "cuda:x"], "--device"),
+    (["lmc", "a.safetensors", "b.safetensors", "--out", "r", "--device", "cuda:99"],
+     "--device"),
+    (["merge", "a.safetensors", "b.safetensors", "--out", "x", "--device", "gpu0"],
+     "--device"),
 ])
 def test_numbers_and_shapes(w, capsys, args, match):
     refused(w, args, capsys, match)

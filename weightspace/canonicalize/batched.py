@@ -58,6 +58,7 @@ def _take(t: torch.Tensor, axis: int, idx: torch.Tensor) -> torch.Tensor:
     ax = axis + 1
     shape = [1] * t.dim()
     shape[0], shape[ax] = idx.shape
+    idx = idx.to(t.device)
     return t.gather(ax, idx.view(shape).expand(*t.shape[:ax], idx.shape[1], *t.shape[ax + 1:]))
 
 
@@ -106,12 +107,13 @@ class BatchedMatcher:
             prod = torch.bmm(a, b.transpose(1, 2))
             m = prod if m is None else m.add_(prod)
         cost = torch.empty_like(m)
-        cost.scatter_(2, perm[:, None, :].expand_as(m), m)   # C[:, :, p] = M
+        cost.scatter_(2, perm.to(m.device)[:, None, :].expand_as(m), m)   # C[:, :, p] = M
         return cost
 
     def objective(self, Bp: dict) -> torch.Tensor:
-        """[N] float64: ``sum <A_b, P_b(B_b)>``."""
-        return sum((self.A[k].double() * Bp[k].double()).flatten(1).sum(1) for k in self.A)
+        """[N] float64 (on the CPU): ``sum <A_b, P_b(B_b)>``."""
+        return sum((self.A[k].double() * Bp[k].double()).flatten(1).sum(1)
+                   for k in self.A).cpu()
 
     def run(self, perms: dict[str, torch.Tensor], max_iter: int = 100, seed: int = 0
             ) -> tuple[dict[str, torch.Tensor], dict]:
@@ -141,7 +143,7 @@ class BatchedMatcher:
                     continue  # the same costs as last time: the same answer
                 dirty[g][rows] = False
                 cur = perms[g][rows]
-                cost = self._cost(g, Bp, cur, rows).double()
+                cost = self._cost(g, Bp, cur, rows).double().cpu()  # LAPs run on the CPU
                 new = lap_batch(cost)
                 ar = torch.arange(cost.shape[1])
                 old_v = cost.gather(2, cur[:, :, None]).squeeze(2).sum(1)

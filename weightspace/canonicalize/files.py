@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..checkpoint import load_models, save_checkpoint
+from ..device import resolve_device
 from ..errors import check_output
 from ..symmetry import apply, spec as discover_spec
 from ..zoo.datasets import dataset_of
@@ -11,13 +12,15 @@ from .restarts import align_with_restarts
 
 def align_checkpoints(a, b, out, method: str = "wm", arch: str | None = None,
                       dataset: str | None = None, data_root=None, seed: int = 0,
-                      restarts: int = 1, **options) -> dict:
+                      restarts: int = 1, device="auto", **options) -> dict:
     """Permute B into A's basin with ``method`` (its ``options``) and write it to ``out``
     (same function as B; the metadata records the alignment). ``arch`` is for ``.pt``
     state dicts; data (``dataset``, default A's) for methods that read it, and to choose
     among ``restarts`` (lowest train midpoint loss; without data: lowest L2). Returns the
-    match report with ``out``, the restarts and the loading notes."""
+    match report with ``out``, the restarts, the device and the loading notes. ``device``:
+    where the work runs (:mod:`weightspace.device`; ``"auto"``: CUDA when there is one)."""
     check_output(out, "file")
+    dev = resolve_device(device)
     ma, mb = load_models([a, b], arch)
     A, B = ma.state_dict(), mb.state_dict()
     data = dataset_of(ma, dataset, data_root, why=f"method {method!r} needs data",
@@ -25,10 +28,11 @@ def align_checkpoints(a, b, out, method: str = "wm", arch: str | None = None,
         if get_align_method(method).needs_data or restarts > 1 else None
     spec = discover_spec(ma.weightspace_arch)
     perms, rep, runs, _ = align_with_restarts(spec, A, B, method, restarts, model=ma,
-                                              data=data, seed=seed, **options)
+                                              data=data, seed=seed, device=dev, **options)
     meta = {**mb.weightspace_meta, "aligned": {"to": str(a), "method": method,
                                               "l2_before": rep.l2_before,
                                               "l2_after": rep.l2_after}}
     save_checkpoint(out, apply(spec, perms, B), mb.weightspace_arch, meta)
     notes = [n for m in (ma, mb) for n in m.weightspace_notes]
-    return {**rep.to_dict(), "out": str(out), "restarts": runs, "load_notes": notes}
+    return {**rep.to_dict(), "out": str(out), "restarts": runs, "device": str(dev),
+            "load_notes": notes}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..device import resolve_device, to_device
 from ..errors import WeightspaceError
 from ..registry import Method, Option, Registry
 from ..symmetry.structure import Perms, Spec
@@ -44,18 +45,21 @@ get_align_method = _METHODS.get
 
 
 def align(spec: Spec, A: dict, B: dict, method: str = "wm", model=None, data=None,
-          seed: int = 0, **options) -> tuple[Perms, MatchReport]:
+          seed: int = 0, device=None, **options) -> tuple[Perms, MatchReport]:
     """Permutations of B's groups that bring B into A's basin, and a report.
 
     ``data`` (a :class:`weightspace.zoo.Dataset`) and ``model`` (an instance of the
     architecture) are needed by methods that read data (``am``, ``ste``); ``options`` are
-    the method's own (see :func:`get_align_method`)."""
+    the method's own (see :func:`get_align_method`). ``device`` (``"cpu"``, ``"cuda"``,
+    ``"auto"``) moves the inputs there first; None works where they are."""
     m = get_align_method(method)
     names = {o.name for o in m.options}
     unknown = sorted(set(options) - names - ({"init"} if m.warm_start else set()))
     if unknown:
         raise AlignError(f"method {method!r} takes no option {unknown[0]!r} (options: "
                          f"{', '.join(sorted(names)) or 'none'})")
+    if device is not None:
+        A, B, model, data = to_device((A, B, model, data), resolve_device(device))
     if m.needs_data:
         if model is None or data is None:
             raise AlignError(f"method {method!r} needs data (a dataset and the model)")

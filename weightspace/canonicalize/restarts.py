@@ -9,6 +9,7 @@ never used to choose.
 """
 from __future__ import annotations
 
+from ..device import resolve_device, to_device
 from ..functional import lerp_states, loss_acc, recalibrated, scratch
 from ..symmetry.structure import Perms, Spec, apply
 from .matching import MatchReport
@@ -26,13 +27,16 @@ def midpoint_train_loss(spec: Spec, model, A: dict, B: dict, perms: Perms, data)
 
 
 def align_with_restarts(spec: Spec, A: dict, B: dict, method: str = "wm", restarts: int = 1,
-                        model=None, data=None, seed: int = 0, **options
+                        model=None, data=None, seed: int = 0, device=None, **options
                         ) -> tuple[Perms, MatchReport, list[dict], list[Perms]]:
     """The best of ``restarts`` alignments (see the module docstring), its report, one
     record per restart (seed, L2 after, objective, train midpoint loss when data is given,
-    and which one was kept) and every restart's permutations."""
+    and which one was kept) and every restart's permutations. ``device``: see
+    :func:`~.registry.align`."""
     if not isinstance(restarts, int) or restarts < 1:
         raise AlignError(f"restarts must be a positive integer, got {restarts!r}")
+    if device is not None:
+        A, B, model, data = to_device((A, B, model, data), resolve_device(device))
     runs = []
     for k in range(restarts):
         perms, rep = align(spec, A, B, method, model=model, data=data, seed=seed + k,

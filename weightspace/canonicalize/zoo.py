@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..checkpoint import atomic_write_text, read_checkpoint, save_checkpoint, save_tensors
+from ..device import resolve_device, to_device
 from ..errors import safe_name
 from ..functional import check_compatible, mean_states
 from ..parallel import LOCAL, Progress, Shard, gather_perms, shard as current_shard
@@ -47,12 +48,13 @@ def _sq_to(states: list[dict], center: dict) -> float:
 def canonicalize_zoo(zoo_dir, out_dir, method: str = "wm", reference: str = "barycenter",
                      data_root=None, seed: int = 0, max_rounds: int = 20, tol: float = 1e-3,
                      force: bool = False, progress: bool = True, restarts: int = 1,
-                     **method_kw) -> dict:
+                     device="auto", **method_kw) -> dict:
     """Write the canonicalized copy of ``zoo_dir`` to ``out_dir``; returns a report.
 
     ``restarts`` > 1: the barycenter from that many seeds, the one with the lowest RMS
     distance kept; with ``reference=ID`` each model's match is the best of that many (lowest
-    train midpoint loss when the method reads data, else lowest L2)."""
+    train midpoint loss when the method reads data, else lowest L2). ``device``: where
+    the matching runs (:mod:`weightspace.device`; ``"auto"``: CUDA when there is one)."""
     t0 = time.perf_counter()
     if method not in METHODS:
         raise ZooError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
@@ -72,6 +74,7 @@ def canonicalize_zoo(zoo_dir, out_dir, method: str = "wm", reference: str = "bar
                        f"({', '.join(WEIGHT_SPACE_METHODS)}); use --reference ID with {method}")
     if dst.exists() and not force:
         raise ZooError(f"{out_dir} already holds a zoo; pass --force to replace it")
+    dev = resolve_device(device)
     loaded = [read_checkpoint(src.model_path(i)) for i in ids]
     states = [s for s, _, _ in loaded]
     check_compatible(states, [str(src.model_path(i)) for i in ids])
@@ -83,6 +86,7 @@ def canonicalize_zoo(zoo_dir, out_dir, method: str = "wm", reference: str = "bar
         model = build(loaded[0][1])
         ds = manifest.get("dataset", {})
         data = load_dataset(ds.get("name", ""), data_root or ds.get("data_root"))
+    states, model, data = to_device((states, model, data), dev)
     sh = current_shard()
     before_center = mean_states(states)
     l2_before = _sq_to(states, before_center)
@@ -114,7 +118,7 @@ def canonicalize_zoo(zoo_dir, out_dir, method: str = "wm", reference: str = "bar
               "l2_to_barycenter_before": (l2_before / len(ids)) ** 0.5,
               "l2_to_barycenter_after": (l2_after / len(ids)) ** 0.5,
               "history": history, "seconds": time.perf_counter() - t0,
-              "main_process": sh.is_main}
+              "device": str(dev), "main_process": sh.is_main}
     if sh.is_main:
         _write(src, dst, manifest, entries, loaded, aligned, perms, spec, report, force)
     sh.wait()

@@ -7,7 +7,8 @@ import sys
 from ..canonicalize import METHODS
 from ..canonicalize.files import align_checkpoints
 from ..canonicalize.methods import get_align_method
-from .options import SEED, allow_code, arch_override, method_flags, method_options, restarts
+from .options import (SEED, allow_code, arch_override, device, method_flags, method_options,
+                      restarts)
 
 
 def _method_args(p) -> None:
@@ -19,6 +20,7 @@ def _method_args(p) -> None:
     p.add_argument("--data-root", default=None, help="where the dataset files are")
     p.add_argument("--seed", type=SEED, default=0)
     restarts(p)
+    device(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     allow_code(p)
 
@@ -41,13 +43,14 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     rep = align_checkpoints(args.a, args.b, args.out, args.method, arch=args.arch,
                             dataset=args.dataset, data_root=args.data_root, seed=args.seed,
-                            restarts=args.restarts, **method_kwargs(args))
+                            restarts=args.restarts, device=args.device,
+                            **method_kwargs(args))
     if args.json:
         print(json.dumps(rep, indent=1))
     else:
         print(f"{args.method}: L2 distance to A {rep['l2_before']:.4f} -> "
               f"{rep['l2_after']:.4f} in {rep['seconds']:.2f} s ({rep['iterations']} "
-              f"iteration(s)); wrote {args.out}")
+              f"iteration(s), device {rep['device']}); wrote {args.out}")
     for n in rep["load_notes"] + ([] if args.json else rep["notes"]):
         print(f"note: {n}", file=sys.stderr)
     return 0

@@ -31,7 +31,7 @@ def run(args) -> int:
     rep = canonicalize_zoo(args.zoo, args.out, args.method, args.reference,
                            data_root=args.data_root, seed=args.seed, max_rounds=args.max_rounds, tol=args.tol,
                            force=args.force, progress=not args.no_progress and not args.json,
-                           restarts=args.restarts,
+                           restarts=args.restarts, device=args.device,
                            **method_kwargs(args))
     if not rep.pop("main_process"):
         return 0  # another process of an `accelerate launch` run reports
@@ -41,5 +41,5 @@ def run(args) -> int:
         print(f"{args.method} to {args.reference}: {rep['models']} models, RMS L2 to the "
               f"barycenter {rep['l2_to_barycenter_before']:.4f} -> "
               f"{rep['l2_to_barycenter_after']:.4f} in {rep['seconds']:.1f} s "
-              f"({rep['rounds']} round(s)); wrote {args.out}")
+              f"({rep['rounds']} round(s), device {rep['device']}); wrote {args.out}")
     return 0

@@ -10,8 +10,8 @@ from ..merge import BN_MODES, LMCError
 from ..merge.files import barrier_matrix, lmc_checkpoints, merge_checkpoints
 from ..merge.merging import METHODS as MERGE_METHODS
 from ..merge.registry import get_merge_method
-from .options import (SEED, allow_code, arch_override, int_range, method_flags, method_options,
-                      restarts)
+from .options import (SEED, allow_code, arch_override, device, int_range, method_flags,
+                      method_options, restarts)
 
 MAX_POINTS = 1001
 
@@ -26,6 +26,7 @@ def _common(p, out_help: str) -> None:
     """The flags lmc and merge share: seed, restarts, output, JSON, --arch, --allow-code."""
     p.add_argument("--seed", type=SEED, default=0)
     restarts(p)
+    device(p)
     p.add_argument("--out", required=True, help=out_help)
     p.add_argument("--json", action="store_true")
     arch_override(p)
@@ -79,13 +80,14 @@ def run_lmc(args) -> int:
         raise LMCError(f"lmc takes two checkpoints A B (got {len(args.models)}), or --zoo DIR")
     res = lmc_checkpoints(*args.models, args.out, args.align, args.points, args.bn,
                           arch=args.arch, dataset=args.dataset, data_root=args.data_root,
-                          seed=args.seed, restarts=args.restarts)
+                          seed=args.seed, restarts=args.restarts, device=args.device)
     _notes(res)
     if args.json:
         print(json.dumps(res, indent=1))
         return 0
     final = res.get("aligned", res["unaligned"])
-    print(f"bn between endpoints: {final['bn']}; {args.points} points; {res['seconds']:.1f} s")
+    print(f"bn between endpoints: {final['bn']}; {args.points} points; {res['seconds']:.1f} s "
+          f"on {res['device']}")
     print(f"{'':<12} {'test loss barrier':>17} {'test acc barrier':>16} "
           f"{'train loss barrier':>18} {'train acc barrier':>17}")
     for name in ("unaligned", "aligned"):
@@ -115,7 +117,7 @@ def run_lmc(args) -> int:
 def _pairwise(args) -> int:
     result = barrier_matrix(args.zoo, args.out, args.align, args.points, args.bn, args.pairs,
                             dataset=args.dataset, data_root=args.data_root, seed=args.seed,
-                            restarts=args.restarts)
+                            restarts=args.restarts, device=args.device)
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
@@ -123,7 +125,8 @@ def _pairwise(args) -> int:
                                  for a, b in result["pairs"]]
     before, after = result["test_loss_barrier_unaligned"], result["test_loss_barrier_aligned"]
     vals = [after[i][j] if after is not None else before[i][j] for i, j in pairs]
-    print(f"{len(pairs)} pair(s) of {len(ids)} models in {result['seconds']:.1f} s; mean test "
+    print(f"{len(pairs)} pair(s) of {len(ids)} models in {result['seconds']:.1f} s on "
+          f"{result['device']}; mean test "
           f"loss barrier {sum(before[i][j] for i, j in pairs) / len(pairs):.4f} unaligned"
           + (f", {sum(vals) / len(vals):.4f} after {args.align}" if after is not None
              else "") + f"; wrote {Path(args.out) / 'barriers.json'}")
@@ -134,7 +137,8 @@ def run_merge(args) -> int:
     post = "repair" if args.repair else "reset" if args.bn_reset else "none"
     rep = merge_checkpoints(args.models, args.out, args.method, post, arch=args.arch,
                             dataset=args.dataset, data_root=args.data_root, seed=args.seed,
-                            restarts=args.restarts, **method_options(args, get_merge_method))
+                            restarts=args.restarts, device=args.device,
+                            **method_options(args, get_merge_method))
     _notes(rep)
     if args.json:
         print(json.dumps(rep, indent=1))
@@ -142,7 +146,7 @@ def run_merge(args) -> int:
     if rep["merged_test_acc"] is None:
         print("note: no dataset known, so no accuracies are reported", file=sys.stderr)
     line = f"{args.method} of {rep['models']} model(s), post {post}: wrote {args.out} " \
-           f"in {rep['seconds']:.2f} s"
+           f"in {rep['seconds']:.2f} s on {rep['device']}"
     if rep["merged_test_acc"] is not None:
         accs = rep["endpoint_test_accs"]
         line += (f"; test acc merged {rep['merged_test_acc']:.4f} vs endpoints mean "

@@ -67,6 +67,14 @@ def restarts(p: argparse.ArgumentParser) -> None:
                         "highest matching objective (1)")
 
 
+def device(p: argparse.ArgumentParser) -> None:
+    """``--device``: where models, costs, interpolation and evaluation run."""
+    p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,cuda:N}",
+                   help="where the work runs: auto (default: this process's CUDA device if "
+                        "there is one, else the CPU), cpu, cuda or cuda:N; linear assignment "
+                        "problems are always solved on the CPU")
+
+
 def allow_code(p: argparse.ArgumentParser) -> None:
     """``--allow-code``: every verb that builds a model from a file has it."""
     p.add_argument("--allow-code", action="store_true",

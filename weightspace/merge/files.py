@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from ..checkpoint import atomic_write_text, load_models, save_checkpoint
+from ..device import resolve_device, to_device
 from ..errors import check_output
 from ..functional import loss_acc
 from ..symmetry import spec as discover_spec
@@ -35,17 +36,20 @@ def _report_dir(out_dir, names) -> Path:
 
 def lmc_checkpoints(a, b, out_dir, align: str = "wm", points: int = 25, bn: str = "reset",
                     arch: str | None = None, dataset: str | None = None, data_root=None,
-                    seed: int = 0, restarts: int = 1) -> dict:
+                    seed: int = 0, restarts: int = 1, device="auto") -> dict:
     """Barriers of A and B before and after alignment, with diagnostics; writes
-    ``lmc.json`` and ``lmc.png`` to ``out_dir`` and returns the result (summary first)."""
+    ``lmc.json`` and ``lmc.png`` to ``out_dir`` and returns the result (summary first).
+    ``device``: where the work runs (:mod:`weightspace.device`)."""
     out = _report_dir(out_dir, LMC_FILES)
+    dev = resolve_device(device)
     ma, mb = load_models([a, b], arch)
     data = dataset_of(ma, dataset, data_root, why="barriers are measured on data")
     spec = discover_spec(ma.weightspace_arch)
     t = time.perf_counter()
     res = lmc(spec, ma, ma.state_dict(), mb.state_dict(), data, align, points, bn, seed=seed,
-              restarts=restarts)
+              restarts=restarts, device=dev)
     res["seconds"] = time.perf_counter() - t
+    res["device"] = str(dev)
     res["a"], res["b"], res["dataset"] = str(a), str(b), data.name
     res["load_notes"] = [n for m in (ma, mb) for n in m.weightspace_notes]
     final = res.get("aligned", res["unaligned"])
@@ -64,10 +68,12 @@ def lmc_checkpoints(a, b, out_dir, align: str = "wm", points: int = 25, bn: str 
 
 def barrier_matrix(zoo_dir, out_dir, align: str = "wm", points: int = 25, bn: str = "reset",
                    pairs: int | str = "all", dataset: str | None = None, data_root=None,
-                   seed: int = 0, restarts: int = 1) -> dict:
+                   seed: int = 0, restarts: int = 1, device="auto") -> dict:
     """The test-loss barrier of every pair of a zoo's finished models (or ``pairs`` random
-    pairs), unaligned and aligned; writes ``barriers.json`` and heatmaps to ``out_dir``."""
+    pairs), unaligned and aligned; writes ``barriers.json`` and heatmaps to ``out_dir``.
+    ``device``: where the work runs (:mod:`weightspace.device`)."""
     out = _report_dir(out_dir, MATRIX_FILES)
+    dev = resolve_device(device)
     zoo = Zoo(zoo_dir)
     ids = [e["id"] for e in finished(zoo.read())]
     if len(ids) < 2:
@@ -80,13 +86,15 @@ def barrier_matrix(zoo_dir, out_dir, align: str = "wm", points: int = 25, bn: st
     models = load_models([zoo.model_path(i) for i in ids])
     data = dataset_of(models[0], dataset, data_root, why="barriers are measured on data")
     spec = discover_spec(models[0].weightspace_arch)
+    net, data = to_device((models[0], data), dev)
+    states = [to_device(m.state_dict(), dev) for m in models]
     n = len(ids)
     before = [[0.0 if i == j else None for j in range(n)] for i in range(n)]
     after = [[0.0 if i == j else None for j in range(n)] for i in range(n)]
     t = time.perf_counter()
     for i, j in todo:
-        res = lmc(spec, models[i], models[i].state_dict(), models[j].state_dict(), data,
-                  align, points, bn, seed=seed, restarts=restarts)
+        res = lmc(spec, net, states[i], states[j], data, align, points, bn, seed=seed,
+                  restarts=restarts)
         before[i][j] = before[j][i] = res["unaligned"]["test_loss_barrier"]
         if "aligned" in res:
             after[i][j] = after[j][i] = res["aligned"]["test_loss_barrier"]
@@ -94,7 +102,7 @@ def barrier_matrix(zoo_dir, out_dir, align: str = "wm", points: int = 25, bn: st
               "align": align, "bn": bn, "points": points,
               "test_loss_barrier_unaligned": before,
               "test_loss_barrier_aligned": after if align != "none" else None,
-              "seconds": time.perf_counter() - t}
+              "seconds": time.perf_counter() - t, "device": str(dev)}
     atomic_write_text(out / "barriers.json", json.dumps(result, indent=1) + "\n")
     heatmap(before, ids, out / "barriers_unaligned.png", "test loss barrier, unaligned")
     if align != "none":
@@ -104,29 +112,32 @@ def barrier_matrix(zoo_dir, out_dir, align: str = "wm", points: int = 25, bn: st
 
 def merge_checkpoints(paths, out, method: str = "mergemany", post: str = "none",
                       arch: str | None = None, dataset: str | None = None, data_root=None,
-                      seed: int = 0, restarts: int = 1, **options) -> dict:
+                      seed: int = 0, restarts: int = 1, device="auto", **options) -> dict:
     """Merge the checkpoints ``paths`` with ``method`` (its ``options``) and ``post``
     (``none`` / ``reset`` / ``repair``), write the merged checkpoint to ``out``, and report
-    test accuracies when a dataset is known."""
+    test accuracies when a dataset is known. ``device``: where the work runs
+    (:mod:`weightspace.device`)."""
     check_output(out, "file")
+    dev = resolve_device(device)
     models = load_models(paths, arch)
     data = dataset_of(models[0], dataset, data_root,
                       required=get_merge_method(method).needs_data or post != "none",
                       why=f"merge method {method!r} / post-processing {post!r} needs data")
     spec = discover_spec(models[0].weightspace_arch)
-    merged, rep = merge(spec, models[0], [m.state_dict() for m in models], method, post,
-                        data, seed=seed, names=[str(p) for p in paths], restarts=restarts,
-                        **options)
+    net, data = to_device((models[0], data), dev)
+    states = [to_device(m.state_dict(), dev) for m in models]
+    merged, rep = merge(spec, net, states, method, post, data, seed=seed,
+                        names=[str(p) for p in paths], restarts=restarts, **options)
     if data is not None:
         x, y = data["test"]
-        rep["endpoint_test_accs"] = [loss_acc(m, x, y)[1] for m in models]
-        rep["merged_test_acc"] = loss_acc(models[0], x, y, state=merged)[1]
+        rep["endpoint_test_accs"] = [loss_acc(net, x, y, state=s)[1] for s in states]
+        rep["merged_test_acc"] = loss_acc(net, x, y, state=merged)[1]
         rep["dataset"] = data.name
     else:
         rep["endpoint_test_accs"], rep["merged_test_acc"] = None, None
     meta = {"merged": {"sources": [str(p) for p in paths], "method": method, "post": post},
             "dataset": data.name if data is not None else None}
     save_checkpoint(out, merged, models[0].weightspace_arch, meta)
-    rep["out"] = str(out)
+    rep["out"], rep["device"] = str(out), str(dev)
     rep["load_notes"] = [n for m in models for n in m.weightspace_notes]
     return rep

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..canonicalize import l2_distance
 from ..canonicalize.restarts import align_with_restarts
+from ..device import resolve_device, to_device
 from ..errors import WeightspaceError
 from ..features import feature_stats
 from ..functional import has_batchnorm, lerp_states, loss_acc, recalibrated, scratch
@@ -117,12 +118,16 @@ def diagnostics(spec: Spec, A: dict, B: dict, perms, k: int = 5) -> dict:
 
 def lmc(spec: Spec, model: nn.Module, A: dict, B: dict, data, align_method: str = "wm",
         points: int = 25, bn: str = "reset", seed: int = 0, restarts: int = 1,
-        **align_kw) -> dict:
+        device=None, **align_kw) -> dict:
     """Curves and barriers before and (unless ``align_method == "none"``) after alignment.
 
     ``restarts`` > 1 aligns from that many seeds and keeps the one with the lowest train
     midpoint loss; the test-loss barrier of every restart is reported (``restarts``,
-    ``barrier_spread``) so the luck of the group order is visible, never used to choose."""
+    ``barrier_spread``) so the luck of the group order is visible, never used to choose.
+    ``device`` (``"cpu"``, ``"cuda"``, ``"auto"``) moves the models and data there first;
+    None works where they are."""
+    if device is not None:
+        model, A, B, data = to_device((model, A, B, data), resolve_device(device))
     out = {"points": points, "bn": bn, "align": align_method,
            "unaligned": curve(spec, model, A, B, data, points, bn)}
     if align_method != "none":

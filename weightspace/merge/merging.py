@@ -13,6 +13,7 @@ import time
 from torch import nn
 
 from . import mean, mergemany, ste
+from ..device import resolve_device, to_device
 from ..features import feature_stats
 from ..canonicalize import l2_distance
 from ..functional import check_compatible, loss_acc, mean_states, recalibrated, scratch
@@ -31,13 +32,16 @@ POST = ("none", "reset", "repair")
 
 def merge(spec: Spec, model: nn.Module, states: list[dict], method: str = "mergemany",
           post: str = "none", data=None, seed: int = 0, names=None, restarts: int = 1,
-          **options) -> tuple[dict, dict]:
+          device=None, **options) -> tuple[dict, dict]:
     """The merged state dict and a report (``options`` are the method's own).
 
     ``restarts`` > 1 runs the method from that many seeds and keeps the merge with the
     lowest loss on a train subset when data is given (after the post-processing), else the
-    one whose aligned models are closest to their mean."""
+    one whose aligned models are closest to their mean. ``device`` (``"cpu"``, ``"cuda"``,
+    ``"auto"``) moves the models and data there first; None works where they are."""
     model = scratch(model)
+    if device is not None:
+        model, states, data = to_device((model, list(states), data), resolve_device(device))
     t0 = time.perf_counter()
     m = get_merge_method(method)
     if post not in POST:

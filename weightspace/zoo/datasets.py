@@ -268,6 +268,11 @@ def dataset_of(model: torch.nn.Module, name: str | None = None, data_root=None,
     """The dataset ``name``, or the one the model's checkpoint records, checked to fit the
     model; None when there is none and it is not ``required``."""
     name = name or getattr(model, "weightspace_meta", {}).get("dataset")
+    if isinstance(name, dict):  # a manifest-style record {"name": ..., ...}
+        name = name.get("name")
+    if name is not None and not isinstance(name, str):
+        raise DatasetError(f"the checkpoint's metadata names its dataset with a "
+                           f"{type(name).__name__}, not a dataset name: give --dataset")
     if not name:
         if required:
             raise DatasetError(f"{why}: give a dataset (the checkpoint records none)")
