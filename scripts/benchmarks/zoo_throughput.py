@@ -15,6 +15,12 @@ PyTorch loop script over the same models (also a subprocess).
     .venv/bin/python scripts/benchmarks/zoo_throughput.py                 # mlp, resnet, mlp-cli
     .venv/bin/python scripts/benchmarks/zoo_throughput.py --case resnet-fashion
     .venv/bin/python scripts/benchmarks/zoo_throughput.py --case all --device cuda
+    .venv/bin/python scripts/benchmarks/zoo_throughput.py --roofline --case resnet-fashion
+
+``--roofline`` says how far from the machine each path runs, for the in-process cases: the
+FLOPs of one training step of one model (``torch.utils.flop_counter``), the step times
+``choose_path`` measured, the GFLOP/s each path reaches, and the peak of this process (a
+4096^2 float32 matmul). ``peak / sequential`` bounds what any batching can gain there.
 
 Cases:
   mlp            32 x mlp:64-64-64-10 on digits, 30 epochs, batch 32, Adam 1e-3
@@ -116,6 +122,44 @@ def run(case: str, repeat: int, device: str, epochs: int | None) -> dict:
             "sequential_test_acc": statistics.fmean(acc_s)}
 
 
+def sgemm_gflops(device: str) -> float:
+    """Best of five 4096^2 float32 matmuls, in GFLOP/s: the compute peak batching can reach."""
+    a, b = (torch.randn(4096, 4096, device=device) for _ in range(2))
+    best = float("inf")
+    for _ in range(6):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        a @ b
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return 2 * 4096 ** 3 / best / 1e9
+
+
+def roofline(case: str, device: str) -> dict:
+    """GFLOP/s of one training step, batched and sequential, against the matmul peak."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from weightspace.arch import build
+    arch, dataset, n, hp = CASES[case]
+    data = load_dataset(dataset)
+    x, y = (t.to(device) for t in data["train"])
+    model = build(arch).to(device).train()
+    xb, yb = x[:hp.batch_size], y[:hp.batch_size]
+    with FlopCounterMode(display=False) as fc:
+        torch.nn.functional.cross_entropy(model(xb), yb).backward()
+    flops = fc.get_total_flops()
+    choice = choose_path(arch, n, hp, x, y)
+    peak = sgemm_gflops(device)
+    out = {"case": case, "models": n, "gflop_per_step": n * flops / 1e9, "peak": peak}
+    for path in ("batched", "sequential"):
+        sec = choice[f"{path}_step_s"]
+        out[path] = n * flops / sec / 1e9 if sec else float("nan")
+    out["ceiling"] = peak / out["sequential"]
+    return out
+
+
 def run_cli(case: str, threads: int, epochs: int | None) -> dict:
     """The whole ``weightspace zoo train`` command vs a plain PyTorch loop script."""
     arch, dataset, n, hp = CASES[case]
@@ -152,12 +196,23 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (in-process cases)")
     p.add_argument("--repeat", type=int, default=3, help="batched runs (median is reported)")
     p.add_argument("--epochs", type=int, default=None, help="override every case's epochs")
+    p.add_argument("--roofline", action="store_true",
+                   help="GFLOP/s of each path against the matmul peak, instead of training")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     cases = args.case or ["mlp", "resnet", "mlp-cli"]
     if "all" in cases:
         cases = list(CASES)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}")
+    if args.roofline:
+        print(f"{'case':<15} {'models':>6} {'GFLOP/step':>10} {'batched GFLOP/s':>15} "
+              f"{'seq GFLOP/s':>11} {'peak GFLOP/s':>12} {'ceiling x':>9}")
+        for case in (c for c in cases if c != "mlp-cli"):
+            r = roofline(case, args.device)
+            print(f"{case:<15} {r['models']:>6} {r['gflop_per_step']:>10.2f} "
+                  f"{r['batched']:>15.1f} {r['sequential']:>11.1f} {r['peak']:>12.1f} "
+                  f"{r['ceiling']:>8.1f}x", flush=True)
+        return
     print(f"{'case':<15} {'models':>6} {'epochs':>6} {'impl':>7} {'batched s':>9} {'seq s':>8} "
           f"{'auto s':>7} {'auto path':>10} {'choose s':>8} {'step x':>6} {'batched x':>9} "
           f"{'ratio':>6} {'acc b':>6} {'acc seq':>7}")
