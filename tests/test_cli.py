@@ -61,6 +61,26 @@ def test_console_script_help():
     assert r.returncode == 0 and "--input-shape" in r.stdout
 
 
+HEAVY = ("torch", "numpy", "scipy", "timm", "torchvision", "safetensors", "accelerate",
+         "sklearn", "matplotlib")
+HELP_VERBS = [["align"], ["canonicalize"], ["lmc"], ["merge"], ["spec"], ["zoo", "train"],
+              ["zoo", "import"], ["zoo", "list"], ["zoo", "eval"], ["generate", "fit"],
+              ["generate", "sample"], ["generate", "eval"], ["generate", "run"]]
+
+
+@pytest.mark.parametrize("verb", HELP_VERBS, ids=" ".join)
+def test_every_verb_help_answers_without_importing_torch(verb):
+    """A verb's --help needs the registries and defaults only: the method files, registries
+    and settings modules must import no heavy library at module level."""
+    code = ("import sys; from weightspace.cli.main import main\n"
+            f"try: main({verb + ['--help']!r})\nexcept SystemExit: pass\n"
+            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "usage: weightspace " + " ".join(verb) in r.stdout
+    assert r.stdout.strip().splitlines()[-1] == "[]", r.stdout.strip().splitlines()[-1]
+
+
 def test_top_level_help_does_not_import_torch():
     code = ("import sys; from weightspace.cli.main import main; rc = main(['--help']); "
             "print(rc, 'torch' in sys.modules)")

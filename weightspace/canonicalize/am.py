@@ -6,21 +6,26 @@ weight matching with the activation-matched groups held fixed."""
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
-from ..features import feature_batches, feature_modules
-from ..symmetry.structure import Perms, Spec, identity_perms
-from .matching import MatchReport, WeightMatcher, families, lap, method_report
 from .registry import Option, register_align_method
 from .wm import MAX_ITER
+
+if TYPE_CHECKING:  # method files import torch only when they run (see registry.py)
+    import torch
+    from torch import nn
+
+    from ..symmetry.structure import Perms, Spec
+    from .matching import MatchReport
 
 EXAMPLES = 2048
 
 
 def _group_features(model, state, hooks, x, batch_size) -> list[dict[str, torch.Tensor]]:
     """Per batch: group -> [rows, units] features (all of the group's modules stacked)."""
+    import torch
+
+    from ..features import feature_batches
     targets = [t for items in hooks.values() for t in items]
     return [{g: torch.cat([batch[name] for name, _ in items], 0) for g, items in hooks.items()}
             for batch in feature_batches(model, state, targets, x, batch_size)]
@@ -29,6 +34,11 @@ def _group_features(model, state, hooks, x, batch_size) -> list[dict[str, torch.
 def activation_matching(spec: Spec, model: nn.Module, A: dict, B: dict, x: torch.Tensor,
                         pearson: bool = False, batch_size: int = 512, seed: int = 0,
                         max_iter: int = 100) -> tuple[Perms, MatchReport]:
+    import torch
+
+    from ..features import feature_modules
+    from ..symmetry.structure import identity_perms
+    from .matching import WeightMatcher, families, lap, method_report
     t0 = time.perf_counter()
     hooks = feature_modules(spec, model)
     sa = _group_features(model, A, hooks, x, batch_size)

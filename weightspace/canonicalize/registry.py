@@ -11,12 +11,14 @@ its name in ``methods.py``'s explicit list.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ..device import resolve_device, to_device
 from ..errors import WeightspaceError
 from ..registry import Method, Option, Registry
-from ..symmetry.structure import Perms, Spec
-from .matching import MatchReport
+
+if TYPE_CHECKING:  # this module stays free of torch: the CLI reads it to build --help
+    from ..symmetry.structure import Perms, Spec
+    from .matching import MatchReport
 
 
 class AlignError(WeightspaceError):
@@ -59,6 +61,7 @@ def align(spec: Spec, A: dict, B: dict, method: str = "wm", model=None, data=Non
         raise AlignError(f"method {method!r} takes no option {unknown[0]!r} (options: "
                          f"{', '.join(sorted(names)) or 'none'})")
     if device is not None:
+        from ..device import resolve_device, to_device
         A, B, model, data = to_device((A, B, model, data), resolve_device(device))
     if m.needs_data:
         if model is None or data is None:

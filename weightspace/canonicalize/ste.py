@@ -6,17 +6,20 @@ weight-matching solution is the first candidate, so STE is never worse on it).""
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
-from ..functional import has_batchnorm, loss_acc, recalibrated, scratch, train_step
-from ..symmetry.structure import Perms, Spec, apply
-from .matching import MatchReport, WeightMatcher, method_report
 from .registry import Option, register_align_method
+
+if TYPE_CHECKING:  # method files import torch only when they run (see registry.py)
+    from torch import nn
+
+    from ..symmetry.structure import Perms, Spec
+    from .matching import MatchReport
 
 
 def _midpoint_loss(model, spec, A, B, perms, x, y, calib) -> float:
+    from ..functional import loss_acc, recalibrated
+    from ..symmetry.structure import apply
     mid = {k: (v + w) / 2 if v.is_floating_point() else v
            for (k, v), w in zip(A.items(), apply(spec, perms, B).values())}
     if calib is not None:
@@ -27,6 +30,11 @@ def _midpoint_loss(model, spec, A, B, perms, x, y, calib) -> float:
 def ste_matching(spec: Spec, model: nn.Module, A: dict, B: dict, train, val,
                  steps: int = 300, lr: float = 1e-3, batch_size: int = 128,
                  eval_every: int = 50, seed: int = 0) -> tuple[Perms, MatchReport]:
+    import torch
+
+    from ..functional import has_batchnorm, scratch, train_step
+    from ..symmetry.structure import apply
+    from .matching import WeightMatcher, method_report
     t0 = time.perf_counter()
     model = scratch(model)  # the midpoint evaluation loads weights into it
     x, y = train

@@ -5,13 +5,16 @@ stream is left at identity (``residual="identity"``) or weight-matched (``"wm"``
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
-import torch
-
-from ..symmetry.structure import Perms, Spec
-from .matching import MatchReport, WeightMatcher, lap, method_report
 from .registry import Option, register_align_method
 from .wm import MAX_ITER
+
+if TYPE_CHECKING:  # method files import torch only when they run (see registry.py)
+    import torch
+
+    from ..symmetry.structure import Perms, Spec
+    from .matching import MatchReport
 
 
 def residual_families(fams) -> set[str]:
@@ -29,6 +32,7 @@ def residual_families(fams) -> set[str]:
 
 def _head_descriptors(fam, state: dict) -> torch.Tensor:
     """[H, k]: sorted singular values of every head's block in every occurrence."""
+    import torch
     parts = []
     for o in fam.occs:
         if o.child is None:
@@ -42,6 +46,9 @@ def _head_descriptors(fam, state: dict) -> torch.Tensor:
 
 def transfusion_matching(spec: Spec, A: dict, B: dict, residual: str = "identity",
                          seed: int = 0, max_iter: int = 100) -> tuple[Perms, MatchReport]:
+    import torch
+
+    from .matching import WeightMatcher, lap, method_report
     t0 = time.perf_counter()
     wm = WeightMatcher(spec, A, B)
     headed = [f for f in wm.fams if f.children]

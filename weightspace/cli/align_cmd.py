@@ -4,9 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
-from ..canonicalize import METHODS
-from ..canonicalize.files import align_checkpoints
-from ..canonicalize.methods import get_align_method
+from ..canonicalize.methods import METHODS, get_align_method
 from .options import (SEED, allow_code, arch_override, device, method_flags, method_options,
                       restarts)
 
@@ -41,6 +39,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from ..canonicalize.files import align_checkpoints  # torch: only once there is work
     rep = align_checkpoints(args.a, args.b, args.out, args.method, arch=args.arch,
                             dataset=args.dataset, data_root=args.data_root, seed=args.seed,
                             restarts=args.restarts, device=args.device,

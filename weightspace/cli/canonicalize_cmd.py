@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 
-from ..canonicalize.zoo import canonicalize_zoo
 from ..errors import check_output
 from .align_cmd import _method_args, method_kwargs
 from .options import POSITIVE, float_range
@@ -27,6 +26,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from ..canonicalize.zoo import canonicalize_zoo  # torch: only once there is work to do
     check_output(args.out, "dir")
     rep = canonicalize_zoo(args.zoo, args.out, args.method, args.reference,
                            data_root=args.data_root, seed=args.seed, max_rounds=args.max_rounds, tol=args.tol,

@@ -7,9 +7,7 @@ import json
 import sys
 
 from ..errors import check_output
-from ..generate import METHODS, audit, fit_generator, sample_zoo
-from ..generate.config import AUTO, VELOCITY_KINDS, FlowSettings, describe_defaults
-from ..generate.run import run_generation
+from ..generate.config import AUTO, METHODS, VELOCITY_KINDS, FlowSettings, describe_defaults
 from .options import POSITIVE, SEED, allow_code, float_range, int_range
 
 
@@ -127,6 +125,8 @@ def _settings(args) -> FlowSettings:
 
 
 def run(args) -> int:
+    from ..generate import audit, fit_generator, sample_zoo  # torch: only once there is work
+    from ..generate.run import run_generation
     check_output(args.out, "dir")
     if args.gen_verb == "fit":
         res = fit_generator(args.zoo, args.out, _settings(args), pca=args.pca,

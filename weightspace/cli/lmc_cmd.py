@@ -5,11 +5,9 @@ import json
 import sys
 from pathlib import Path
 
-from ..canonicalize import METHODS as ALIGN_METHODS
-from ..merge import BN_MODES, LMCError
-from ..merge.files import barrier_matrix, lmc_checkpoints, merge_checkpoints
-from ..merge.merging import METHODS as MERGE_METHODS
-from ..merge.registry import get_merge_method
+from ..canonicalize.methods import METHODS as ALIGN_METHODS
+from ..merge.methods import METHODS as MERGE_METHODS
+from ..merge.registry import BN_MODES, LMCError, get_merge_method
 from .options import (SEED, allow_code, arch_override, device, int_range, method_flags,
                       method_options, restarts)
 
@@ -78,6 +76,7 @@ def run_lmc(args) -> int:
         return _pairwise(args)
     if len(args.models) != 2:
         raise LMCError(f"lmc takes two checkpoints A B (got {len(args.models)}), or --zoo DIR")
+    from ..merge.files import lmc_checkpoints  # torch: only once there is work to do
     res = lmc_checkpoints(*args.models, args.out, args.align, args.points, args.bn,
                           arch=args.arch, dataset=args.dataset, data_root=args.data_root,
                           seed=args.seed, restarts=args.restarts, device=args.device)
@@ -115,6 +114,7 @@ def run_lmc(args) -> int:
 
 
 def _pairwise(args) -> int:
+    from ..merge.files import barrier_matrix
     result = barrier_matrix(args.zoo, args.out, args.align, args.points, args.bn, args.pairs,
                             dataset=args.dataset, data_root=args.data_root, seed=args.seed,
                             restarts=args.restarts, device=args.device)
@@ -135,6 +135,7 @@ def _pairwise(args) -> int:
 
 def run_merge(args) -> int:
     post = "repair" if args.repair else "reset" if args.bn_reset else "none"
+    from ..merge.files import merge_checkpoints
     rep = merge_checkpoints(args.models, args.out, args.method, post, arch=args.arch,
                             dataset=args.dataset, data_root=args.data_root, seed=args.seed,
                             restarts=args.restarts, device=args.device,

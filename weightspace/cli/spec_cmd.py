@@ -4,11 +4,7 @@ from __future__ import annotations
 import json
 import time
 
-from ..checkpoint import atomic_write_text
 from ..errors import check_output
-from ..symmetry import SpecError, spec
-from ..symmetry.report import spec_table
-from ..symmetry.rules import list_op_rules
 from .options import SEED, allow_code, arch_override
 
 MAX_INPUT_NUMBERS = 2**28  # 1 GiB of float32: far more than any example input needs
@@ -37,6 +33,7 @@ def add_parser(sub) -> None:
 
 
 def _shape(text: str) -> tuple[int, ...]:
+    from ..symmetry import SpecError
     try:
         shape = tuple(int(s) for s in text.replace("x", ",").split(","))
     except ValueError:
@@ -54,6 +51,10 @@ def _shape(text: str) -> tuple[int, ...]:
 
 
 def run(args) -> int:
+    from ..checkpoint import atomic_write_text  # torch: only once there is work to do
+    from ..symmetry import SpecError, spec
+    from ..symmetry.report import spec_table
+    from ..symmetry.rules import list_op_rules
     if args.ops:
         rules = list_op_rules()
         if args.json:

@@ -6,10 +6,7 @@ import json
 import sys
 
 from ..errors import check_output
-from ..zoo import HParams, Zoo, load_grid, train_zoo
-from ..zoo.evaluation import evaluate_zoo
-from ..zoo.importer import import_zoo
-from ..zoo.train import OPTIMIZERS, SCHEDULES
+from ..zoo.hparams import OPTIMIZERS, SCHEDULES, HParams
 from .options import allow_code, arch_override, float_range, int_range
 
 HP = HParams()
@@ -96,6 +93,7 @@ def run(args) -> int:
 
 
 def _import(args) -> int:
+    from ..zoo.importer import import_zoo  # torch: only once there is work to do
     res = import_zoo(args.checkpoints, args.out, arch=args.arch, dataset=args.dataset,
                      data_root=args.data_root)
     for n in res["notes"]:
@@ -112,6 +110,7 @@ def _import(args) -> int:
 
 
 def _train(args) -> int:
+    from ..zoo import load_grid, train_zoo
     check_output(args.out, "dir")
     hp = HParams(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                  optimizer=args.optimizer, weight_decay=args.weight_decay,
@@ -148,6 +147,7 @@ def _fmt(v) -> str:
 
 
 def _list(args) -> int:
+    from ..zoo.store import Zoo
     m = Zoo(args.zoo).read()
     if args.json:
         print(json.dumps({"zoo": args.zoo, "arch": m.get("arch"), "dataset": m.get("dataset"),
@@ -174,6 +174,7 @@ def _list(args) -> int:
 
 
 def _eval(args) -> int:
+    from ..zoo.evaluation import evaluate_zoo
     out = evaluate_zoo(args.zoo, args.split, args.data_root)
     splits, models = out["splits"], out["models"]
     if args.json:

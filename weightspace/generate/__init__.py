@@ -1,10 +1,13 @@
-"""Generate: flow matching over a canonical zoo, sampling new networks, and the audit."""
-from .audit import audit
-from .encoding import Encoding, EncodingError
-from .flow import METHODS, TokenVelocity, Velocity, make_velocity, sample, train_flow
-from .pipeline import fit_generator, load_generator, sample_zoo
-from .run import run_generation
+"""Generate: flow matching over a canonical zoo, sampling new networks, and the audit.
 
-__all__ = ["METHODS", "Encoding", "EncodingError", "TokenVelocity", "Velocity", "audit",
-           "fit_generator", "load_generator", "make_velocity", "run_generation", "sample",
-           "sample_zoo", "train_flow"]
+Exports are imported on first use (:mod:`weightspace._lazy`)."""
+from .._lazy import lazy_package
+
+lazy_package(__name__, {
+    "audit": "audit",
+    **dict.fromkeys(["Encoding", "EncodingError"], "encoding"),
+    **dict.fromkeys(["METHODS", "TokenVelocity", "Velocity", "make_velocity", "sample",
+                     "train_flow"], "flow"),
+    **dict.fromkeys(["fit_generator", "load_generator", "sample_zoo"], "pipeline"),
+    "run_generation": "run",
+})

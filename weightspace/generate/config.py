@@ -2,17 +2,25 @@
 network (:class:`FlowSettings`) and the condition with its normalisation
 (:class:`Condition`). Both are saved in the generator's ``config.json`` and compared as a
 whole when an interrupted fit resumes; both are rebuilt (and re-validated) when a
-generator is read back."""
+generator is read back. Plain Python (no torch): the CLI reads the defaults to build
+``generate --help``."""
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING
 
-import torch
+from ..errors import WeightspaceError
 
-from .encoding import EncodingError
+if TYPE_CHECKING:
+    import torch
 
 VELOCITY_KINDS = ("mlp", "transformer")  # the classes: flow.VELOCITIES
+METHODS = ("euler", "midpoint", "rk4", "dopri5")  # ODE solvers for sampling
+
+
+class EncodingError(WeightspaceError):
+    """An encoding that does not fit the models or the generator it is used with."""
 
 
 @dataclass(frozen=True)

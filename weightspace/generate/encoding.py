@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import ARCH_KEY, atomic_write
-from ..errors import WeightspaceError
+from .config import EncodingError
 
 META = "weightspace.encoding"
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
@@ -45,10 +45,6 @@ _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
 _NAMES = {v: k for k, v in _DTYPES.items()}
 _BLOCK_BYTES = 1 << 30       # basis rows mapped at once when encoding / decoding
 _CHUNK = 1 << 18             # elements per model read at once when streaming the zoo
-
-
-class EncodingError(WeightspaceError):
-    """An encoding that does not fit the models or the generator it is used with."""
 
 
 class DiskBasis:

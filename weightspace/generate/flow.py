@@ -21,10 +21,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from .config import VELOCITY_KINDS, FlowSettings
-from .encoding import EncodingError
-
-METHODS = ("euler", "midpoint", "rk4", "dopri5")
+from .config import METHODS, VELOCITY_KINDS, EncodingError, FlowSettings
 
 
 class _Embeddings(nn.Module):

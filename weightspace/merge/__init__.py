@@ -1,12 +1,13 @@
-"""Linear mode connectivity and merging: barriers, BN reset / REPAIR, diagnostics, merges."""
-from ..features import feature_stats
-from .files import barrier_matrix, lmc_checkpoints, merge_checkpoints
-from .lmc import (BN_MODES, LMCError, barrier, curve, diagnostics, heatmap, lmc, plot,
-                  singular_alignment)
-from .merging import METHODS, POST, merge, mergemany_perms, ste_perms
-from .repair import repair, repairable
+"""Linear mode connectivity and merging: barriers, BN reset / REPAIR, diagnostics, merges.
 
-__all__ = ["BN_MODES", "LMCError", "METHODS", "POST", "barrier", "barrier_matrix", "curve",
-           "diagnostics", "lmc_checkpoints", "merge_checkpoints",
-           "feature_stats", "heatmap", "lmc", "merge", "mergemany_perms", "plot", "repair",
-           "repairable", "singular_alignment", "ste_perms"]
+Exports are imported on first use (:mod:`weightspace._lazy`)."""
+from .._lazy import lazy_package
+
+lazy_package(__name__, {
+    "feature_stats": "lmc",
+    **dict.fromkeys(["barrier_matrix", "lmc_checkpoints", "merge_checkpoints"], "files"),
+    **dict.fromkeys(["BN_MODES", "LMCError", "barrier", "curve", "diagnostics", "heatmap",
+                     "lmc", "plot", "singular_alignment"], "lmc"),
+    **dict.fromkeys(["METHODS", "POST", "merge", "mergemany_perms", "ste_perms"], "merging"),
+    **dict.fromkeys(["repair", "repairable"], "repair"),
+})

@@ -19,19 +19,14 @@ from torch import nn
 from ..canonicalize import l2_distance
 from ..canonicalize.restarts import align_with_restarts
 from ..device import resolve_device, to_device
-from ..errors import WeightspaceError
 from ..features import feature_stats
 from ..functional import has_batchnorm, lerp_states, loss_acc, recalibrated, scratch
 from ..symmetry.structure import Spec, apply
+from .registry import BN_MODES, LMCError
 from .repair import repair, repairable
 
-BN_MODES = ("reset", "repair", "none")
 TRAIN_EVAL = 2048   # train examples the curve is measured on
 CALIB = 2048        # train examples BN reset / REPAIR calibrate on
-
-
-class LMCError(WeightspaceError):
-    """Bad arguments to an interpolation or merge."""
 
 
 def curve(spec: Spec, model: nn.Module, A: dict, B: dict, data, points: int = 25,

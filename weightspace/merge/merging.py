@@ -1,7 +1,7 @@
 """Merging many models: a registered method permutes them, then they are averaged, with an
 optional BN reset / REPAIR.
 
-The methods (one file each, listed explicitly below): ``mean`` (plain average),
+The methods (one file each, listed in :mod:`.methods`): ``mean`` (plain average),
 ``mergemany`` (MergeMany) and ``ste`` (multi-model STE). ``post="repair"`` rescales the
 merged model's units to the mean of the (aligned) endpoints' statistics; ``post="reset"``
 recomputes BN statistics; both on the train split.
@@ -12,22 +12,17 @@ import time
 
 from torch import nn
 
-from . import mean, mergemany, ste
 from ..device import resolve_device, to_device
 from ..features import feature_stats
 from ..canonicalize import l2_distance
 from ..functional import check_compatible, loss_acc, mean_states, recalibrated, scratch
 from ..symmetry.structure import Spec, apply
-from .lmc import CALIB, LMCError
+from .lmc import CALIB
 from .mergemany import mergemany_perms
-from .registry import get_merge_method, list_merge_methods
+from .methods import METHODS
+from .registry import POST, LMCError, get_merge_method
 from .repair import repair, repairable
 from .ste import ste_perms
-
-MODULES = (mean, mergemany, ste)  # the method files; each registers its method
-METHODS = tuple(n for mod in MODULES for n in list_merge_methods()
-                if get_merge_method(n).fn.__module__ == mod.__name__)
-POST = ("none", "reset", "repair")
 
 
 def merge(spec: Spec, model: nn.Module, states: list[dict], method: str = "mergemany",

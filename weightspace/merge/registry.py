@@ -5,12 +5,20 @@ A merge method decides how the models are permuted before they are averaged:
 add entries to ``report``). Averaging and the post-processing (BN reset / REPAIR) are the
 same for every method and live in :func:`weightspace.merge.merging.merge`. Adding a method
 is one new file that calls :func:`register_merge_method`, plus its import in
-``merging.py``'s explicit list.
+``methods.py``'s explicit list. Like every registry this module stays free of torch: the
+CLI reads it to build ``--help``.
 """
 from __future__ import annotations
 
+from ..errors import WeightspaceError
 from ..registry import Method, Option, Registry
-from .lmc import LMCError
+
+BN_MODES = ("reset", "repair", "none")  # what lmc does between the endpoints
+POST = ("none", "reset", "repair")      # what merge does after averaging
+
+
+class LMCError(WeightspaceError):
+    """Bad arguments to an interpolation or merge."""
 
 
 _METHODS: Registry[Method] = Registry("merge method", LMCError)

@@ -6,21 +6,28 @@ permutations whose uniform merge has the lowest *validation* loss are kept (Merg
 permutations are the first candidate)."""
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
-from ..canonicalize import WeightMatcher, families
-from ..functional import has_batchnorm, loss_acc, mean_states, recalibrated, scratch, train_step
 from ..registry import Option
-from ..symmetry.structure import Spec, apply
-from .lmc import CALIB
 from .mergemany import mergemany
 from .registry import register_merge_method
+
+if TYPE_CHECKING:  # method files import torch only when they run (see registry.py)
+    from torch import nn
+
+    from ..symmetry.structure import Spec
 
 
 def ste_perms(spec: Spec, model: nn.Module, states: list[dict], data, init, steps: int = 200,
               lr: float = 1e-3, batch_size: int = 128, eval_every: int = 25, seed: int = 0):
     """Multi-model STE from the permutations ``init``; returns the best on validation."""
+    import torch
+
+    from ..canonicalize.matching import WeightMatcher, families
+    from ..functional import (has_batchnorm, loss_acc, mean_states, recalibrated, scratch,
+                              train_step)
+    from ..symmetry.structure import apply
+    from .lmc import CALIB
     model = scratch(model)
     x, y = data["train"]
     gen = torch.Generator().manual_seed(seed)

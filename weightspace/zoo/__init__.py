@@ -1,12 +1,15 @@
-"""Model zoos: datasets with fixed splits, batched multi-seed training, zoo directories."""
-from .datasets import DATASETS, Dataset, DatasetError, check_fits, load_dataset
-from .evaluation import evaluate_zoo
-from .importer import import_zoo
-from .runner import chunks, load_grid, make_settings, plan, train_zoo
-from .store import Zoo, ZooError
-from .train import HParams, TrainError, evaluate, metrics, train_batched, train_sequential
+"""Model zoos: datasets with fixed splits, batched multi-seed training, zoo directories.
 
-__all__ = ["DATASETS", "Dataset", "DatasetError", "HParams", "TrainError", "Zoo", "ZooError",
-           "check_fits", "chunks", "evaluate", "evaluate_zoo", "import_zoo", "load_dataset",
-           "load_grid", "make_settings", "metrics", "plan", "train_batched",
-           "train_sequential", "train_zoo"]
+Exports are imported on first use (:mod:`weightspace._lazy`)."""
+from .._lazy import lazy_package
+
+lazy_package(__name__, {
+    **dict.fromkeys(["DATASETS", "Dataset", "DatasetError", "check_fits", "load_dataset"],
+                    "datasets"),
+    "evaluate_zoo": "evaluation",
+    "import_zoo": "importer",
+    **dict.fromkeys(["chunks", "load_grid", "make_settings", "plan", "train_zoo"], "runner"),
+    **dict.fromkeys(["Zoo", "ZooError"], "store"),
+    **dict.fromkeys(["HParams", "TrainError", "OPTIMIZERS", "SCHEDULES"], "hparams"),
+    **dict.fromkeys(["evaluate", "metrics", "train_batched", "train_sequential"], "train"),
+})
