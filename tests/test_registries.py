@@ -6,6 +6,8 @@ copy of A to A keeps B's function and never moves it away from A; merging copies
 model gives that model's function.
 """
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -103,3 +105,21 @@ def test_restarts_keep_the_best_and_report_every_run(pair, capsys):
                  "--restarts", "2", "--out", str(root / "m.safetensors"), "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert len(rep["restarts"]) == 2 and rep["restart_score"] == "train loss"
+
+
+@pytest.mark.parametrize("first", ["weightspace.merge.lmc", "weightspace.canonicalize.registry",
+                                   "weightspace.merge.registry", "weightspace.canonicalize.wm",
+                                   "weightspace.canonicalize.restarts"])
+def test_registries_are_complete_whatever_is_imported_first(first):
+    """Packages import their parts lazily: a registry must still hold every built-in method
+    when the first import is some module deep inside (a fresh interpreter each time)."""
+    code = (f"import {first}\n"
+            "from weightspace.canonicalize.registry import list_align_methods, get_align_method\n"
+            "from weightspace.merge.registry import list_merge_methods, get_merge_method\n"
+            "get_align_method('wm'); get_merge_method('mergemany')\n"
+            "print(','.join(list_align_methods()), ','.join(list_merge_methods()))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    aligns, merges = r.stdout.split()
+    assert set(aligns.split(",")) >= {"wm", "am", "ste", "transfusion"}
+    assert set(merges.split(",")) >= {"mean", "mergemany", "ste"}

@@ -39,8 +39,19 @@ class Method:
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, error: type[Exception]):
+    """``methods``: the module that imports every built-in method file; it is imported
+    before the first lookup, so a registry is complete whichever module was imported
+    first (packages import their parts lazily)."""
+
+    def __init__(self, kind: str, error: type[Exception], methods: str | None = None):
         self.kind, self.error, self._entries = kind, error, {}
+        self._methods = methods
+
+    def _load(self) -> None:
+        if self._methods is not None:
+            import importlib
+            module, self._methods = self._methods, None
+            importlib.import_module(module)
 
     def add(self, name: str, entry: T) -> None:
         if name in self._entries:
@@ -55,10 +66,12 @@ class Registry(Generic[T]):
         return deco
 
     def get(self, name: str) -> T:
+        self._load()
         if name not in self._entries:
             raise self.error(f"unknown {self.kind} {name!r}; choices: "
                              f"{', '.join(self._entries)}")
         return self._entries[name]
 
     def names(self) -> list[str]:
+        self._load()
         return list(self._entries)

@@ -31,7 +31,8 @@ class AlignMethod(Method):
     warm_start: bool = False   # takes ``init=`` permutations to start from
 
 
-_METHODS: Registry[AlignMethod] = Registry("alignment method", AlignError)
+_METHODS: Registry[AlignMethod] = Registry("alignment method", AlignError,
+                                            methods="weightspace.canonicalize.methods")
 
 
 def register_align_method(name: str, summary: str, needs_data: bool = False,

@@ -21,7 +21,8 @@ class LMCError(WeightspaceError):
     """Bad arguments to an interpolation or merge."""
 
 
-_METHODS: Registry[Method] = Registry("merge method", LMCError)
+_METHODS: Registry[Method] = Registry("merge method", LMCError,
+                                      methods="weightspace.merge.methods")
 
 
 def register_merge_method(name: str, summary: str, needs_data: bool = False,
