@@ -3,6 +3,7 @@ pairs of independently trained 3x512 digits MLPs (the issue's target: with --res
 test-loss barrier is at most 0.01 on at least 4 of 5 pairs).
 
     .venv/bin/python scripts/restarts_study.py [--pairs 5] [--restarts 5] [--epochs 10]
+    .venv/bin/python scripts/restarts_study.py --methods am ste   # other methods, same pairs
 
 The restart is chosen on a train subset (lowest midpoint loss); the test barrier of every
 restart is printed as well, to show how much the random group order matters. rebasin (the
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 
 import torch
 
@@ -42,6 +44,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--points", type=int, default=11)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--methods", nargs="*", default=[],
+                   help="also align the same pairs with these methods (one run each)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     data = load_dataset("digits")
@@ -69,6 +73,13 @@ def main() -> None:
     print(f"best of {args.restarts}: barrier <= 0.01 on {sum(b <= 0.01 for b in best)} of "
           f"{len(best)} pairs; mean {statistics.fmean(best):.4f} (seed 0 only: "
           f"{statistics.fmean(r[1] for r in rows):.4f})")
+    for method in args.methods:
+        t = time.perf_counter()
+        bs = [lmc(spec, model, states[2 * k], states[2 * k + 1], data, method, args.points,
+                  seed=0)["aligned"]["test_loss_barrier"] for k in range(args.pairs)]
+        print(f"{method:<8} {' '.join(f'{b:.4f}' for b in bs)}: barrier <= 0.01 on "
+              f"{sum(b <= 0.01 for b in bs)} of {len(bs)} pairs; mean {statistics.fmean(bs):.4f}"
+              f" ({(time.perf_counter() - t) / len(bs):.0f} s per pair)")
 
 
 if __name__ == "__main__":
