@@ -107,17 +107,29 @@ class Study:
             x, y = self.data[split]
             zerr[split] = probabilities(self.arch, zs, x).argmax(-1) != y
         self.zerr = zerr
+        self.zprob_val = probabilities(self.arch, zs, self.data["val"][0])
+        self.tv_loo = float(self.tv(self.zprob_val, loo=True).mean())
         self.loo = {s: float(max_iou(e, e, leave_one_out=True).mean()) for s, e in zerr.items()}
         self.zoo_acc = {s: float(1 - e.float().mean()) for s, e in zerr.items()}
         rep = json.loads((self.root / f"report_{method}" / "report.json").read_text())
         self.curve = [(c["max_iou"], c["acc"]) for c in rep["noise_curve"]]
         self.zoo_margin = rep["zoo"]["noise_margin_loo"]["at_mean"]
+        self.zoo_eff = rep["zoo"]["span_loo"]["effective_models"]["mean"]
         pn = {k for k, _ in build(self.arch).named_parameters()}
         self.pn = pn
         self.penc = Encoding.fit(self.arch, [{k: v for k, v in s.items() if k in pn}
                                              for s in zs])
         self.pz = torch.stack([self.penc._flatten({k: v for k, v in s.items() if k in pn})
                                for s in zs])
+
+    def tv(self, p, loo=False):
+        """Per model: min over zoo models of the mean total variation between softmax
+        outputs on the validation inputs (a label-free, continuous functional distance;
+        216 digits val examples give too few errors for a stable error IoU)."""
+        d = torch.stack([0.5 * (p - q).abs().sum(-1).mean(-1) for q in self.zprob_val], 1)
+        if loo:
+            d.fill_diagonal_(float("inf"))
+        return d.min(1).values
 
     # ---------------------------------------------------------------- code generation
     @torch.no_grad()
@@ -184,7 +196,10 @@ class Study:
         row = {"recipe": r, "n": n}
         for split in ("val", "test"):
             x, y = self.data[split]
-            wrong = probabilities(self.arch, states, x).argmax(-1) != y
+            prob = probabilities(self.arch, states, x)
+            wrong = prob.argmax(-1) != y
+            if split == "val":
+                row["val_tv"] = float(self.tv(prob).mean())
             acc = (1 - wrong.float().mean(1)).tolist()
             iou = max_iou(wrong, self.zerr[split]).tolist()
             row[f"{split}_acc"] = statistics.fmean(acc)
@@ -247,11 +262,13 @@ def table(st: Study, rows, title):
     lim = st.loo["val"] + NOVELTY_SLACK
     print(f"\n## {title}: zoo val acc {st.zoo_acc['val']:.4f} test {st.zoo_acc['test']:.4f}; "
           f"LOO val {st.loo['val']:.3f} (limit {lim:.3f}) test {st.loo['test']:.3f} "
-          f"(limit {st.loo['test'] + NOVELTY_SLACK:.3f}); zoo margin {100 * st.zoo_margin:+.2f}")
-    print("| recipe | val acc | val nov | test acc | test nov | margin | eff |")
-    print("|---|---|---|---|---|---|---|")
+          f"(limit {st.loo['test'] + NOVELTY_SLACK:.3f}); zoo margin {100 * st.zoo_margin:+.2f}; "
+          f"zoo LOO val TV {st.tv_loo:.4f}; zoo LOO eff {st.zoo_eff:.2f}")
+    print("| recipe | val acc | val nov | val TV | test acc | test nov | margin | eff |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {fmt(r)} | {r['val_acc']:.4f} | {r['val_nov']:.3f} | {r['test_acc']:.4f} | "
+        print(f"| {fmt(r)} | {r['val_acc']:.4f} | {r['val_nov']:.3f} | {r['val_tv']:.4f} | "
+              f"{r['test_acc']:.4f} | "
               f"{r['test_nov']:.3f} | {100 * r['margin']:+.2f} | {r['eff']:.2f} |")
     gen_rows = [r for r in rows if r["recipe"].get("kind", "gen") == "gen"]
     for label, rs in (("generator recipes", gen_rows), ("all incl. zoo mixes", rows)):
@@ -281,7 +298,7 @@ def sweep(name, out, n, recipes=None, gen_name=None, tag="sweep"):
             with path.open("a") as f:
                 f.write(json.dumps(done[key]) + "\n")
             d = done[key]
-            print(f"{fmt(d)}: val {d['val_acc']:.4f}/{d['val_nov']:.3f} test "
+            print(f"{fmt(d)}: val {d['val_acc']:.4f}/{d['val_nov']:.3f}/{d['val_tv']:.4f} test "
                   f"{d['test_acc']:.4f}/{d['test_nov']:.3f} m {100 * d['margin']:+.2f} "
                   f"eff {d['eff']:.2f} ({d['s']:.0f}s)", flush=True)
         rows.append(done[key])
