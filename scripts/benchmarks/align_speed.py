@@ -116,6 +116,9 @@ def timed(fn, repeat):
     return statistics.median(times), out
 
 
+DEVICE = "cpu"  # --device: where weightspace's cost matrices run (baselines stay on the CPU)
+
+
 def bench_pair(name, ref, A, B, repeat=3, port=True, rebasin=True):
     model = build(ref).eval()
     x = torch.randn(input_shape(ref, model) if "in_chans=1" not in ref else (1, 1, 8, 8))
@@ -123,7 +126,7 @@ def bench_pair(name, ref, A, B, repeat=3, port=True, rebasin=True):
     spec = symmetry_of(model, x)
     t_spec = time.perf_counter() - t
     rows = []
-    secs, (perms, rep) = timed(lambda: weight_matching(spec, A, B), repeat)
+    secs, (perms, rep) = timed(lambda: weight_matching(spec, A, B, device=DEVICE), repeat)
     ours = (secs, rep.l2_after)
     rows.append(("weightspace wm", secs, rep.l2_after, f"{rep.iterations} sweeps"))
     if port:
@@ -170,7 +173,7 @@ def bench_zoo(arch: str, models: int, hp: HParams, sequential: bool = True, root
         for name, batched in runs:
             t = time.perf_counter()
             rep = canonicalize_zoo(zoo, f"{tmp}/canon-{name}", "wm", "barycenter",
-                                   progress=False, batched=batched)
+                                   progress=False, batched=batched, device=DEVICE)
             secs = time.perf_counter() - t
             first = first or secs
             print(f"  {name:<11} {secs:>8.2f} {models / secs:>9.2f} {rep['rounds']:>6} "
@@ -183,6 +186,8 @@ def main():
     p.add_argument("--skip-zoo", action="store_true")
     p.add_argument("--skip-w16", action="store_true")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu",
+                   help="where weightspace's costs run (cpu, cuda); baselines use the CPU")
     p.add_argument("--only", choices=["mlp", "resnet20", "resnet18", "w16", "zoo"],
                    nargs="*", help="run only these cases")
     p.add_argument("--zoo-root", help="keep the trained zoos here (reused on the next run)")
@@ -190,7 +195,9 @@ def main():
                    help="also time the 48-model ResNet zoo one matching per model (slow)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device cpu")
+    global DEVICE
+    DEVICE = args.device
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {DEVICE}")
     want = set(args.only or ["mlp", "resnet20", "resnet18", "w16", "zoo"])
     want -= {"w16"} if args.skip_w16 else set()
     want -= {"zoo"} if args.skip_zoo else set()
