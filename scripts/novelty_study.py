@@ -138,7 +138,14 @@ class Study:
         m = self.model
         gen = torch.Generator().manual_seed(seed)
         x = temp * torch.randn(n, m.dim, generator=gen)
-        c = torch.full((n, 1), float(self.cn.normalise(self.cn.target(target))))
+        if target in ("zoo", "zootop"):   # one condition per sample, drawn from the zoo's
+            v = self.zoo_val_acc.double()       # val_acc values (zootop: the top half)
+            if target == "zootop":
+                v = v[v >= v.median()]
+            g = torch.Generator().manual_seed(seed + 11)
+            c = self.cn.normalise(v[torch.randint(len(v), (n,), generator=g)]).float()[:, None]
+        else:
+            c = torch.full((n, 1), float(self.cn.normalise(self.cn.target(target))))
         h = 1.0 / steps
 
         def f(t, x):

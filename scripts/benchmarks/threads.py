@@ -1,11 +1,12 @@
-"""OpenMP wait policy and torch threads, idle and next to a busy process: ms per step of a
-small training loop (the size of the generator's velocity network) in fresh processes.
+"""OpenMP waiting, idle and next to other work: ms per step of a small training loop (the size
+of the generator's velocity network), each configuration in fresh processes.
 
     .venv/bin/python scripts/benchmarks/threads.py
 
-A busy neighbour is one process spinning on one core for the whole measurement. Each
-configuration runs in its own interpreter because the OpenMP runtime reads
-``OMP_WAIT_POLICY`` once, when torch is imported.
+Conditions: an idle machine; one process spinning on one core; another torch job (2
+threads, the same OpenMP settings) running throughout. The OpenMP runtime reads its
+settings once, when torch is imported, so every measurement is its own interpreter.
+weightspace sets ``GOMP_SPINCOUNT=1000`` unless the user set a wait policy.
 """
 from __future__ import annotations
 
@@ -24,11 +25,19 @@ opt = torch.optim.AdamW(net.parameters(), 1e-3)
 x, y = torch.randn(128, 130), torch.randn(128, 128)
 def step():
     loss = ((net(x) - y) ** 2).mean(); opt.zero_grad(); loss.backward(); opt.step()
-for _ in range(20): step()
+for _ in range({warm}): step()
 t = time.perf_counter()
-for _ in range(200): step()
-print((time.perf_counter() - t) / 200 * 1e3)
+for _ in range({steps}): step()
+print((time.perf_counter() - t) / {steps} * 1e3)
 """
+CONFIGS = [("1 thread", 1, {}), ("2, default spin", 2, {}),
+           ("2, GOMP_SPINCOUNT=1000", 2, {"GOMP_SPINCOUNT": "1000"}),
+           ("2, OMP_WAIT_POLICY=PASSIVE", 2, {"OMP_WAIT_POLICY": "PASSIVE"})]
+
+
+def _env(extra: dict) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    return {**env, **extra}
 
 
 def _spin(stop):
@@ -36,28 +45,42 @@ def _spin(stop):
         pass
 
 
-def measure(threads: int, policy: str) -> float:
-    env = {**os.environ, "OMP_WAIT_POLICY": policy}
-    out = subprocess.run([sys.executable, "-c", STEP.format(threads=threads)], env=env,
-                         capture_output=True, text=True, check=True)
+def measure(threads: int, extra: dict) -> float:
+    out = subprocess.run([sys.executable, "-c", STEP.format(threads=threads, warm=20,
+                                                            steps=200)],
+                         env=_env(extra), capture_output=True, text=True, check=True)
     return float(out.stdout.split()[-1])
 
 
+def next_to_spinner(threads: int, extra: dict) -> float:
+    stop = mp.Event()
+    p = mp.Process(target=_spin, args=(stop,))
+    p.start()
+    time.sleep(0.2)
+    try:
+        return measure(threads, extra)
+    finally:
+        stop.set()
+        p.join()
+
+
+def next_to_torch_job(threads: int, extra: dict) -> float:
+    job = subprocess.Popen([sys.executable, "-c", STEP.format(threads=2, warm=10**6, steps=1)],
+                           env=_env(extra), stdout=subprocess.DEVNULL)
+    time.sleep(2)
+    try:
+        return measure(threads, extra)
+    finally:
+        job.kill()
+        job.wait()
+
+
 def main() -> None:
-    configs = [(1, "PASSIVE"), (2, "ACTIVE"), (2, "PASSIVE")]
-    print(f"{'threads':>7} {'OMP_WAIT_POLICY':>15} {'idle ms/step':>12} {'busy neighbour':>14}")
-    for threads, policy in configs:
-        idle = measure(threads, policy)
-        stop = mp.Event()
-        p = mp.Process(target=_spin, args=(stop,))
-        p.start()
-        time.sleep(0.2)
-        try:
-            busy = measure(threads, policy)
-        finally:
-            stop.set()
-            p.join()
-        print(f"{threads:>7} {policy:>15} {idle:>12.2f} {busy:>14.2f}")
+    print(f"{'configuration':<28} {'idle':>7} {'spinner':>8} {'torch job':>9}  (ms/step)")
+    for name, threads, extra in CONFIGS:
+        row = [measure(threads, extra), next_to_spinner(threads, extra),
+               next_to_torch_job(threads, extra)]
+        print(f"{name:<28} " + " ".join(f"{v:>7.2f} " for v in row), flush=True)
 
 
 if __name__ == "__main__":
