@@ -12,7 +12,7 @@ from weightspace.cli.main import main
 from weightspace.generate import (Encoding, EncodingError, TokenVelocity, Velocity, audit,
                                   fit_generator, sample, sample_zoo, train_flow)
 from weightspace.generate.config import EVIDENCE
-from weightspace.generate.pipeline import choose_guidance, load_zoo_states
+from weightspace.generate.pipeline import MIX_GRID, choose_guidance, load_zoo_states
 from weightspace.generate.run import run_generation
 from weightspace.zoo import HParams, ZooError, train_zoo
 
@@ -168,10 +168,20 @@ def test_conditional_generator_pipeline(tiny_zoo, tmp_path):
                  "--json"]) == 0
     m = json.loads((tmp_path / "a" / "manifest.json").read_text())["settings"]
     assert m["condition"] == cfg["condition"]["max"]
-    sweep = {float(w): a for w, a in m["guidance_val_acc"].items()}
     choice = m["guidance_choice"]  # chosen on val only: accuracy under a novelty limit
-    novelty = choice["val_novelty"] and {float(w): v for w, v in choice["val_novelty"].items()}
-    assert m["guidance"] == choose_guidance(sweep, novelty, choice["novelty_limit"])[0]
+    grid = {(g["guidance"], g["mix"]): g for g in choice["grid"]}
+    assert {k for _, k in grid} == set(MIX_GRID)  # mix chosen with w by default
+    sweep = {key: g["val_acc"] for key, g in grid.items()}
+    novelty = {key: g["val_novelty"] for key, g in grid.items()}
+    novelty = None if None in novelty.values() else novelty
+    assert (m["guidance"], m["mix"]) == choose_guidance(sweep, novelty,
+                                                        choice["novelty_limit"])[0]
+    assert m["defaults"]["mix"]["chosen"] == m["mix"]
+    fixed = sample_zoo(tmp_path / "g", tmp_path / "k3", 3, steps=2, condition="max",
+                       guidance=2.0, mix=3)
+    assert fixed["mix"] == 3 and fixed["network_passes"] == 8 * 3  # 3 averaged per network
+    with pytest.raises(EncodingError, match="--mix"):
+        sample_zoo(tmp_path / "g", tmp_path / "k0", 3, condition="max", mix=0)
     with pytest.raises(EncodingError, match="needs --condition"):
         sample_zoo(tmp_path / "g", tmp_path / "s3", 2, condition=None, guidance="auto")
     fit_generator(tiny_zoo, tmp_path / "u", steps=2, width=8, depth=1, pca=True,
@@ -245,7 +255,7 @@ def test_defaults_are_the_measured_recipe_and_recorded(tiny_zoo, tmp_path, capsy
     assert main(["generate", "sample", str(gen), "-n", "3", "--steps", "2", "--out",
                  str(tmp_path / "s")]) == 0
     err = capsys.readouterr().err
-    assert "condition=max" in err and "guidance=auto" in err
+    assert "condition=max" in err and "guidance=auto" in err and "mix=auto" in err
     st = json.loads((tmp_path / "s" / "manifest.json").read_text())["settings"]
     assert st["condition"] == cfg["condition"]["max"] and st["guidance_val_acc"]
     assert st["defaults"]["condition"]["value"] == "max"
@@ -255,7 +265,8 @@ def test_defaults_are_the_measured_recipe_and_recorded(tiny_zoo, tmp_path, capsy
     assert main(["generate", "sample", str(gen), "-n", "2", "--steps", "2", "--guidance", "1",
                  "--out", str(tmp_path / "s1")]) == 0
     st = json.loads((tmp_path / "s1" / "manifest.json").read_text())["settings"]
-    assert st["guidance"] == 1.0 and set(st["defaults"]) == {"condition"}
+    assert st["guidance"] == 1.0 and set(st["defaults"]) == {"condition", "mix"}
+    assert st["defaults"]["mix"]["value"] == 1 == st["mix"]  # not chosen without guidance auto
     assert main(["generate", "sample", str(gen), "-n", "2", "--steps", "2", "--condition",
                  "none", "--out", str(tmp_path / "s2")]) == 0
     st = json.loads((tmp_path / "s2" / "manifest.json").read_text())["settings"]
@@ -307,7 +318,7 @@ def test_generate_run_end_to_end_and_skips_finished_stages(raw_zoo, tmp_path, ca
     cfg = json.loads((out / "generator" / "config.json").read_text())
     assert set(cfg["defaults"]) == {"pca", "condition"}
     st = json.loads((out / "samples" / "manifest.json").read_text())["settings"]
-    assert set(st["defaults"]) == {"condition", "guidance"} and st["n"] == 3
+    assert set(st["defaults"]) == {"condition", "guidance", "mix"} and st["n"] == 3
     assert (out / "report" / "report.md").is_file()
     before = _files(out)
     assert main(["generate", "run", str(raw_zoo), "--out", str(out), *RUN_ARGS]) == 0
@@ -371,3 +382,9 @@ def test_guidance_is_chosen_under_a_novelty_limit_on_validation():
     assert choose_guidance(acc, novelty, 0.95)[0] == 4.0
     assert choose_guidance(acc, novelty, 0.50)[0] == 1.0  # none is novel enough: most novel
     assert choose_guidance(acc, None, None)[0] == 4.0
+    # (weight, mix) pairs: the same rule; ties go to the smaller weight, then mix
+    pairs = {(2.0, 1): 0.9, (2.0, 4): 0.95, (4.0, 1): 0.95, (1.0, 16): 0.8}
+    nov = {(2.0, 1): 0.7, (2.0, 4): 0.72, (4.0, 1): 0.9, (1.0, 16): 0.6}
+    assert choose_guidance(pairs, nov, 0.8)[0] == (2.0, 4)
+    assert choose_guidance(pairs, None, None)[0] == (2.0, 4)
+    assert choose_guidance(pairs, nov, 0.5)[0] == (1.0, 16)

@@ -7,7 +7,8 @@ import json
 import sys
 
 from ..errors import check_output
-from ..generate.config import AUTO, METHODS, VELOCITY_KINDS, FlowSettings, describe_defaults
+from ..generate.config import (AUTO, MAX_MIX, METHODS, VELOCITY_KINDS, FlowSettings,
+                               describe_defaults)
 from .options import POSITIVE, SEED, allow_code, float_range, int_range
 
 
@@ -70,8 +71,10 @@ def add_parser(sub) -> None:
                         "generator is conditional)")
     s.add_argument("--guidance", default=None,
                    help="classifier-free guidance weight w (1 = plain conditional), or "
-                        "auto: the w among 1,2,4,6,8 with the best validation accuracy "
-                        "(default: auto when sampling with a condition, else 1)")
+                        "auto: the w among 1-8 with the best validation accuracy under "
+                        "the validation novelty limit (default: auto when sampling with a "
+                        "condition, else 1)")
+    _mix_arg(s)
     s.add_argument("--data-root")
     s.add_argument("--out", required=True)
     s.add_argument("--json", action="store_true")
@@ -107,12 +110,26 @@ def add_parser(sub) -> None:
                         "none; default: max when the generator is conditional)")
     r.add_argument("--guidance", default=None,
                    help="guidance weight, or auto (default: auto with a condition, else 1)")
+    _mix_arg(r)
     r.add_argument("--ensemble", type=POSITIVE, default=10, help="audit ensemble size (10)")
     r.add_argument("--seed", type=SEED, default=0)
     r.add_argument("--data-root")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--json", action="store_true")
     allow_code(r)
+
+
+def _mix(text: str):
+    if text == AUTO:
+        return text
+    return int_range(1, MAX_MIX)(text)
+
+
+def _mix_arg(p) -> None:
+    p.add_argument("--mix", type=_mix, default=None, metavar="K",
+                   help="average K flow samples into each network, or auto (default: auto, "
+                        "chosen on validation with the guidance weight, when the guidance "
+                        "is auto; else 1)")
 
 
 def _settings(args) -> FlowSettings:
@@ -138,18 +155,20 @@ def run(args) -> int:
               f"{res['train_seconds']:.1f} s; wrote {res['out']}")
     elif args.gen_verb == "sample":
         res = sample_zoo(args.gen, args.out, args.n, args.steps, args.method, args.seed,
-                         args.data_root, condition=args.condition, guidance=args.guidance)
+                         args.data_root, condition=args.condition, guidance=args.guidance,
+                         mix=args.mix)
         print(describe_defaults(res["defaults"]), file=sys.stderr)
         print(json.dumps(res, indent=1) if args.json else
               f"sampled {res['n']} networks in {res['seconds']:.2f} s ({res['nfe']} function "
               f"evaluations" + (f", guidance {res['guidance']:g}" if res["condition"] is not
-                                None else "") +
+                                None else "") + f", mix {res['mix']}" +
               f"); mean test acc {res['mean_test_acc']:.4f}; wrote {res['out']}")
     elif args.gen_verb == "run":
         res = run_generation(args.zoo, args.out, _settings(args), pca=args.pca,
                              condition=args.condition, n=args.n,
                              sample_steps=args.sample_steps, method=args.method,
                              sample_condition=args.target, guidance=args.guidance,
+                             mix=args.mix,
                              seed=args.seed, ensemble=args.ensemble, data_root=args.data_root,
                              progress=not args.no_progress and not args.json,
                              log=lambda line: print(line, file=sys.stderr, flush=True))

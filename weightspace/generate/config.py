@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 VELOCITY_KINDS = ("mlp", "transformer")  # the classes: flow.VELOCITIES
 METHODS = ("euler", "midpoint", "rk4", "dopri5")  # ODE solvers for sampling
+MAX_MIX = 64  # flow samples averaged into one generated network, at most
 
 
 class EncodingError(WeightspaceError):

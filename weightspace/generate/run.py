@@ -21,7 +21,7 @@ from ..arch import build
 from ..checkpoint import check_state, read_checkpoint
 from ..errors import check_output
 from ..zoo.store import Zoo, ZooError, finished
-from .config import AUTO, OFF, FlowSettings, describe_defaults
+from .config import AUTO, MAX_MIX, OFF, FlowSettings, describe_defaults
 from .encoding import EncodingError
 from .flow import METHODS
 from .pipeline import MAX_SAMPLES, fit_generator, sample_zoo
@@ -33,7 +33,8 @@ def _same_dir(a, b) -> bool:
     return Path(a).resolve() == Path(b).resolve()
 
 
-def _check_inputs(n, sample_steps, method, ensemble, guidance, pca, condition) -> None:
+def _check_inputs(n, sample_steps, method, ensemble, guidance, pca, condition,
+                  mix=None) -> None:
     """Refuse bad settings before the first stage does any work."""
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_SAMPLES:
         raise ZooError(f"the number of samples must be in [1, {MAX_SAMPLES}], got {n!r}")
@@ -49,6 +50,9 @@ def _check_inputs(n, sample_steps, method, ensemble, guidance, pca, condition) -
         except ValueError:
             raise EncodingError(f"--guidance must be a number or auto; got {guidance!r}") \
                 from None
+    if mix not in (None, AUTO) and (isinstance(mix, bool) or not isinstance(mix, int)
+                                    or not 1 <= mix <= MAX_MIX):
+        raise EncodingError(f"--mix must be auto or an integer in [1, {MAX_MIX}], got {mix!r}")
     if pca is not None and not isinstance(pca, bool):
         raise EncodingError(f"pca must be True, False or None (automatic), got {pca!r}")
     if condition is not None and (not isinstance(condition, str) or not condition):
@@ -83,7 +87,8 @@ def _finished_fit(gen: Path, canon: Path, s: FlowSettings, pca, condition) -> di
     return cfg
 
 
-def _finished_samples(smp: Path, gen: Path, n, steps, method, seed, guidance) -> dict | None:
+def _finished_samples(smp: Path, gen: Path, n, steps, method, seed, guidance,
+                      mix=None) -> dict | None:
     """The manifest of samples in ``smp`` drawn from ``gen`` with these settings; None if
     sampling has not finished there."""
     if not Zoo(smp).exists():
@@ -93,6 +98,8 @@ def _finished_samples(smp: Path, gen: Path, n, steps, method, seed, guidance) ->
     want = {"n": n, "steps": steps, "method": method, "seed": seed}
     if guidance is not None and guidance != AUTO:
         want["guidance"] = float(guidance)
+    if mix is not None and mix != AUTO:
+        want["mix"] = mix
     if not isinstance(st.get("generated_from"), str) or not _same_dir(st["generated_from"],
                                                                       gen):
         raise ZooError(f"{smp} holds samples of another generator ({st.get('generated_from')!r})"
@@ -108,13 +115,14 @@ def run_generation(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
                    pca: bool | None = None, condition: str | None = AUTO, n: int = 100,
                    sample_steps: int = 10, method: str = "midpoint",
                    sample_condition: float | str | None = AUTO,
-                   guidance: float | str | None = None, seed: int = 0, ensemble: int = 10,
+                   guidance: float | str | None = None, mix: int | str | None = None,
+                   seed: int = 0, ensemble: int = 10,
                    data_root=None, progress: bool = True, log=None, **overrides) -> dict:
     """Canonicalize (if needed), fit, sample ``n`` networks and audit them, under
     ``out_dir``; returns ``{"stages": {name: note}, "fit", "sample", "audit", ...}``.
 
     ``settings`` / ``overrides`` / ``pca`` / ``condition`` are :func:`fit_generator`'s,
-    ``sample_steps`` / ``method`` / ``sample_condition`` / ``guidance`` are
+    ``sample_steps`` / ``method`` / ``sample_condition`` / ``guidance`` / ``mix`` are
     :func:`sample_zoo`'s (``steps``, ``condition`` there), ``ensemble`` the audit's. Unset,
     each follows the best recipe measured (README, digits MLP demo: PCA code, ``val_acc``
     condition, guidance auto w=3: test acc 0.947 vs the zoo's 0.957). ``log`` gets one line
@@ -122,7 +130,7 @@ def run_generation(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
     t0 = time.perf_counter()
     out = check_output(out_dir, "dir")
     s = replace(settings or FlowSettings(), **overrides)  # validated here, before work
-    _check_inputs(n, sample_steps, method, ensemble, guidance, pca, condition)
+    _check_inputs(n, sample_steps, method, ensemble, guidance, pca, condition, mix)
     if s.velocity == "transformer" and pca:
         raise EncodingError("the transformer velocity models per-layer tokens of the full "
                             "encoding; use it without --pca")
@@ -206,11 +214,11 @@ def run_generation(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
 
     # 3. sample -------------------------------------------------------------------------
     t = fresh(smp, "the generator was refitted")
-    m = _finished_samples(smp, gen, n, sample_steps, method, seed, guidance)
+    m = _finished_samples(smp, gen, n, sample_steps, method, seed, guidance, mix)
     if m is not None:
         st = m["settings"]
         smp_res = {"out": str(smp), "n": n, "condition": st.get("condition"),
-                   "guidance": st.get("guidance"),
+                   "guidance": st.get("guidance"), "mix": st.get("mix", 1),
                    "guidance_val_acc": st.get("guidance_val_acc"),
                    "defaults": st.get("defaults", {}), **(m.get("generation") or {}),
                    "skipped": True}
@@ -219,8 +227,9 @@ def run_generation(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
         clear(smp, "left unfinished")  # model files of an interrupted sampling
         begin(3, "sample", f"{n} networks -> {smp}")
         smp_res = sample_zoo(gen, smp, n, sample_steps, method, seed, data_root,
-                             condition=sample_condition, guidance=guidance)
-        stale = done(3, "sample", t, f" (guidance {smp_res['guidance']:g}, mean test acc "
+                             condition=sample_condition, guidance=guidance, mix=mix)
+        stale = done(3, "sample", t, f" (guidance {smp_res['guidance']:g}, "
+                                     f"mix {smp_res['mix']}, mean test acc "
                                      f"{smp_res['mean_test_acc']:.4f}); "
                                      f"{describe_defaults(smp_res['defaults'])}")
 
