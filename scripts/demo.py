@@ -107,7 +107,8 @@ def main() -> None:
     fit, smp, rep = run["fit"], run["sample"], run["audit"]
     print("guidance chosen on validation: " + ", ".join(
         f"w={float(w):g}: val acc {a:.4f}" for w, a in smp["guidance_val_acc"].items()) +
-        f" -> w={smp['guidance']:g}")
+        f" (at mix {smp['mix']}) -> w={smp['guidance']:g}, mix {smp['mix']} (samples "
+        f"averaged per network; chosen with w)")
     print(f"generator fitted in {fit['train_seconds']:.1f} s; 100 samples in "
           f"{smp['seconds']:.2f} s with {smp['nfe']} function evaluations "
           f"({smp['network_passes']} network passes)")
