@@ -2,9 +2,10 @@
 
 For each family: train a zoo with ``weightspace zoo train``'s library function (reused if
 present), canonicalize it to the barycenter (weight matching; the ViT also with TransFusion),
-fit the README recipe (PCA code, conditioned on val_acc), sample 100 networks with
-guidance towards the zoo's best validation accuracy (weight chosen on validation; BatchNorm
-recalibrated on train data), and audit them on test. Prints: zoo accuracy, generated
+fit the default recipe (PCA code, conditioned on val_acc), sample 100 networks the default
+way (towards the zoo's best validation accuracy; the guidance weight and the number of flow
+samples averaged per network chosen together on validation; BatchNorm recalibrated on train
+data), and audit them on test. Prints: zoo accuracy, generated
 accuracy, novelty (mean max IoU; the zoo's leave-one-out), the margin above the noise curve
 for generated models and for the zoo, L2 to the nearest zoo model, the effective number of
 zoo models a sample mixes, and seconds to fit and to sample 100.
@@ -58,7 +59,7 @@ def run_family(name: str, out: Path, steps: int, samples: int) -> list[dict]:
                             progress=False) if not (gen / "generator.safetensors").exists() \
             else json.loads((gen / "config.json").read_text())
         if not Zoo(smp).exists():
-            sample_zoo(gen, smp, samples, condition="max", guidance="auto")
+            sample_zoo(gen, smp, samples)  # the default: condition max, guidance and mix auto
         gen_info = json.loads((smp / "manifest.json").read_text())
         r = audit(smp, canon, out_dir=root / f"report_{method}")
         g, z = r["generated"], r["zoo"]
@@ -73,6 +74,7 @@ def run_family(name: str, out: Path, steps: int, samples: int) -> list[dict]:
                      "sample_100_s": gen_info["generation"]["seconds"] * 100 / samples,
                      "passes": gen_info["generation"]["network_passes"],
                      "guidance": gen_info["settings"]["guidance"],
+                     "mix": gen_info["settings"].get("mix", 1),
                      "zoo_s": t_zoo, "canon_s": t_canon})
         print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -89,15 +91,17 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     names = list(FAMILIES) if not args.family or "all" in args.family else args.family
     rows = [r for n in names for r in run_family(n, Path(args.out), args.steps, args.samples)]
-    print("\n| family | canon | zoo acc | gen acc | novelty (zoo LOO) | margin gen / zoo "
-          "| L2 nearest (zoo) | eff. models | fit s | sample 100 s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| family | canon | w, K | zoo acc | gen acc | novelty (zoo LOO) | margin gen / zoo "
+          "| L2 nearest (zoo) | eff. models | fit s | sample 100 s (passes) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['family']} | {r['canon']} | {r['zoo_acc']:.4f} | {r['gen_acc']:.4f} | "
+        print(f"| {r['family']} | {r['canon']} | {r['guidance']:g}, {r['mix']} | "
+              f"{r['zoo_acc']:.4f} | {r['gen_acc']:.4f} | "
               f"{r['novelty']:.3f} ({r['zoo_loo_novelty']:.3f}) | "
               f"{100 * r['margin']:+.2f} / {100 * r['zoo_margin']:+.2f} | "
               f"{r['l2_nearest']:.1f} ({r['zoo_l2_nearest']:.1f}) | "
-              f"{r['effective_models']:.2f} | {r['fit_s'] or 0:.0f} | {r['sample_100_s']:.2f} |")
+              f"{r['effective_models']:.2f} | {r['fit_s'] or 0:.0f} | "
+              f"{r['sample_100_s']:.2f} ({r['passes']}) |")
 
 
 if __name__ == "__main__":

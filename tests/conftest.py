@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 # One intra-op thread: the test models are tiny, and on a busy 2-core machine a second
@@ -8,3 +9,10 @@ torch.set_num_threads(1)
 
 def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / a.abs().max().clamp_min(1e-12))
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The bundled digits dataset (fixed splits), loaded once."""
+    from weightspace.zoo import load_dataset
+    return load_dataset("digits")

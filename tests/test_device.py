@@ -14,17 +14,12 @@ from weightspace.device import DeviceError, resolve_device, to_device
 from weightspace.merge import lmc
 from weightspace.merge.merging import merge
 from weightspace.symmetry import apply, random_perms, spec as discover
-from weightspace.zoo import HParams, load_dataset, train_batched, train_zoo
+from weightspace.zoo import HParams, train_batched, train_zoo
 
 ARCH = "mlp:64-32-32-10"
 BN = "resnet20?width=1&in_chans=1"
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 DEVICES = ["cpu", "auto", pytest.param("cuda", marks=CUDA)]
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
 
 
 @pytest.fixture(scope="module")

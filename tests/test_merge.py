@@ -14,15 +14,10 @@ from weightspace.functional import loss_acc
 from weightspace.merge import barrier, curve, lmc, merge, mergemany_perms
 from weightspace.symmetry import apply, random_perms
 from weightspace.symmetry import spec as discover
-from weightspace.zoo import HParams, load_dataset, train_batched
+from weightspace.zoo import HParams, train_batched
 
 MLP = "mlp:64-64-64-10"
 BN = "resnet20?width=1&in_chans=1"
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ weightspace sets ``GOMP_SPINCOUNT=1000`` unless the user set a wait policy.
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import subprocess
@@ -52,34 +53,35 @@ def measure(threads: int, extra: dict) -> float:
     return float(out.stdout.split()[-1])
 
 
-def next_to_spinner(threads: int, extra: dict) -> float:
-    stop = mp.Event()
-    p = mp.Process(target=_spin, args=(stop,))
-    p.start()
-    time.sleep(0.2)
+@contextlib.contextmanager
+def neighbour(kind: str, extra: dict):
+    """Run next to a process spinning on one core, or next to another torch job."""
+    if kind == "spinner":
+        stop = mp.Event()
+        p = mp.Process(target=_spin, args=(stop,))
+        p.start()
+        halt = lambda: (stop.set(), p.join())  # noqa: E731
+    else:
+        p = subprocess.Popen([sys.executable, "-c", STEP.format(threads=2, warm=10**6, steps=1)],
+                             env=_env(extra), stdout=subprocess.DEVNULL)
+        halt = lambda: (p.kill(), p.wait())  # noqa: E731
+    time.sleep(0.2 if kind == "spinner" else 2)
     try:
-        return measure(threads, extra)
+        yield
     finally:
-        stop.set()
-        p.join()
+        halt()
 
 
-def next_to_torch_job(threads: int, extra: dict) -> float:
-    job = subprocess.Popen([sys.executable, "-c", STEP.format(threads=2, warm=10**6, steps=1)],
-                           env=_env(extra), stdout=subprocess.DEVNULL)
-    time.sleep(2)
-    try:
+def next_to(kind: str, threads: int, extra: dict) -> float:
+    with neighbour(kind, extra):
         return measure(threads, extra)
-    finally:
-        job.kill()
-        job.wait()
 
 
 def main() -> None:
     print(f"{'configuration':<28} {'idle':>7} {'spinner':>8} {'torch job':>9}  (ms/step)")
     for name, threads, extra in CONFIGS:
-        row = [measure(threads, extra), next_to_spinner(threads, extra),
-               next_to_torch_job(threads, extra)]
+        row = [measure(threads, extra), next_to("spinner", threads, extra),
+               next_to("torch job", threads, extra)]
         print(f"{name:<28} " + " ".join(f"{v:>7.2f} " for v in row), flush=True)
 
 
