@@ -9,8 +9,6 @@ Stages (families as in scripts/generate_families.py, same directory layout):
     .venv/bin/python scripts/novelty_study.py baseline --family resnet20
     # the knob sweep (val acc / val novelty / test acc / test novelty / margin / eff. models)
     .venv/bin/python scripts/novelty_study.py sweep --family resnet20 [--n 64]
-    # generators fitted with other settings (steps / p_uncond / sigma), then swept
-    .venv/bin/python scripts/novelty_study.py refit --family resnet20
 
 Outputs under runs/families/<family>/novelty/*.jsonl; the table is printed.
 Selection rule (validation only): among the configurations whose validation novelty is at
@@ -315,7 +313,7 @@ def sweep(name, out, n, recipes=None, gen_name=None, tag="sweep"):
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("stage", choices=["prepare", "baseline", "sweep", "refit"])
+    p.add_argument("stage", choices=["prepare", "baseline", "sweep"])
     p.add_argument("--family", action="append", required=True)
     p.add_argument("--out", default="runs/families")
     p.add_argument("--n", type=int, default=64)
