@@ -70,7 +70,7 @@ def baseline(name: str, out, n: int = 100) -> dict:
     method = FAMILIES[name][4][0]
     canon, gen, smp = root / f"canon_{method}", root / f"gen_{method}", root / f"samples_{method}"
     if not Zoo(smp).exists():
-        sample_zoo(gen, smp, n, condition="max", guidance="auto")
+        sample_zoo(gen, smp, n, condition="max", guidance="auto", mix=1)  # K = 1: the reference
     rep = root / f"report_{method}" / "report.json"
     r = json.loads(rep.read_text()) if rep.exists() else \
         audit(smp, canon, out_dir=root / f"report_{method}")
