@@ -475,7 +475,7 @@ def sample_zoo(gen_dir, out_dir, n: int, steps: int = 10, method: str = "midpoin
                                   "val_novelty": novelty.get((w, k))}
                                  for (w, k), a in sweep.items()]}
         for name, value in (("guidance", guidance), ("mix", mix)):
-            if name in defaults:
+            if name in defaults and defaults[name]["value"] == AUTO:
                 defaults[name]["chosen"] = value
     t = time.perf_counter()  # the chosen setting is sampled again: this is the timed run
     codes, nfe = draw(guidance, mix)
