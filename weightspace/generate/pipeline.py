@@ -457,8 +457,8 @@ def sample_zoo(gen_dir, out_dir, n: int, steps: int = 10, method: str = "midpoin
         zoo_err = _load_zoo_errors(Path(gen_dir), len(data["val"][1]))
         ks = MIX_GRID if mix == AUTO else (mix,)
         for w in (GUIDANCE_GRID if guidance == AUTO else (guidance,)):
-            every, _ = draw(w, 1) if ks == (1,) else \
-                sample(model, n * max(ks), steps, method, seed=seed, cond=c, guidance=w)
+            every, _ = sample(model, n * max(ks), steps, method, seed=seed, cond=c,
+                              guidance=w)
             for k in ks:  # the first n * k draws, averaged k at a time
                 codes = every[:n * k].reshape(k, n, -1).mean(0)
                 drawn = _bn_fix([enc.decode(x) for x in codes], arch, data)
