@@ -87,3 +87,19 @@ def test_top_level_help_does_not_import_torch():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip().endswith("0 False"), r.stdout + r.stderr
     assert "generate" in r.stdout and "canonicalize" in r.stdout
+
+
+def test_lazy_packages_export_what_eager_imports_did():
+    """Packages import their parts on first use; an export named like its submodule
+    (``generate.audit``) stays the exported function even after the submodule is imported,
+    and every listed export resolves."""
+    code = ("import importlib, weightspace.generate.audit, weightspace.generate.run\n"
+            "from weightspace.generate import audit\n"
+            "assert callable(audit) and not hasattr(audit, '__path__'), type(audit)\n"
+            "for pkg in ('canonicalize', 'merge', 'generate', 'zoo'):\n"
+            "    m = importlib.import_module('weightspace.' + pkg)\n"
+            "    for name in m.__all__:\n"
+            "        getattr(m, name)\n"
+            "print('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
