@@ -24,10 +24,9 @@ class _LazyPackage(types.ModuleType):
         return value
 
     def __setattr__(self, name: str, value) -> None:
-        # importing submodule X binds package.X to it: an export of that name wins
+        # importing submodule X binds package.X to it: an export of that name wins (it is
+        # resolved from the mapping when first read)
         if isinstance(value, types.ModuleType) and name in self.__dict__.get("_exports", {}):
-            if name not in self.__dict__ or isinstance(self.__dict__[name], types.ModuleType):
-                self.__dict__.pop(name, None)  # resolved from the mapping on next read
             return
         super().__setattr__(name, value)
 

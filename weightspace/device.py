@@ -50,7 +50,14 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     if dev.index is not None and dev.index >= torch.cuda.device_count():
         raise DeviceError(f"--device {name}: this machine has {torch.cuda.device_count()} "
                           f"CUDA device(s)")
-    return dev
+    # with its index, so that tensors already there compare equal and are not copied again
+    return dev if dev.index is not None else torch.device("cuda", torch.cuda.current_device())
+
+
+def placed(device, *objs) -> tuple:
+    """``objs`` moved to ``device`` (see :func:`to_device`); as they are when ``device`` is
+    None (a library function then works where its inputs are)."""
+    return objs if device is None else to_device(objs, resolve_device(device))
 
 
 def to_device(obj, device: torch.device | None):
@@ -76,4 +83,4 @@ def to_device(obj, device: torch.device | None):
     return obj
 
 
-__all__ = ["DEVICE_CHOICES", "DeviceError", "resolve_device", "to_device"]
+__all__ = ["DEVICE_CHOICES", "DeviceError", "placed", "resolve_device", "to_device"]

@@ -62,8 +62,8 @@ def align(spec: Spec, A: dict, B: dict, method: str = "wm", model=None, data=Non
         raise AlignError(f"method {method!r} takes no option {unknown[0]!r} (options: "
                          f"{', '.join(sorted(names)) or 'none'})")
     if device is not None:
-        from ..device import resolve_device, to_device
-        A, B, model, data = to_device((A, B, model, data), resolve_device(device))
+        from ..device import placed
+        A, B, model, data = placed(device, A, B, model, data)
     if m.needs_data:
         if model is None or data is None:
             raise AlignError(f"method {method!r} needs data (a dataset and the model)")

@@ -9,7 +9,7 @@ never used to choose.
 """
 from __future__ import annotations
 
-from ..device import resolve_device, to_device
+from ..device import placed
 from ..functional import lerp_states, loss_acc, recalibrated, scratch
 from ..symmetry.structure import Perms, Spec, apply
 from .matching import MatchReport
@@ -35,8 +35,7 @@ def align_with_restarts(spec: Spec, A: dict, B: dict, method: str = "wm", restar
     :func:`~.registry.align`."""
     if not isinstance(restarts, int) or restarts < 1:
         raise AlignError(f"restarts must be a positive integer, got {restarts!r}")
-    if device is not None:
-        A, B, model, data = to_device((A, B, model, data), resolve_device(device))
+    A, B, model, data = placed(device, A, B, model, data)
     runs = []
     for k in range(restarts):
         perms, rep = align(spec, A, B, method, model=model, data=data, seed=seed + k,

@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..checkpoint import atomic_write_text, read_checkpoint, save_checkpoint, save_tensors
-from ..device import resolve_device, to_device
+from ..device import placed, resolve_device
 from ..errors import safe_name
 from ..functional import check_compatible, mean_states
 from ..parallel import LOCAL, Progress, Shard, gather_perms, shard as current_shard
@@ -86,7 +86,7 @@ def canonicalize_zoo(zoo_dir, out_dir, method: str = "wm", reference: str = "bar
         model = build(loaded[0][1])
         ds = manifest.get("dataset", {})
         data = load_dataset(ds.get("name", ""), data_root or ds.get("data_root"))
-    states, model, data = to_device((states, model, data), dev)
+    states, model, data = placed(dev, states, model, data)
     sh = current_shard()
     before_center = mean_states(states)
     l2_before = _sq_to(states, before_center)

@@ -24,6 +24,13 @@ class EncodingError(WeightspaceError):
     """An encoding that does not fit the models or the generator it is used with."""
 
 
+def check_mix(mix) -> None:
+    """``mix`` must be ``"auto"`` or a number of flow samples in [1, MAX_MIX]."""
+    if mix != AUTO and (isinstance(mix, bool) or not isinstance(mix, int)
+                          or not 1 <= mix <= MAX_MIX):
+        raise EncodingError(f"--mix must be auto or an integer in [1, {MAX_MIX}], got {mix!r}")
+
+
 @dataclass(frozen=True)
 class FlowSettings:
     """How the flow is trained: steps, batch, AdamW learning rate, the velocity network

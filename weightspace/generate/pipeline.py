@@ -30,7 +30,7 @@ from ..zoo.datasets import load_dataset
 from ..zoo.store import FORMAT, FORMAT_VERSION, Zoo, ZooError, finished
 from ..zoo.train import metrics
 from .encoding import Encoding, EncodingError
-from .config import (AUTO, MAX_MIX, OFF, Condition, FlowSettings, default_condition,
+from .config import (AUTO, OFF, Condition, FlowSettings, check_mix, default_condition,
                      default_pca, default_record, default_sampling)
 from .flow import check_velocity_config, make_velocity, sample, train_flow
 from .novelty import errors, max_iou
@@ -427,9 +427,7 @@ def sample_zoo(gen_dir, out_dir, n: int, steps: int = 10, method: str = "midpoin
                           "with the guidance weight") if guidance == AUTO else \
             (1, "the guidance weight is not chosen on validation")
         defaults["mix"] = default_record(mix, why)
-    if mix != AUTO and (isinstance(mix, bool) or not isinstance(mix, int)
-                        or not 1 <= mix <= MAX_MIX):
-        raise EncodingError(f"--mix must be auto or an integer in [1, {MAX_MIX}], got {mix!r}")
+    check_mix(mix)
     if condition is not None:
         if cn is None:
             raise EncodingError(f"{gen_dir}: the generator was fitted without a condition")

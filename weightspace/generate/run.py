@@ -21,7 +21,7 @@ from ..arch import build
 from ..checkpoint import check_state, read_checkpoint
 from ..errors import check_output
 from ..zoo.store import Zoo, ZooError, finished
-from .config import AUTO, MAX_MIX, OFF, FlowSettings, describe_defaults
+from .config import AUTO, OFF, FlowSettings, check_mix, describe_defaults
 from .encoding import EncodingError
 from .flow import METHODS
 from .pipeline import MAX_SAMPLES, fit_generator, sample_zoo
@@ -50,9 +50,8 @@ def _check_inputs(n, sample_steps, method, ensemble, guidance, pca, condition,
         except ValueError:
             raise EncodingError(f"--guidance must be a number or auto; got {guidance!r}") \
                 from None
-    if mix not in (None, AUTO) and (isinstance(mix, bool) or not isinstance(mix, int)
-                                    or not 1 <= mix <= MAX_MIX):
-        raise EncodingError(f"--mix must be auto or an integer in [1, {MAX_MIX}], got {mix!r}")
+    if mix is not None:
+        check_mix(mix)
     if pca is not None and not isinstance(pca, bool):
         raise EncodingError(f"pca must be True, False or None (automatic), got {pca!r}")
     if condition is not None and (not isinstance(condition, str) or not condition):

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ..checkpoint import atomic_write_text, load_models, save_checkpoint
-from ..device import resolve_device, to_device
+from ..device import placed, resolve_device
 from ..errors import check_output
 from ..functional import loss_acc
 from ..symmetry import spec as discover_spec
@@ -86,8 +86,7 @@ def barrier_matrix(zoo_dir, out_dir, align: str = "wm", points: int = 25, bn: st
     models = load_models([zoo.model_path(i) for i in ids])
     data = dataset_of(models[0], dataset, data_root, why="barriers are measured on data")
     spec = discover_spec(models[0].weightspace_arch)
-    net, data = to_device((models[0], data), dev)
-    states = [to_device(m.state_dict(), dev) for m in models]
+    net, data, states = placed(dev, models[0], data, [m.state_dict() for m in models])
     n = len(ids)
     before = [[0.0 if i == j else None for j in range(n)] for i in range(n)]
     after = [[0.0 if i == j else None for j in range(n)] for i in range(n)]
@@ -124,8 +123,7 @@ def merge_checkpoints(paths, out, method: str = "mergemany", post: str = "none",
                       required=get_merge_method(method).needs_data or post != "none",
                       why=f"merge method {method!r} / post-processing {post!r} needs data")
     spec = discover_spec(models[0].weightspace_arch)
-    net, data = to_device((models[0], data), dev)
-    states = [to_device(m.state_dict(), dev) for m in models]
+    net, data, states = placed(dev, models[0], data, [m.state_dict() for m in models])
     merged, rep = merge(spec, net, states, method, post, data, seed=seed,
                         names=[str(p) for p in paths], restarts=restarts, **options)
     if data is not None:

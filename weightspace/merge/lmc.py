@@ -18,7 +18,7 @@ from torch import nn
 
 from ..canonicalize import l2_distance
 from ..canonicalize.restarts import align_with_restarts
-from ..device import resolve_device, to_device
+from ..device import placed
 from ..features import feature_stats
 from ..functional import has_batchnorm, lerp_states, loss_acc, recalibrated, scratch
 from ..symmetry.structure import Spec, apply
@@ -121,8 +121,7 @@ def lmc(spec: Spec, model: nn.Module, A: dict, B: dict, data, align_method: str 
     ``barrier_spread``) so the luck of the group order is visible, never used to choose.
     ``device`` (``"cpu"``, ``"cuda"``, ``"auto"``) moves the models and data there first;
     None works where they are."""
-    if device is not None:
-        model, A, B, data = to_device((model, A, B, data), resolve_device(device))
+    model, A, B, data = placed(device, model, A, B, data)
     out = {"points": points, "bn": bn, "align": align_method,
            "unaligned": curve(spec, model, A, B, data, points, bn)}
     if align_method != "none":

@@ -12,7 +12,7 @@ import time
 
 from torch import nn
 
-from ..device import resolve_device, to_device
+from ..device import placed
 from ..features import feature_stats
 from ..canonicalize import l2_distance
 from ..functional import check_compatible, loss_acc, mean_states, recalibrated, scratch
@@ -35,8 +35,7 @@ def merge(spec: Spec, model: nn.Module, states: list[dict], method: str = "merge
     one whose aligned models are closest to their mean. ``device`` (``"cpu"``, ``"cuda"``,
     ``"auto"``) moves the models and data there first; None works where they are."""
     model = scratch(model)
-    if device is not None:
-        model, states, data = to_device((model, list(states), data), resolve_device(device))
+    model, states, data = placed(device, model, list(states), data)
     t0 = time.perf_counter()
     m = get_merge_method(method)
     if post not in POST:
