@@ -12,7 +12,8 @@ from weightspace.zoo import HParams, load_dataset, train_batched, train_sequenti
 from weightspace.zoo import runner
 from weightspace.zoo import train as train_mod
 from weightspace.zoo.stacked import Stack, unsupported
-from weightspace.zoo.train import batched_impl, choose_path, evaluate, init_model
+from weightspace.functional import recalibrated
+from weightspace.zoo.train import batched_impl, choose_path, evaluate, init_model, recalibrate
 
 from .conftest import rel_diff
 
@@ -102,12 +103,40 @@ def test_stacked_evaluation_equals_one_at_a_time(arch, monkeypatch):
     x, y = d["test"]
     states = train_batched(arch, [0, 1, 2], HParams(epochs=1, batch_size=64), *d["train"])
     loss1, acc1 = evaluate(arch, states, x, y, batched=False)
-    loss2, acc2 = evaluate(arch, states, x, y)
+    loss2, acc2 = evaluate(arch, states, x, y, batched=True)
+    loss4, acc4 = evaluate(arch, states, x, y)  # the measured choice
     monkeypatch.setattr(train_mod, "EVAL_ELEMENTS", 5000)  # forces many small batches
-    loss3, acc3 = evaluate(arch, states, x, y)
-    assert acc1 == acc2 == acc3
-    for a, b, c in zip(loss1, loss2, loss3):
+    loss3, acc3 = evaluate(arch, states, x, y, batched=True)
+    assert acc1 == acc2 == acc3 == acc4
+    for a, b, c, d in zip(loss1, loss2, loss3, loss4):
         assert a == pytest.approx(b, rel=1e-5) and a == pytest.approx(c, rel=1e-5)
+        assert a == pytest.approx(d, rel=1e-5)
+    key = (arch, len(states), tuple(x.shape[1:]), "cpu")
+    assert key in train_mod._EVAL_BATCHED  # measured once, then kept
+    assert train_mod.eval_batched(arch, states[:1], x) is False  # one model: the loop
+
+
+@pytest.mark.parametrize("arch,data", [(BN, digits), ("vgg11?width=0.0625&in_chans=1",
+                                                      images32), ("mlp:64-32-10", digits)])
+def test_stacked_recalibration_equals_one_at_a_time(arch, data, monkeypatch):
+    x, _ = data(300)  # a full batch of 256 and a short one
+    states = [init_model(arch, s).state_dict() for s in range(3)]
+    for s in states:  # stale statistics that recalibration must replace
+        for k, v in s.items():
+            if k.endswith("running_mean"):
+                v.add_(3.0)
+    one = [recalibrated(build(arch), s, x) for s in states]
+    monkeypatch.setattr(train_mod, "eval_batched", lambda *a: True)  # the stacked path
+    for many in (recalibrate(arch, states, x),
+                 _chunked(monkeypatch, lambda: recalibrate(arch, states, x))):
+        for a, b in zip(one, many):
+            assert_close_states(a, b, 1e-5)
+
+
+def _chunked(monkeypatch, fn):
+    with monkeypatch.context() as m:
+        m.setattr(train_mod, "EVAL_ELEMENTS", 1)  # one model per stacked pass
+        return fn()
 
 
 def test_unsupported_models_fall_back():

@@ -6,18 +6,15 @@ network scores what the zoo's leave-one-out gives.
 from __future__ import annotations
 
 import torch
-from torch.func import functional_call, vmap
 
-from ..arch import build
+from ..zoo.train import logits
 
 
 @torch.no_grad()
 def probabilities(arch: str, states: list[dict], x: torch.Tensor) -> torch.Tensor:
-    """[models, examples, classes] softmax outputs (eval mode)."""
-    base = build(arch).to("meta").eval()
-    stacked = {k: torch.stack([s[k] for s in states]) for k in states[0]}
-    out = vmap(lambda s, xb: functional_call(base, s, (xb,)), in_dims=(0, None))(stacked, x)
-    return out.softmax(-1)
+    """[models, examples, classes] softmax outputs (eval mode; conv nets of the built-in
+    architectures stacked along channels, see :func:`~weightspace.zoo.train.logits`)."""
+    return logits(arch, states, x).float().softmax(-1)
 
 
 def errors(arch: str, states: list[dict], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -300,7 +300,7 @@ def _train_chunk(zoo: Zoo, h: str, chunk: list[dict], hp: HParams, data: Dataset
     snaps: dict[str, list[dict]] = {e["id"]: [] for e in chunk}
 
     def on_snapshot(epoch, states):
-        ms = metrics(arch, states, data, device, splits=("val",), batched=batched)
+        ms = metrics(arch, states, data, device, splits=("val",))
         for e, s, m in zip(chunk, states, ms):
             if e["id"] in finished:
                 continue
@@ -316,7 +316,7 @@ def _train_chunk(zoo: Zoo, h: str, chunk: list[dict], hp: HParams, data: Dataset
         states = train_batched(arch, seeds, hp, x, y, **kw)
     else:
         states = [s for seed in seeds for s in train_sequential(arch, seed, hp, x, y, **kw)]
-    ms = metrics(arch, states, data, device, batched=batched)
+    ms = metrics(arch, states, data, device)
     seconds = (time.perf_counter() - t) / len(chunk)
     results = {}
     for e, s, m in zip(chunk, states, ms):

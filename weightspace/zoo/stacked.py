@@ -96,15 +96,16 @@ class Stack:
 
     # ------------------------------------------------------------------ forward
     def forward(self, p: dict[str, torch.Tensor], x: torch.Tensor, training: bool,
-                shared: bool = False) -> torch.Tensor:
+                shared: bool = False, momentum: float | None = None) -> torch.Tensor:
         """Logits ``[N, B, classes]``.
 
         ``x`` is ``[N, B, *input]`` (each model its own batch) or, with ``shared``, one
         batch ``[B, *input]`` that every model sees (evaluation): then the first layer is a
         plain (ungrouped) conv / linear with all models' filters, and nothing is copied N
-        times. In training mode BatchNorm uses and updates per-model batch statistics.
+        times. In training mode BatchNorm uses and updates per-model batch statistics, with
+        ``momentum`` in place of each layer's own when given.
         """
-        run = _Run(self, p, training, shared)
+        run = _Run(self, p, training, shared, momentum)
         if isinstance(self.model, MLP):
             return run.mlp(x)
         n, c = self.n, x.shape[-3]
@@ -116,8 +117,10 @@ class Stack:
 class _Run:
     """One forward pass: reads parameters by module name, tracks the 'first layer' state."""
 
-    def __init__(self, stack: Stack, p: dict, training: bool, shared: bool):
+    def __init__(self, stack: Stack, p: dict, training: bool, shared: bool,
+                 momentum: float | None = None):
         self.s, self.p, self.training, self.first = stack, p, training, shared
+        self.momentum = momentum
 
     def _get(self, m: nn.Module, key: str) -> torch.Tensor | None:
         return self.p.get(f"{self.s.names[m]}.{key}")
@@ -134,7 +137,7 @@ class _Run:
                 self._get(m, "num_batches_tracked").add_(1)
             return F.batch_norm(h, self._get(m, "running_mean"), self._get(m, "running_var"),
                                 self._get(m, "weight"), self._get(m, "bias"), self.training,
-                                m.momentum, m.eps)
+                                m.momentum if self.momentum is None else self.momentum, m.eps)
         if type(m) is LayerNorm2d:  # per model, over its own channels
             b, _, hh, ww = h.shape
             c = m.normalized_shape[0]

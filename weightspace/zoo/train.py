@@ -35,6 +35,7 @@ warnings.filterwarnings("ignore", category=UserWarning,
                                 "implemented the batching rule")
 
 from ..arch import build
+from ..functional import has_batchnorm, recalibrated
 from .hparams import HParams, TrainError
 from .stacked import Stack, unsupported
 
@@ -324,8 +325,10 @@ def _eval_batch(base: nn.Module, n: int, x: torch.Tensor, batch: int) -> int:
     return max(1, min(batch, EVAL_ELEMENTS // max(1, n * width)))
 
 
-def _forward_fn(arch: str, states: list[dict], x: torch.Tensor, batched: bool):
-    """The fastest way this process knows to run all models on one batch: ``[n, b, C]``."""
+def _build_forward(arch: str, states: list[dict], x: torch.Tensor, batched: bool):
+    """All models on one batch, ``[n, b, C]``: stacked along channels (built-in
+    architectures), else under vmap, else (or unbatched) one model at a time. Returns the
+    function and the largest batch it takes."""
     device, n = x.device, len(states)
     base = build(arch).to("meta").eval()
     if batched and n > 1 and not unsupported(base):
@@ -345,13 +348,99 @@ def _forward_fn(arch: str, states: list[dict], x: torch.Tensor, batched: bool):
     return (lambda xb: torch.stack([functional_call(base, s, (xb,)) for s in on_device])), 2048
 
 
+# (arch, models, input shape, device) -> whether batched evaluation measured faster here
+_EVAL_BATCHED: dict[tuple, bool] = {}
+EVAL_PROBE = 64  # examples of the timed forward of each path
+
+
+def eval_batched(arch: str, states: list[dict], x: torch.Tensor) -> bool:
+    """Whether running ``states`` together beats one model at a time on inputs like ``x``:
+    one forward of each path on ``EVAL_PROBE`` examples is timed (after a warm-up) the
+    first time a process meets these shapes, and the answer kept. A forward pass has no
+    optimizer or autograd work to share, and on a CPU grouped convolutions of many small
+    models are often slower than the loop (ResNet-20 on digits: 4x), so this is measured,
+    not assumed."""
+    if len(states) < 2:
+        return False
+    key = (arch, len(states), tuple(x.shape[1:]), str(x.device))
+    if key not in _EVAL_BATCHED:
+        seconds = {}
+        with torch.no_grad():
+            for batched in (True, False):
+                fwd, cap = _build_forward(arch, states, x, batched)
+                xb = x[:min(EVAL_PROBE, cap)]
+                fwd(xb)
+                _sync(x.device)
+                t = time.perf_counter()
+                fwd(xb)
+                _sync(x.device)
+                seconds[batched] = time.perf_counter() - t
+        _EVAL_BATCHED[key] = seconds[True] < seconds[False]
+    return _EVAL_BATCHED[key]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _forward_fn(arch: str, states: list[dict], x: torch.Tensor, batched: bool | None):
+    """:func:`_build_forward` on the path ``batched`` names (None: :func:`eval_batched`)."""
+    if batched is None:
+        batched = eval_batched(arch, states, x)
+    return _build_forward(arch, states, x, batched)
+
+
+@torch.no_grad()
+def recalibrate(arch: str, states: list[dict], x: torch.Tensor, batch_size: int = 256
+                ) -> list[dict]:
+    """``states`` with every BatchNorm's running statistics recomputed on ``x`` (a train
+    sample, never test), as :func:`~weightspace.functional.recalibrated` does one model at
+    a time (cumulative average over batches of ``batch_size``), for many models of a
+    built-in architecture in one stacked forward per batch where that measured faster
+    (:func:`eval_batched`). Models without BatchNorm come back as they are."""
+    base = build(arch).to("meta")
+    if not states or not has_batchnorm(base):
+        return list(states)
+    if unsupported(base) or not eval_batched(arch, states, x[:batch_size]):
+        net = build(arch)
+        return [recalibrated(net, s, x) for s in states]
+    # models per stacked pass: as many as keep one activation under EVAL_ELEMENTS floats
+    chunk = _eval_batch(base, 1, x, EVAL_ELEMENTS) // batch_size or 1
+    out = []
+    for lo in range(0, len(states), chunk):
+        part = states[lo:lo + chunk]
+        stack = Stack(base, len(part))
+        p = stack.stack(part, x.device)
+        for k, v in p.items():  # reset_running_stats
+            if k.endswith("running_mean") or k.endswith("num_batches_tracked"):
+                v.zero_()
+            elif k.endswith("running_var"):
+                v.fill_(1.0)
+        for i, b in enumerate(range(0, len(x), batch_size), 1):  # momentum None: 1 / i
+            stack.forward(p, x[b:b + batch_size], True, shared=True, momentum=1.0 / i)
+        out += stack.unstack(p)
+    return out
+
+
+@torch.no_grad()
+def logits(arch: str, states: list[dict], x: torch.Tensor, batch: int = 2048) -> torch.Tensor:
+    """``[models, examples, classes]``: every model's outputs on ``x`` (eval mode), run as
+    :func:`evaluate` runs them (stacked, else vmap, else one at a time)."""
+    fwd, cap = _forward_fn(arch, states, x, None)
+    batch = min(batch, cap)
+    return torch.cat([fwd(x[lo:lo + batch]) for lo in range(0, len(x), batch)], 1)
+
+
 @torch.no_grad()
 def evaluate(arch: str, states: list[dict], x: torch.Tensor, y: torch.Tensor,
-             batch: int = 2048, batched: bool = True) -> tuple[list[float], list[float]]:
+             batch: int = 2048, batched: bool | None = None
+             ) -> tuple[list[float], list[float]]:
     """Loss and accuracy of each model (eval mode) on (x, y).
 
-    Built-in architectures run stacked along channels (one grouped layer for all models);
-    others under ``vmap`` if it can, else one model at a time.
+    ``batched`` True: all models at once (built-in architectures stacked along channels,
+    one grouped layer for all models; others under ``vmap`` if it can); False: one model
+    at a time; None: whichever :func:`eval_batched` measured faster on these shapes.
     """
     n = len(states)
     fwd, cap = _forward_fn(arch, states, x, batched)
@@ -369,7 +458,7 @@ def evaluate(arch: str, states: list[dict], x: torch.Tensor, y: torch.Tensor,
 
 
 def metrics(arch: str, states: list[dict], data, device, splits=("train", "val", "test"),
-            batched: bool = True) -> list[dict]:
+            batched: bool | None = None) -> list[dict]:
     """Per-model ``{split}_loss`` / ``{split}_acc`` (train on its first TRAIN_EVAL_MAX)."""
     out = [{} for _ in states]
     for split in splits:
