@@ -12,7 +12,9 @@ from weightspace.cli.main import main
 from weightspace.generate import (Encoding, EncodingError, TokenVelocity, Velocity, audit,
                                   fit_generator, sample, sample_zoo, train_flow)
 from weightspace.generate.config import EVIDENCE
-from weightspace.generate.pipeline import MIX_GRID, choose_guidance, load_zoo_states
+from weightspace.generate.config import GUIDANCE_GRID, PASS_BUDGET, SOLVER_GRID
+from weightspace.generate.pipeline import (MIX_GRID, candidates, choose_guidance,
+                                           load_zoo_states)
 from weightspace.generate.run import run_generation
 from weightspace.zoo import HParams, ZooError, train_zoo
 
@@ -62,7 +64,10 @@ def test_end_to_end_and_cli(tiny_zoo, tmp_path, capsys):
     assert main(["generate", "sample", str(gen), "-n", "5", "--steps", "4", "--out",
                  str(samples), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert res["n"] == 5 and res["nfe"] == 8 and res["network_passes"] == 8
+    # the solver is fixed (midpoint x4: 8 evaluations); the mix is chosen within the budget
+    assert res["n"] == 5 and res["nfe"] == 8
+    assert res["network_passes"] == 8 * res["mix"] <= PASS_BUDGET
+    assert res["defaults"]["mix"]["chosen"] == res["mix"] and "solver" not in res["defaults"]
     m = load_model(samples / "models" / "g0003.safetensors")
     assert m.weightspace_arch == ARCH
     assert main(["zoo", "eval", str(samples), "--json"]) == 0
@@ -161,22 +166,30 @@ def test_conditional_generator_pipeline(tiny_zoo, tmp_path):
     cfg = json.loads((tmp_path / "g" / "config.json").read_text())
     assert cfg["condition"]["name"] == "val_acc"
     res = sample_zoo(tmp_path / "g", tmp_path / "s", 3, steps=2,
-                     condition=cfg["condition"]["max"], guidance=2.0)
+                     condition=cfg["condition"]["max"], guidance=2.0, mix=1)
     assert res["n"] == 3 and res["nfe"] == 4 and res["network_passes"] == 8
-    assert main(["generate", "sample", str(tmp_path / "g"), "-n", "3", "--steps", "2",
-                 "--condition", "max", "--guidance", "auto", "--out", str(tmp_path / "a"),
-                 "--json"]) == 0
+    assert res["guidance_choice"] is None  # every setting passed: nothing to choose
+    assert main(["generate", "sample", str(tmp_path / "g"), "-n", "3", "--condition", "max",
+                 "--out", str(tmp_path / "a"), "--json"]) == 0
     m = json.loads((tmp_path / "a" / "manifest.json").read_text())["settings"]
     assert m["condition"] == cfg["condition"]["max"]
     choice = m["guidance_choice"]  # chosen on val only: accuracy under a novelty limit
-    grid = {(g["guidance"], g["mix"]): g for g in choice["grid"]}
-    assert {k for _, k in grid} == set(MIX_GRID)  # mix chosen with w by default
+    grid = {(g["method"], g["steps"], g["guidance"], g["mix"]): g for g in choice["grid"]}
+    # solver, weight and mix chosen jointly by default, within the pass budget
+    assert set(grid) == set(candidates(SOLVER_GRID, GUIDANCE_GRID, MIX_GRID, True))
+    assert {k[:2] for k in grid} == set(SOLVER_GRID) and {k[3] for k in grid} == set(MIX_GRID)
+    assert all(g["passes"] <= PASS_BUDGET for g in choice["grid"])
     sweep = {key: g["val_acc"] for key, g in grid.items()}
     novelty = {key: g["val_novelty"] for key, g in grid.items()}
     novelty = None if None in novelty.values() else novelty
-    assert (m["guidance"], m["mix"]) == choose_guidance(sweep, novelty,
-                                                        choice["novelty_limit"])[0]
+    passes = {key: g["passes"] for key, g in grid.items()}
+    assert (m["method"], m["steps"], m["guidance"], m["mix"]) == choose_guidance(
+        sweep, novelty, choice["novelty_limit"],
+        cost=lambda k: (passes[k], k[2], k[3]))[0]
     assert m["defaults"]["mix"]["chosen"] == m["mix"]
+    assert m["defaults"]["solver"]["chosen"] == f"{m['method']} x{m['steps']}"
+    gen = json.loads((tmp_path / "a" / "manifest.json").read_text())["generation"]
+    assert gen["network_passes"] == passes[(m["method"], m["steps"], m["guidance"], m["mix"])]
     fixed = sample_zoo(tmp_path / "g", tmp_path / "k3", 3, steps=2, condition="max",
                        guidance=2.0, mix=3)
     assert fixed["mix"] == 3 and fixed["network_passes"] == 8 * 3  # 3 averaged per network
@@ -252,10 +265,10 @@ def test_defaults_are_the_measured_recipe_and_recorded(tiny_zoo, tmp_path, capsy
         cfg["defaults"]["pca"]["why"] and cfg["defaults"]["pca"]["evidence"] == EVIDENCE
     assert cfg["defaults"]["condition"]["value"] == "val_acc"
     # sampling with no options: the zoo's best val_acc, guidance chosen on validation
-    assert main(["generate", "sample", str(gen), "-n", "3", "--steps", "2", "--out",
-                 str(tmp_path / "s")]) == 0
+    assert main(["generate", "sample", str(gen), "-n", "3", "--out", str(tmp_path / "s")]) == 0
     err = capsys.readouterr().err
-    assert "condition=max" in err and "guidance=auto" in err and "mix=auto" in err
+    assert "condition=max" in err and "guidance=auto" in err and "mix=auto" in err and \
+        "solver=auto" in err
     st = json.loads((tmp_path / "s" / "manifest.json").read_text())["settings"]
     assert st["condition"] == cfg["condition"]["max"] and st["guidance_val_acc"]
     assert st["defaults"]["condition"]["value"] == "max"
@@ -266,7 +279,10 @@ def test_defaults_are_the_measured_recipe_and_recorded(tiny_zoo, tmp_path, capsy
                  "--out", str(tmp_path / "s1")]) == 0
     st = json.loads((tmp_path / "s1" / "manifest.json").read_text())["settings"]
     assert st["guidance"] == 1.0 and set(st["defaults"]) == {"condition", "mix"}
-    assert st["defaults"]["mix"]["value"] == 1 == st["mix"]  # not chosen without guidance auto
+    # the mix not passed is still chosen on validation (with the fixed solver and weight)
+    assert st["defaults"]["mix"]["value"] == "auto" and "solver" not in st["defaults"]
+    assert st["defaults"]["mix"]["chosen"] == st["mix"]
+    assert {(g["guidance"], g["steps"]) for g in st["guidance_choice"]["grid"]} == {(1.0, 2)}
     assert main(["generate", "sample", str(gen), "-n", "2", "--steps", "2", "--condition",
                  "none", "--out", str(tmp_path / "s2")]) == 0
     st = json.loads((tmp_path / "s2" / "manifest.json").read_text())["settings"]
@@ -388,3 +404,22 @@ def test_guidance_is_chosen_under_a_novelty_limit_on_validation():
     assert choose_guidance(pairs, nov, 0.8)[0] == (2.0, 4)
     assert choose_guidance(pairs, None, None)[0] == (2.0, 4)
     assert choose_guidance(pairs, nov, 0.5)[0] == (1.0, 16)
+
+
+def test_sampling_candidates_keep_the_pass_budget():
+    every = candidates(SOLVER_GRID, GUIDANCE_GRID, MIX_GRID, guided=True)
+    assert every and all(o.passes(True) <= PASS_BUDGET for o in every)
+    # guidance 1 is one pass per evaluation, so more samples fit it
+    assert max(o.mix for o in every if o.guidance == 1.0) > \
+        max(o.mix for o in every if o.guidance != 1.0)
+    assert ("euler", 1, 1.0, 16) in every and ("midpoint", 5, 2.0, 2) not in every
+    # unconditional: guidance is never doubled
+    assert all(o.passes(False) == o.passes(True) for o in every if o.guidance == 1.0)
+    # fixed settings beyond the budget: the cheapest of them, not nothing
+    over = candidates((("rk4", 10),), (2.0,), MIX_GRID, guided=True)
+    assert [o.mix for o in over] == [1] and over[0].passes(True) == 80
+    assert len(candidates((("dopri5", 10),), (1.0,), MIX_GRID, True)) == len(MIX_GRID)
+    # ties of accuracy go to fewer passes
+    a, b = ("euler", 1, 1.0, 4), ("euler", 2, 1.0, 4)
+    assert choose_guidance({a: 0.9, b: 0.9}, {a: 0.5, b: 0.5}, 0.6,
+                           cost=lambda k: (k[1] * k[3],))[0] == a

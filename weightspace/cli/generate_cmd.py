@@ -7,7 +7,8 @@ import json
 import sys
 
 from ..errors import check_output
-from ..generate.config import (AUTO, MAX_MIX, METHODS, VELOCITY_KINDS, FlowSettings,
+from ..generate.config import (AUTO, DEFAULT_SOLVER, GUIDANCE_GRID, MAX_MIX, METHODS,
+                               PASS_BUDGET, SOLVER_GRID, VELOCITY_KINDS, FlowSettings,
                                describe_defaults)
 from .options import POSITIVE, SEED, allow_code, float_range, int_range
 
@@ -61,9 +62,7 @@ def add_parser(sub) -> None:
     s = gs.add_parser("sample", help="sample N networks into a new zoo directory")
     s.add_argument("gen", metavar="GEN_DIR")
     s.add_argument("-n", type=int_range(1, 100_000), default=100, help="networks (100)")
-    s.add_argument("--steps", type=int_range(1, 10_000), default=10,
-                   help="ODE steps (fixed-step methods)")
-    s.add_argument("--method", choices=METHODS, default="midpoint")
+    _solver_args(s, "--steps")
     s.add_argument("--seed", type=SEED, default=0)
     s.add_argument("--condition", metavar="VALUE", default=AUTO,
                    help="target value of the generator's condition (its own units), max / "
@@ -71,9 +70,9 @@ def add_parser(sub) -> None:
                         "generator is conditional)")
     s.add_argument("--guidance", default=None,
                    help="classifier-free guidance weight w (1 = plain conditional), or "
-                        "auto: the w among 1-8 with the best validation accuracy under "
-                        "the validation novelty limit (default: auto when sampling with a "
-                        "condition, else 1)")
+                        f"auto: the w among {GUIDANCE_GRID[0]:g}-{GUIDANCE_GRID[-1]:g} with "
+                        "the best validation accuracy under the validation novelty limit "
+                        "(default: auto when sampling with a condition, else 1)")
     _mix_arg(s)
     s.add_argument("--data-root")
     s.add_argument("--out", required=True)
@@ -102,9 +101,7 @@ def add_parser(sub) -> None:
                    help="fit condition: a metric or hyperparameter name, or none (default: "
                         "auto, val_acc when every finished model has it)")
     r.add_argument("-n", type=int_range(1, 100_000), default=100, help="samples (100)")
-    r.add_argument("--sample-steps", type=int_range(1, 10_000), default=10,
-                   help="ODE steps (10)")
-    r.add_argument("--method", choices=METHODS, default="midpoint")
+    _solver_args(r, "--sample-steps")
     r.add_argument("--target", metavar="VALUE", default=AUTO,
                    help="sampling target of the condition (a value, max / min / mean, or "
                         "none; default: max when the generator is conditional)")
@@ -119,6 +116,18 @@ def add_parser(sub) -> None:
     allow_code(r)
 
 
+def _solver_args(p, steps_flag: str) -> None:
+    auto = (f"default: auto, the solver and steps chosen on validation with the guidance "
+            f"and mix among {', '.join(f'{m} x{s}' for m, s in SOLVER_GRID)}, within "
+            f"{PASS_BUDGET} network passes per network; passing one of --method / "
+            f"{steps_flag} fixes the solver, the other then {DEFAULT_SOLVER[0]} / "
+            f"{DEFAULT_SOLVER[1]}")
+    p.add_argument(steps_flag, type=int_range(1, 10_000), default=None,
+                   help=f"ODE steps of a fixed-step method ({auto})")
+    p.add_argument("--method", choices=METHODS, default=None, help="ODE solver (see "
+                   f"{steps_flag})")
+
+
 def _mix(text: str):
     if text == AUTO:
         return text
@@ -128,8 +137,7 @@ def _mix(text: str):
 def _mix_arg(p) -> None:
     p.add_argument("--mix", type=_mix, default=None, metavar="K",
                    help="average K flow samples into each network, or auto (default: auto, "
-                        "chosen on validation with the guidance weight, when the guidance "
-                        "is auto; else 1)")
+                        "chosen on validation with the guidance weight and the solver)")
 
 
 def _settings(args) -> FlowSettings:
@@ -160,8 +168,9 @@ def run(args) -> int:
         print(describe_defaults(res["defaults"]), file=sys.stderr)
         print(json.dumps(res, indent=1) if args.json else
               f"sampled {res['n']} networks in {res['seconds']:.2f} s ({res['nfe']} function "
-              f"evaluations" + (f", guidance {res['guidance']:g}" if res["condition"] is not
-                                None else "") + f", mix {res['mix']}" +
+              f"evaluations, {res['method']} x{res['steps']}" +
+              (f", guidance {res['guidance']:g}" if res["condition"] is not None else "") +
+              f", mix {res['mix']}, {res['network_passes']} passes per network" +
               f"); mean test acc {res['mean_test_acc']:.4f}; wrote {res['out']}")
     elif args.gen_verb == "run":
         res = run_generation(args.zoo, args.out, _settings(args), pca=args.pca,

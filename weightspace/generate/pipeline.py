@@ -14,6 +14,7 @@ import math
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors import SafetensorError
@@ -24,14 +25,14 @@ from ..arch import build
 from ..checkpoint import (atomic_write_text, check_state, read_checkpoint, save_checkpoint,
                           save_tensors)
 from ..errors import WeightspaceError, check_output
-from ..functional import recalibrated
 from ..parallel import shard
 from ..zoo.datasets import load_dataset
 from ..zoo.store import FORMAT, FORMAT_VERSION, Zoo, ZooError, finished
-from ..zoo.train import metrics
+from ..zoo.train import metrics, recalibrate
 from .encoding import Encoding, EncodingError
-from .config import (AUTO, OFF, Condition, FlowSettings, check_mix, default_condition,
-                     default_pca, default_record, default_sampling)
+from .config import (AUTO, DEFAULT_SOLVER, GUIDANCE_GRID, METHODS, MIX_GRID, OFF, PASS_BUDGET,
+                     SOLVER_GRID, Condition, FlowSettings, check_mix, default_condition,
+                     default_pca, default_record, default_sampling, passes)
 from .flow import check_velocity_config, make_velocity, sample, train_flow
 from .novelty import errors, max_iou
 
@@ -314,13 +315,6 @@ def load_generator(gen_dir) -> tuple[dict, Encoding, torch.nn.Module]:
     return cfg, enc, model.eval()
 
 
-GUIDANCE_GRID = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
-# Flow samples averaged into one network (in the code, so in the canonical weight space:
-# decoding is affine), chosen on validation together with the guidance weight. Averaging
-# removes sampling noise that costs accuracy without pulling samples onto one zoo model
-# (scripts/novelty_study.py: VGG-11 LN 0.81 -> 0.91 test accuracy at the same novelty;
-# the Fashion-MNIST MLP then meets accuracy, margin and novelty targets).
-MIX_GRID = (1, 4, 16)
 NOVELTY_SLACK = 0.05  # samples may be this much less novel than independently trained nets
 ZOO_ERRORS = "zoo_val_errors.safetensors"
 
@@ -341,27 +335,54 @@ def _smaller_first(key) -> tuple:
     return tuple(-x for x in key) if isinstance(key, tuple) else (-key,)
 
 
-def choose_guidance(acc: dict, novelty: dict | None, limit: float | None):
-    """The sampling setting (a guidance weight, or a ``(weight, mix)`` pair): the best
-    validation accuracy among those whose samples' validation novelty (mean max IoU of
-    their errors with the zoo's) is at most ``limit`` (the zoo's leave-one-out novelty
-    plus :data:`NOVELTY_SLACK`); if none is that novel, the most novel one. Without
-    novelty: the best validation accuracy. Ties go to the smaller weight and mix. Returns
-    ``(key, rule)``. Validation only: the test split never chooses."""
+def choose_guidance(acc: dict, novelty: dict | None, limit: float | None, cost=None):
+    """The sampling setting (a guidance weight, a ``(weight, mix)`` pair, or a
+    :class:`Setting`): the best validation accuracy among those whose samples' validation
+    novelty (mean max IoU of their errors with the zoo's) is at most ``limit`` (the zoo's
+    leave-one-out novelty plus :data:`NOVELTY_SLACK`); if none is that novel, the most
+    novel one. Without novelty: the best validation accuracy. Ties go to the smaller
+    ``cost(key)`` (default: the smaller weight, then mix). Returns ``(key, rule)``.
+    Validation only: the test split never chooses."""
+    neg = (lambda k: tuple(-x for x in cost(k))) if cost else _smaller_first
+    pos = cost or (lambda k: k)
     if novelty is None or limit is None:
-        return max(acc, key=lambda k: (acc[k], *_smaller_first(k))), \
-            "best validation accuracy"
+        return max(acc, key=lambda k: (acc[k], *neg(k))), "best validation accuracy"
     ok = [k for k in acc if novelty[k] <= limit]
     if ok:
-        return max(ok, key=lambda k: (acc[k], *_smaller_first(k))), \
+        return max(ok, key=lambda k: (acc[k], *neg(k))), \
             f"best validation accuracy with validation novelty <= {limit:.3f}"
-    return min(acc, key=lambda k: (novelty[k], k)), \
+    return min(acc, key=lambda k: (novelty[k], pos(k))), \
         f"nothing reached validation novelty <= {limit:.3f}: the most novel"
 
 
-def _by_guidance(sweep: dict | None, mix: int) -> dict | None:
-    """Validation accuracy by guidance weight at the chosen mix (for summaries)."""
-    return sweep and {str(w): a for (w, k), a in sweep.items() if k == mix}
+class Setting(NamedTuple):
+    """One way of sampling: ODE solver and steps, guidance weight, flow samples averaged."""
+    method: str
+    steps: int
+    guidance: float
+    mix: int
+
+    def passes(self, guided: bool) -> int | None:
+        return passes(self.method, self.steps, guided and self.guidance != 1.0, self.mix)
+
+
+def candidates(solvers, weights, mixes, guided: bool) -> list[Setting]:
+    """Every combination, those within :data:`PASS_BUDGET` passes per network (or, if none
+    is, the cheapest)."""
+    every = [Setting(m, st, float(w), k) for m, st in solvers for w in weights for k in mixes]
+    cost = {s: s.passes(guided) for s in every}
+    within = [s for s in every if cost[s] is not None and cost[s] <= PASS_BUDGET]
+    if within:
+        return within
+    known = [c for c in cost.values() if c is not None]
+    return [s for s in every if not known or cost[s] == min(known)]
+
+
+def _by_guidance(sweep: dict | None, chosen: Setting) -> dict | None:
+    """Validation accuracy by guidance weight at the chosen solver and mix (summaries)."""
+    return sweep and {str(s.guidance): a for s, a in sweep.items()
+                      if (s.method, s.steps, s.mix) == (chosen.method, chosen.steps,
+                                                        chosen.mix)}
 
 
 def _load_zoo_errors(gen: Path, n_val: int):
@@ -374,38 +395,46 @@ def _load_zoo_errors(gen: Path, n_val: int):
     return err if err.dim() == 2 and err.shape[1] == n_val else None
 
 
-def _bn_fix(states: list[dict], arch: str, data) -> list[dict]:
+CALIBRATION = 2048  # train examples that BatchNorm statistics of samples are computed on
+SWEEP_CALIBRATION = 512  # the same while choosing the sampling settings (the same val acc
+# to 0.3 points on the ResNet-20 zoo, 4x faster)
+
+
+def _bn_fix(states: list[dict], arch: str, data, examples: int = CALIBRATION) -> list[dict]:
     """BatchNorm statistics of sampled models recomputed on the train split."""
-    net = build(arch)
-    return [recalibrated(net, s, data["train"][0][:2048]) for s in states]
+    return recalibrate(arch, states, data["train"][0][:examples])
 
 
-def sample_zoo(gen_dir, out_dir, n: int, steps: int = 10, method: str = "midpoint",
+def sample_zoo(gen_dir, out_dir, n: int, steps: int | None = None, method: str | None = None,
                seed: int = 0, data_root=None, condition: float | str | None = AUTO,
                guidance: float | str | None = None, mix: int | str | None = None) -> dict:
     """Sample ``n`` networks into a new zoo directory (with val/test metrics).
 
-    ``mix`` K: each network is the average of K flow samples (in the code); ``"auto"``
-    chooses K in :data:`MIX_GRID` on the validation split, together with the guidance
-    weight when that is ``"auto"`` too (the default then), else 1.
+    The sampling settings are the ODE solver (``method``, ``steps``), the classifier-free
+    guidance weight ``guidance`` and ``mix`` K (each network is the average of K flow
+    samples, in the code). Each one not passed (``None``, or ``"auto"`` for guidance and
+    mix) is chosen on the validation split, jointly, from :data:`SOLVER_GRID`,
+    :data:`GUIDANCE_GRID` and :data:`MIX_GRID`, among the combinations of at most
+    :data:`PASS_BUDGET` velocity-network passes per network: the best validation accuracy
+    whose validation novelty is within the zoo's leave-one-out novelty + NOVELTY_SLACK
+    (:func:`choose_guidance`). The test split is never used to choose. Passing one of
+    ``method`` / ``steps`` fixes the solver (the other from :data:`DEFAULT_SOLVER`).
 
     ``condition`` steers a conditional generator: a value in the units of the zoo metric or
     hyperparameter it was fitted on, or ``"max"`` / ``"min"`` / ``"mean"`` of the zoo's
-    values; ``None`` (or ``"none"``) samples unconditionally. ``guidance`` is the
-    classifier-free guidance weight, or ``"auto"``: the weight in :data:`GUIDANCE_GRID`
-    whose samples have the best mean *validation* accuracy (the test split is never used
-    to choose).
-
-    Not passed, they sample the way the default recipe was measured (README, digits MLP
-    demo: ``condition="max"``, ``guidance="auto"`` chose w=3: test acc 0.947 vs the zoo's
-    0.957; see :func:`~weightspace.generate.config.default_sampling`): the zoo's best value
-    of the generator's condition with the weight chosen on validation, or plain sampling for
-    an unconditional generator. Each default taken is in the summary's and the manifest's
-    ``"defaults"``."""
+    values; ``None`` (or ``"none"``) samples unconditionally (guidance is then 1). Not
+    passed: the zoo's best value (see :func:`~weightspace.generate.config.default_sampling`).
+    Each default taken is in the summary's and the manifest's ``"defaults"``, with the
+    value chosen."""
     if not isinstance(n, int) or not 1 <= n <= MAX_SAMPLES:
         raise ZooError(f"the number of samples must be in [1, {MAX_SAMPLES}], got {n!r}")
-    if not isinstance(steps, int) or not 1 <= steps <= 10_000:
+    solver_auto = steps is None and method is None
+    steps = DEFAULT_SOLVER[1] if steps is None else steps
+    method = DEFAULT_SOLVER[0] if method is None else method
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 10_000:
         raise EncodingError(f"ODE steps must be in [1, 10000], got {steps!r}")
+    if method not in METHODS:
+        raise EncodingError(f"unknown ODE method {method!r}; methods: {', '.join(METHODS)}")
     check_output(out_dir, "dir")
     if Zoo(out_dir).exists():
         raise ZooError(f"{out_dir} already holds a zoo; choose another --out")
@@ -422,11 +451,13 @@ def sample_zoo(gen_dir, out_dir, n: int, steps: int = 10, method: str = "midpoin
         guidance, why = recipe["guidance"] if condition is not None else \
             (1.0, "no condition to steer by")
         defaults["guidance"] = default_record(guidance, why)
+    if solver_auto:
+        defaults["solver"] = default_record(AUTO, "ODE solver and steps chosen on the "
+                                                  "validation split with the other settings")
     if mix is None:
-        mix, why = (AUTO, "samples averaged per network, chosen on the validation split "
-                          "with the guidance weight") if guidance == AUTO else \
-            (1, "the guidance weight is not chosen on validation")
-        defaults["mix"] = default_record(mix, why)
+        mix = AUTO
+        defaults["mix"] = default_record(mix, "samples averaged per network, chosen on the "
+                                              "validation split with the other settings")
     check_mix(mix)
     if condition is not None:
         if cn is None:
@@ -445,43 +476,53 @@ def sample_zoo(gen_dir, out_dir, n: int, steps: int = 10, method: str = "midpoin
             raise EncodingError(f"--guidance must be a number or auto; got {guidance!r}") \
                 from None
 
-    def draw(w: float, k: int):
-        codes, nfe = sample(model, n * k, steps, method, seed=seed, cond=c, guidance=w)
-        return codes.view(k, n, -1).mean(0), nfe
+    def draw(st: Setting, k: int):
+        return sample(model, n * k, st.steps, st.method, seed=seed, cond=c,
+                      guidance=st.guidance)
 
-    sweep = sweep_record = None
-    if AUTO in (guidance, mix):
+    options = candidates(SOLVER_GRID if solver_auto else ((method, steps),),
+                         GUIDANCE_GRID if guidance == AUTO else (guidance,),
+                         MIX_GRID if mix == AUTO else (mix,), c is not None)
+    chosen, sweep, sweep_record = options[0], None, None
+    if len(options) > 1:
         sweep, novelty = {}, {}
         zoo_err = _load_zoo_errors(Path(gen_dir), len(data["val"][1]))
-        ks = MIX_GRID if mix == AUTO else (mix,)
-        for w in (GUIDANCE_GRID if guidance == AUTO else (guidance,)):
-            every, _ = sample(model, n * max(ks), steps, method, seed=seed, cond=c,
-                              guidance=w)
+        groups: dict = {}
+        for o in options:  # one draw per (solver, weight); each mix averages its prefix
+            groups.setdefault(o._replace(mix=1), []).append(o.mix)
+        for base, ks in groups.items():
+            every, _ = draw(base, max(ks))
             for k in ks:  # the first n * k draws, averaged k at a time
                 codes = every[:n * k].reshape(k, n, -1).mean(0)
-                drawn = _bn_fix([enc.decode(x) for x in codes], arch, data)
-                val = metrics(arch, drawn, data, "cpu", splits=("val",))
-                sweep[(w, k)] = sum(m["val_acc"] for m in val) / n
+                drawn = _bn_fix([enc.decode(x) for x in codes], arch, data,
+                                SWEEP_CALIBRATION)
+                wrong = errors(arch, drawn, *data["val"])
+                o = base._replace(mix=k)
+                sweep[o] = 1.0 - float(wrong.float().mean())
                 if zoo_err is not None:
-                    wrong = errors(arch, drawn, *data["val"])
-                    novelty[(w, k)] = float(max_iou(wrong, zoo_err).mean())
+                    novelty[o] = float(max_iou(wrong, zoo_err).mean())
         limit = None if zoo_err is None else \
             float(max_iou(zoo_err, zoo_err, leave_one_out=True).mean()) + NOVELTY_SLACK
-        (guidance, mix), rule = choose_guidance(sweep, novelty or None, limit)
-        sweep_record = {"rule": rule, "novelty_limit": limit,
-                        "grid": [{"guidance": w, "mix": k, "val_acc": a,
-                                  "val_novelty": novelty.get((w, k))}
-                                 for (w, k), a in sweep.items()]}
-        for name, value in (("guidance", guidance), ("mix", mix)):
-            if name in defaults and defaults[name]["value"] == AUTO:
-                defaults[name]["chosen"] = value
+        chosen, rule = choose_guidance(
+            sweep, novelty or None, limit,
+            cost=lambda o: (o.passes(c is not None) or 0, o.guidance, o.mix))
+        sweep_record = {"rule": rule, "novelty_limit": limit, "pass_budget": PASS_BUDGET,
+                        "grid": [{"method": o.method, "steps": o.steps, "guidance": o.guidance,
+                                  "mix": o.mix, "passes": o.passes(c is not None),
+                                  "val_acc": a, "val_novelty": novelty.get(o)}
+                                 for o, a in sweep.items()]}
+    method, steps, guidance, mix = chosen
+    for name, value in (("guidance", guidance), ("mix", mix),
+                        ("solver", f"{method} x{steps}")):
+        if name in defaults and defaults[name]["value"] == AUTO:
+            defaults[name]["chosen"] = value
     t = time.perf_counter()  # the chosen setting is sampled again: this is the timed run
-    codes, nfe = draw(guidance, mix)
-    states = [enc.decode(x) for x in codes]
+    codes, nfe = draw(chosen, mix)
+    states = [enc.decode(x) for x in codes.view(mix, n, -1).mean(0)]
     t_sample = time.perf_counter() - t
     # network passes per generated network: guided evaluations run cond + uncond, and
     # each network averages ``mix`` samples
-    passes = nfe * (2 if c is not None and guidance != 1.0 else 1) * mix
+    n_passes = nfe * (2 if c is not None and guidance != 1.0 else 1) * mix
     states = _bn_fix(states, arch, data)
     ms = metrics(arch, states, data, "cpu", splits=("val", "test"))
     zoo = Zoo(out_dir)
@@ -502,13 +543,13 @@ def sample_zoo(gen_dir, out_dir, n: int, steps: int = 10, method: str = "midpoin
                             "method": method, "seed": seed, "condition": condition,
                             "guidance": guidance, "mix": mix,
                             "condition_name": cn.name if cn else None,
-                            "guidance_val_acc": _by_guidance(sweep, mix),
+                            "guidance_val_acc": _by_guidance(sweep, chosen),
                             "guidance_choice": sweep_record,
                             "defaults": defaults},
-               "generation": {"nfe": nfe, "network_passes": passes, "seconds": t_sample,
+               "generation": {"nfe": nfe, "network_passes": n_passes, "seconds": t_sample,
                               "seconds_per_model": t_sample / n}})
-    return {"out": str(out_dir), "n": n, "nfe": nfe, "network_passes": passes,
+    return {"out": str(out_dir), "n": n, "nfe": nfe, "network_passes": n_passes,
             "seconds": t_sample,
-            "condition": condition, "guidance": guidance, "mix": mix,
-            "guidance_val_acc": _by_guidance(sweep, mix), "guidance_choice": sweep_record,
+            "condition": condition, "method": method, "steps": steps, "guidance": guidance,
+            "mix": mix, "guidance_val_acc": _by_guidance(sweep, chosen), "guidance_choice": sweep_record,
             "mean_test_acc": sum(m["test_acc"] for m in ms) / n, "defaults": defaults}

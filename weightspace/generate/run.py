@@ -21,7 +21,7 @@ from ..arch import build
 from ..checkpoint import check_state, read_checkpoint
 from ..errors import check_output
 from ..zoo.store import Zoo, ZooError, finished
-from .config import AUTO, OFF, FlowSettings, check_mix, describe_defaults
+from .config import AUTO, DEFAULT_SOLVER, OFF, FlowSettings, check_mix, describe_defaults
 from .encoding import EncodingError
 from .flow import METHODS
 from .pipeline import MAX_SAMPLES, fit_generator, sample_zoo
@@ -38,9 +38,10 @@ def _check_inputs(n, sample_steps, method, ensemble, guidance, pca, condition,
     """Refuse bad settings before the first stage does any work."""
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_SAMPLES:
         raise ZooError(f"the number of samples must be in [1, {MAX_SAMPLES}], got {n!r}")
-    if not isinstance(sample_steps, int) or not 1 <= sample_steps <= 10_000:
+    if sample_steps is not None and (isinstance(sample_steps, bool) or not isinstance(
+            sample_steps, int) or not 1 <= sample_steps <= 10_000):
         raise EncodingError(f"ODE steps must be in [1, 10000], got {sample_steps!r}")
-    if method not in METHODS:
+    if method is not None and method not in METHODS:
         raise EncodingError(f"unknown ODE method {method!r}; methods: {', '.join(METHODS)}")
     if not isinstance(ensemble, int) or ensemble < 1:
         raise ZooError(f"the ensemble size must be >= 1, got {ensemble!r}")
@@ -94,7 +95,10 @@ def _finished_samples(smp: Path, gen: Path, n, steps, method, seed, guidance,
         return None
     m = Zoo(smp).read()
     st = m.get("settings") or {}
-    want = {"n": n, "steps": steps, "method": method, "seed": seed}
+    want = {"n": n, "seed": seed}
+    if steps is not None or method is not None:  # else the solver was chosen on validation
+        want["steps"], want["method"] = DEFAULT_SOLVER[1] if steps is None else steps, \
+            DEFAULT_SOLVER[0] if method is None else method
     if guidance is not None and guidance != AUTO:
         want["guidance"] = float(guidance)
     if mix is not None and mix != AUTO:
@@ -112,7 +116,7 @@ def _finished_samples(smp: Path, gen: Path, n, steps, method, seed, guidance,
 
 def run_generation(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
                    pca: bool | None = None, condition: str | None = AUTO, n: int = 100,
-                   sample_steps: int = 10, method: str = "midpoint",
+                   sample_steps: int | None = None, method: str | None = None,
                    sample_condition: float | str | None = AUTO,
                    guidance: float | str | None = None, mix: int | str | None = None,
                    seed: int = 0, ensemble: int = 10,
@@ -217,6 +221,7 @@ def run_generation(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
     if m is not None:
         st = m["settings"]
         smp_res = {"out": str(smp), "n": n, "condition": st.get("condition"),
+                   "method": st.get("method"), "steps": st.get("steps"),
                    "guidance": st.get("guidance"), "mix": st.get("mix", 1),
                    "guidance_val_acc": st.get("guidance_val_acc"),
                    "defaults": st.get("defaults", {}), **(m.get("generation") or {}),
@@ -227,7 +232,8 @@ def run_generation(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
         begin(3, "sample", f"{n} networks -> {smp}")
         smp_res = sample_zoo(gen, smp, n, sample_steps, method, seed, data_root,
                              condition=sample_condition, guidance=guidance, mix=mix)
-        stale = done(3, "sample", t, f" (guidance {smp_res['guidance']:g}, "
+        stale = done(3, "sample", t, f" ({smp_res['method']} x{smp_res['steps']}, "
+                                     f"guidance {smp_res['guidance']:g}, "
                                      f"mix {smp_res['mix']}, mean test acc "
                                      f"{smp_res['mean_test_acc']:.4f}); "
                                      f"{describe_defaults(smp_res['defaults'])}")
