@@ -17,6 +17,10 @@ PyTorch loop script over the same models (also a subprocess).
     .venv/bin/python scripts/benchmarks/zoo_throughput.py --case all --device cuda
     .venv/bin/python scripts/benchmarks/zoo_throughput.py --roofline --case resnet-fashion
 
+``--eval`` times evaluation instead (issue 14 item 3): the case's models, and 64 of them,
+evaluated on the test split stacked (one grouped layer for all), one at a time, and the
+way ``evaluate`` does by default (``eval_batched``: together on a GPU, the loop on a CPU).
+
 ``--roofline`` says how far from the machine each path runs, for the in-process cases: the
 FLOPs of one training step of one model (``torch.utils.flop_counter``), the step times
 ``choose_path`` measured, the GFLOP/s each path reaches, and the peak of this process (a
@@ -45,7 +49,8 @@ from pathlib import Path
 import torch
 
 from weightspace.zoo import HParams, load_dataset, metrics, train_batched, train_sequential
-from weightspace.zoo.train import batched_impl, choose_path
+from weightspace.zoo import train as train_mod
+from weightspace.zoo.train import batched_impl, choose_path, evaluate, init_model
 
 CASES = {
     "mlp": ("mlp:64-64-64-10", "digits", 32, HParams(epochs=30, batch_size=32, lr=1e-3)),
@@ -120,6 +125,24 @@ def run(case: str, repeat: int, device: str, epochs: int | None) -> dict:
             "batched_ratio": t_seq / t_batched, "ratio": t_seq / t_auto,
             "batched_test_acc": statistics.fmean(acc_b),
             "sequential_test_acc": statistics.fmean(acc_s)}
+
+
+def evaluation(case: str, device: str, models: int) -> dict:
+    """Seconds to evaluate ``models`` models of the case on its test split, each way."""
+    arch, dataset, _, _ = CASES[case]
+    x, y = (t.to(device) for t in load_dataset(dataset)["test"])
+    states = [{k: v.to(device) for k, v in init_model(arch, s).state_dict().items()}
+              for s in range(models)]
+    evaluate(arch, states[:2], x[:64], y[:64], batched=True)  # warm-up
+    evaluate(arch, states[:2], x[:64], y[:64], batched=False)
+    out = {"case": case, "models": models, "examples": len(y)}
+    for name, batched in (("batched", True), ("sequential", False), ("auto", None)):
+        t = time.perf_counter()
+        evaluate(arch, states, x, y, batched=batched)
+        out[f"{name}_s"] = time.perf_counter() - t
+    out["auto_path"] = "batched" if train_mod.eval_batched(arch, states, x) else "sequential"
+    out["ratio"] = out["sequential_s"] / out["auto_s"]
+    return out
 
 
 def sgemm_gflops(device: str) -> float:
@@ -198,12 +221,24 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=None, help="override every case's epochs")
     p.add_argument("--roofline", action="store_true",
                    help="GFLOP/s of each path against the matmul peak, instead of training")
+    p.add_argument("--eval", action="store_true",
+                   help="time evaluation (batched / one at a time / auto), not training")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     cases = args.case or ["mlp", "resnet", "mlp-cli"]
     if "all" in cases:
         cases = list(CASES)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}")
+    if args.eval:
+        print(f"{'case':<15} {'models':>6} {'examples':>8} {'batched s':>9} {'seq s':>7} "
+              f"{'auto s':>7} {'auto path':>10} {'seq / auto':>10}")
+        for case in (c for c in cases if c != "mlp-cli"):
+            for models in dict.fromkeys((CASES[case][2], 64)):
+                r = evaluation(case, args.device, models)
+                print(f"{case:<15} {models:>6} {r['examples']:>8} {r['batched_s']:>9.3f} "
+                      f"{r['sequential_s']:>7.3f} {r['auto_s']:>7.3f} {r['auto_path']:>10} "
+                      f"{r['ratio']:>9.2f}x", flush=True)
+        return
     if args.roofline:
         print(f"{'case':<15} {'models':>6} {'GFLOP/step':>10} {'batched GFLOP/s':>15} "
               f"{'seq GFLOP/s':>11} {'peak GFLOP/s':>12} {'ceiling x':>9}")
