@@ -14,6 +14,8 @@ timeout 900 "$PY" -m pytest -q -x tests/test_device.py tests/test_stacked.py \
 # zoo training throughput on the GPU (in-process cases), and alignment costs on the GPU
 timeout 900 "$PY" scripts/benchmarks/zoo_throughput.py --device cuda --case mlp --case resnet \
     --repeat 1 > "$OUT/zoo_throughput.txt" 2>&1
+timeout 300 "$PY" scripts/benchmarks/zoo_throughput.py --device cuda --eval --case mlp \
+    --case resnet > "$OUT/eval_throughput.txt" 2>&1
 timeout 600 "$PY" scripts/benchmarks/align_speed.py --device cuda --only mlp resnet20 resnet18 w16 \
     > "$OUT/align_speed.txt" 2>&1
 tail -n 3 "$OUT"/*.txt

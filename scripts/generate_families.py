@@ -74,6 +74,8 @@ def run_family(name: str, out: Path, steps: int, samples: int) -> list[dict]:
                      "sample_100_s": gen_info["generation"]["seconds"] * 100 / samples,
                      "passes": gen_info["generation"]["network_passes"],
                      "guidance": gen_info["settings"]["guidance"],
+                     "solver": f"{gen_info['settings']['method']} x"
+                               f"{gen_info['settings']['steps']}",
                      "mix": gen_info["settings"].get("mix", 1),
                      "zoo_s": t_zoo, "canon_s": t_canon})
         print(json.dumps(rows[-1]), flush=True)
@@ -91,11 +93,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     names = list(FAMILIES) if not args.family or "all" in args.family else args.family
     rows = [r for n in names for r in run_family(n, Path(args.out), args.steps, args.samples)]
-    print("\n| family | canon | w, K | zoo acc | gen acc | novelty (zoo LOO) | margin gen / zoo "
+    print("\n| family | canon | solver, w, K | zoo acc | gen acc | novelty (zoo LOO) | margin gen / zoo "
           "| L2 nearest (zoo) | eff. models | fit s | sample 100 s (passes) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['family']} | {r['canon']} | {r['guidance']:g}, {r['mix']} | "
+        print(f"| {r['family']} | {r['canon']} | {r['solver']}, {r['guidance']:g}, "
+              f"{r['mix']} | "
               f"{r['zoo_acc']:.4f} | {r['gen_acc']:.4f} | "
               f"{r['novelty']:.3f} ({r['zoo_loo_novelty']:.3f}) | "
               f"{100 * r['margin']:+.2f} / {100 * r['zoo_margin']:+.2f} | "

@@ -9,6 +9,15 @@ Stages (families as in scripts/generate_families.py, same directory layout):
     .venv/bin/python scripts/novelty_study.py baseline --family resnet20
     # the knob sweep (val acc / val novelty / test acc / test novelty / margin / eff. models)
     .venv/bin/python scripts/novelty_study.py sweep --family resnet20 [--n 64]
+    # sampling within 20 passes per network: ODE solver and steps x guidance x mix
+    .venv/bin/python scripts/novelty_study.py sweep --family resnet20 --tag budget
+    # another generator of the family (e.g. fitted with condition="train_loss"), recipes
+    # given as JSON ("target": "min" asks a loss condition for the zoo's best)
+    .venv/bin/python scripts/novelty_study.py sweep --family resnet20 --gen gen_wm_trainloss \
+        --tag trainloss --recipes '[{"ode": "euler", "steps": 1, "w": 2.0, "target": "min"}]'
+
+Every row also has novelty on noisy copies of 1024 train inputs (``aug0.5`` / ``aug1``:
+Gaussian noise of 0.5 / 1 standardised units), a val/test-free proxy.
 
 Outputs under runs/families/<family>/novelty/*.jsonl; the table is printed.
 Selection rule (validation only): among the configurations whose validation novelty is at
@@ -40,6 +49,9 @@ from weightspace.generate.novelty import max_iou, probabilities  # noqa: E402
 from weightspace.generate.pipeline import (NOVELTY_SLACK, _bn_fix, load_generator,  # noqa
                                            load_zoo_states)
 from weightspace.zoo import Zoo, load_dataset, train_zoo  # noqa: E402
+
+
+AUG_SIGMAS = (0.5, 1.0)
 
 
 def root_of(name, out):
@@ -104,6 +116,15 @@ class Study:
         for split in ("val", "test"):
             x, y = self.data[split]
             zerr[split] = probabilities(self.arch, zs, x).argmax(-1) != y
+        # label-using but val/test-free novelty: errors on noisy copies of train inputs
+        # (the zoo fits clean train inputs, and the val_acc condition cannot favour these)
+        g = torch.Generator().manual_seed(123)
+        xs, ys = self.data["train"][0][:1024], self.data["train"][1][:1024]
+        self.aug = {}
+        for sig in AUG_SIGMAS:
+            xa = xs + sig * torch.randn(xs.shape, generator=g)
+            self.aug[f"aug{sig:g}"] = (xa, ys)
+            zerr[f"aug{sig:g}"] = probabilities(self.arch, zs, xa).argmax(-1) != ys
         self.zerr = zerr
         self.zprob_val = probabilities(self.arch, zs, self.data["val"][0])
         self.tv_loo = float(self.tv(self.zprob_val, loo=True).mean())
@@ -131,8 +152,10 @@ class Study:
 
     # ---------------------------------------------------------------- code generation
     @torch.no_grad()
-    def ode(self, n, seed=0, w=1.0, target="max", temp=1.0, steps=10, w_sched=None):
-        """Midpoint integration as flow.sample (10 steps), guidance w(t) = w_sched(t) or w."""
+    def ode(self, n, seed=0, w=1.0, target="max", temp=1.0, steps=10, w_sched=None,
+            solver="midpoint"):
+        """Midpoint (as flow.sample, 10 steps) or Euler integration, guidance w(t) =
+        w_sched(t) or w."""
         m = self.model
         gen = torch.Generator().manual_seed(seed)
         x = temp * torch.randn(n, m.dim, generator=gen)
@@ -155,7 +178,10 @@ class Study:
             return vu + wt * (vc - vu)
         for i in range(steps):
             t = i * h
-            x = x + h * f(t + h / 2, x + h / 2 * f(t, x))
+            if solver == "euler":
+                x = x + h * f(t, x)
+            else:
+                x = x + h * f(t + h / 2, x + h / 2 * f(t, x))
         return x.double()
 
     def codes(self, r: dict, n: int, seed: int = 0):
@@ -178,7 +204,7 @@ class Study:
             sched = lambda t: 1.0 if t < r.get("cut", 0.5) else r["w"]  # noqa: E731
         K = r.get("K", 1)
         x = self.ode(n * K, seed, r.get("w", 1.0), r.get("target", "max"), r.get("temp", 1.0),
-                     w_sched=sched)
+                     r.get("steps", 10), sched, r.get("ode", "midpoint"))
         if K > 1:   # average K samples (in the canonical weight space: decode is affine)
             x = x.view(K, n, -1)
             wts = torch._standard_gamma(torch.full((n, K), float(r.get("alpha", 1e6)),
@@ -211,6 +237,10 @@ class Study:
             row[f"{split}_nov"] = statistics.fmean(iou)
             if split == "test":
                 row["margin"] = curve_margin(self.curve, iou, acc)["at_mean"]
+        for split, (x, y) in self.aug.items():
+            wrong = probabilities(self.arch, states, x).argmax(-1) != y
+            row[f"{split}_acc"] = float(1 - wrong.float().mean())
+            row[f"{split}_nov"] = float(max_iou(wrong, self.zerr[split]).mean())
         pg = torch.stack([self.penc._flatten({k: v for k, v in s.items() if k in self.pn})
                           for s in states])
         row["eff"] = statistics.fmean(affine_span(self.pz, pg)["effective"])
@@ -253,6 +283,27 @@ def grid(name):
     return R
 
 
+def passes(r: dict) -> int:
+    """Velocity-network passes per generated network for a generator recipe."""
+    per_step = 1 if r.get("ode") == "euler" else 2
+    guided = 1 if r.get("w", 1.0) == 1.0 and r.get("sched") is None else 2
+    return r.get("steps", 10) * per_step * guided * r.get("K", 1)
+
+
+def budget_grid(budget: int = 20):
+    """Sampling recipes of at most ``budget`` passes per network: ODE solver and steps,
+    guidance weight and mix."""
+    R = []
+    for ode, steps in (("euler", 1), ("euler", 2), ("euler", 3), ("euler", 5),
+                       ("euler", 10), ("euler", 20), ("midpoint", 5), ("midpoint", 10)):
+        for w in (1.0, 1.5, 2.0, 3.0):
+            for K in (1, 2, 4, 8, 16):
+                r = {"ode": ode, "steps": steps, "w": w, "K": K}
+                if passes(r) <= budget:
+                    R.append(r)
+    return R
+
+
 def select(rows, limit):
     ok = [r for r in rows if r["val_nov"] <= limit]
     return max(ok, key=lambda r: r["val_acc"]) if ok else min(rows, key=lambda r: r["val_nov"])
@@ -268,7 +319,8 @@ def table(st: Study, rows, title):
     print(f"\n## {title}: zoo val acc {st.zoo_acc['val']:.4f} test {st.zoo_acc['test']:.4f}; "
           f"LOO val {st.loo['val']:.3f} (limit {lim:.3f}) test {st.loo['test']:.3f} "
           f"(limit {st.loo['test'] + NOVELTY_SLACK:.3f}); zoo margin {100 * st.zoo_margin:+.2f}; "
-          f"zoo LOO val TV {st.tv_loo:.4f}; zoo LOO eff {st.zoo_eff:.2f}")
+          f"zoo LOO val TV {st.tv_loo:.4f}; zoo LOO eff {st.zoo_eff:.2f}; " +
+          "; ".join(f"{k} acc {st.zoo_acc[k]:.3f} LOO {st.loo[k]:.3f}" for k in st.aug))
     print("| recipe | val acc | val nov | val TV | test acc | test nov | margin | eff |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -296,7 +348,7 @@ def sweep(name, out, n, recipes=None, gen_name=None, tag="sweep"):
             d = json.loads(line)
             done[json.dumps(d["recipe"], sort_keys=True)] = d
     rows = []
-    for r in recipes or grid(name):
+    for r in recipes or (budget_grid() if tag == "budget" else grid(name)):
         key = json.dumps(r, sort_keys=True)
         if key not in done:
             done[key] = st.evaluate(r, n)
@@ -318,6 +370,10 @@ if __name__ == "__main__":
     p.add_argument("--out", default="runs/families")
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--recipes", help="JSON list of recipe dicts (default: the grid)")
+    p.add_argument("--gen", help="generator directory name under the family (default: "
+                   "gen_<method>)")
+    p.add_argument("--tag", default="sweep",
+                   help="output name; 'budget' sweeps budget_grid() (<= 20 passes)")
     a = p.parse_args()
     for fam in a.family:
         if a.stage == "prepare":
@@ -325,4 +381,5 @@ if __name__ == "__main__":
         elif a.stage == "baseline":
             baseline(fam, a.out)
         elif a.stage == "sweep":
-            sweep(fam, a.out, a.n, a.recipes and json.loads(a.recipes))
+            sweep(fam, a.out, a.n, a.recipes and json.loads(a.recipes), gen_name=a.gen,
+                  tag=a.tag)

@@ -128,7 +128,8 @@ def run_generation(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
     ``sample_steps`` / ``method`` / ``sample_condition`` / ``guidance`` / ``mix`` are
     :func:`sample_zoo`'s (``steps``, ``condition`` there), ``ensemble`` the audit's. Unset,
     each follows the best recipe measured (README, digits MLP demo: PCA code, ``val_acc``
-    condition, guidance auto w=3: test acc 0.947 vs the zoo's 0.957). ``log`` gets one line
+    condition, sampling chosen on validation, midpoint x5 w=3 there: test acc 0.947 vs the
+    zoo's 0.957). ``log`` gets one line
     per stage (default: stderr when ``progress``)."""
     t0 = time.perf_counter()
     out = check_output(out_dir, "dir")
