@@ -25,6 +25,7 @@ from weightspace.arch import build
 from weightspace.symmetry.report import spec_table
 from weightspace.symmetry import apply, random_perms, spec
 from weightspace.canonicalize.zoo import canonicalize_zoo
+from weightspace.generate.config import solver_name
 from weightspace.generate.run import run_generation
 from weightspace.merge import lmc
 from weightspace.zoo import HParams, Zoo, load_dataset, train_zoo
@@ -105,7 +106,8 @@ def main() -> None:
     # 20 network passes per network (the audit below is on test)
     run = run_generation(canon, OUT, steps=GEN_STEPS, n=100, progress=True, log=print)
     fit, smp, rep = run["fit"], run["sample"], run["audit"]
-    print(f"chosen on validation: {smp['method']} x{smp['steps']}, w={smp['guidance']:g}, "
+    print(f"chosen on validation: {solver_name(smp['method'], smp['steps'])}, "
+          f"w={smp['guidance']:g}, "
           f"mix {smp['mix']} (samples averaged per network); val acc by w there: " +
           ", ".join(f"w={float(w):g}: {a:.4f}" for w, a in smp["guidance_val_acc"].items()))
     print(f"generator fitted in {fit['train_seconds']:.1f} s; 100 samples in "

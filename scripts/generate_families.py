@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from weightspace.canonicalize import canonicalize_zoo
+from weightspace.generate.config import solver_name
 from weightspace.generate import audit, fit_generator, sample_zoo
 from weightspace.zoo import HParams, Zoo, train_zoo
 
@@ -74,8 +75,8 @@ def run_family(name: str, out: Path, steps: int, samples: int) -> list[dict]:
                      "sample_100_s": gen_info["generation"]["seconds"] * 100 / samples,
                      "passes": gen_info["generation"]["network_passes"],
                      "guidance": gen_info["settings"]["guidance"],
-                     "solver": f"{gen_info['settings']['method']} x"
-                               f"{gen_info['settings']['steps']}",
+                     "solver": solver_name(gen_info["settings"]["method"],
+                                           gen_info["settings"]["steps"]),
                      "mix": gen_info["settings"].get("mix", 1),
                      "zoo_s": t_zoo, "canon_s": t_canon})
         print(json.dumps(rows[-1]), flush=True)

@@ -12,7 +12,7 @@ from weightspace.cli.main import main
 from weightspace.generate import (Encoding, EncodingError, TokenVelocity, Velocity, audit,
                                   fit_generator, sample, sample_zoo, train_flow)
 from weightspace.generate.config import EVIDENCE
-from weightspace.generate.config import GUIDANCE_GRID, PASS_BUDGET, SOLVER_GRID
+from weightspace.generate.config import GUIDANCE_GRID, PASS_BUDGET, SOLVER_GRID, solver_name
 from weightspace.generate.pipeline import (MIX_GRID, candidates, choose_guidance,
                                            load_zoo_states)
 from weightspace.generate.run import run_generation
@@ -187,7 +187,7 @@ def test_conditional_generator_pipeline(tiny_zoo, tmp_path):
         sweep, novelty, choice["novelty_limit"],
         cost=lambda k: (passes[k], k[2], k[3]))[0]
     assert m["defaults"]["mix"]["chosen"] == m["mix"]
-    assert m["defaults"]["solver"]["chosen"] == f"{m['method']} x{m['steps']}"
+    assert m["defaults"]["solver"]["chosen"] == solver_name(m["method"], m["steps"])
     gen = json.loads((tmp_path / "a" / "manifest.json").read_text())["generation"]
     assert gen["network_passes"] == passes[(m["method"], m["steps"], m["guidance"], m["mix"])]
     fixed = sample_zoo(tmp_path / "g", tmp_path / "k3", 3, steps=2, condition="max",

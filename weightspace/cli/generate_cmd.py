@@ -9,7 +9,7 @@ import sys
 from ..errors import check_output
 from ..generate.config import (AUTO, DEFAULT_SOLVER, GUIDANCE_GRID, MAX_MIX, METHODS,
                                PASS_BUDGET, SOLVER_GRID, VELOCITY_KINDS, FlowSettings,
-                               describe_defaults)
+                               describe_defaults, solver_name)
 from .options import POSITIVE, SEED, allow_code, float_range, int_range
 
 
@@ -168,7 +168,7 @@ def run(args) -> int:
         print(describe_defaults(res["defaults"]), file=sys.stderr)
         print(json.dumps(res, indent=1) if args.json else
               f"sampled {res['n']} networks in {res['seconds']:.2f} s ({res['nfe']} function "
-              f"evaluations, {res['method']} x{res['steps']}" +
+              f"evaluations, {solver_name(res['method'], res['steps'])}" +
               (f", guidance {res['guidance']:g}" if res["condition"] is not None else "") +
               f", mix {res['mix']}, {res['network_passes']} passes per network" +
               f"); mean test acc {res['mean_test_acc']:.4f}; wrote {res['out']}")

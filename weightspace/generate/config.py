@@ -50,6 +50,11 @@ def passes(method: str, steps: int, guided: bool, mix: int) -> int | None:
     return None if per is None else per * steps * (2 if guided else 1) * mix
 
 
+def solver_name(method: str, steps: int) -> str:
+    """``euler x2``: a fixed-step solver with its steps; the adaptive dopri5 by name."""
+    return method if method not in EVALS_PER_STEP else f"{method} x{steps}"
+
+
 def check_mix(mix) -> None:
     """``mix`` must be ``"auto"`` or a number of flow samples in [1, MAX_MIX]."""
     if mix != AUTO and (isinstance(mix, bool) or not isinstance(mix, int)

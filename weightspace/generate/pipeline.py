@@ -32,7 +32,7 @@ from ..zoo.train import metrics, recalibrate
 from .encoding import Encoding, EncodingError
 from .config import (AUTO, DEFAULT_SOLVER, GUIDANCE_GRID, METHODS, MIX_GRID, OFF, PASS_BUDGET,
                      SOLVER_GRID, Condition, FlowSettings, check_mix, default_condition,
-                     default_pca, default_record, default_sampling, passes)
+                     default_pca, default_record, default_sampling, passes, solver_name)
 from .flow import check_velocity_config, make_velocity, sample, train_flow
 from .novelty import errors, max_iou
 
@@ -514,7 +514,7 @@ def sample_zoo(gen_dir, out_dir, n: int, steps: int | None = None, method: str |
                                  for o, a in sweep.items()]}
     method, steps, guidance, mix = chosen
     for name, value in (("guidance", guidance), ("mix", mix),
-                        ("solver", f"{method} x{steps}")):
+                        ("solver", solver_name(method, steps))):
         if name in defaults and defaults[name]["value"] == AUTO:
             defaults[name]["chosen"] = value
     t = time.perf_counter()  # the chosen setting is sampled again: this is the timed run

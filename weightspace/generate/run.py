@@ -21,7 +21,8 @@ from ..arch import build
 from ..checkpoint import check_state, read_checkpoint
 from ..errors import check_output
 from ..zoo.store import Zoo, ZooError, finished
-from .config import AUTO, DEFAULT_SOLVER, OFF, FlowSettings, check_mix, describe_defaults
+from .config import (AUTO, DEFAULT_SOLVER, OFF, FlowSettings, check_mix, describe_defaults,
+                     solver_name)
 from .encoding import EncodingError
 from .flow import METHODS
 from .pipeline import MAX_SAMPLES, fit_generator, sample_zoo
@@ -233,7 +234,7 @@ def run_generation(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
         begin(3, "sample", f"{n} networks -> {smp}")
         smp_res = sample_zoo(gen, smp, n, sample_steps, method, seed, data_root,
                              condition=sample_condition, guidance=guidance, mix=mix)
-        stale = done(3, "sample", t, f" ({smp_res['method']} x{smp_res['steps']}, "
+        stale = done(3, "sample", t, f" ({solver_name(smp_res['method'], smp_res['steps'])}, "
                                      f"guidance {smp_res['guidance']:g}, "
                                      f"mix {smp_res['mix']}, mean test acc "
                                      f"{smp_res['mean_test_acc']:.4f}); "
