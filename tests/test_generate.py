@@ -13,10 +13,12 @@ from weightspace.generate import (Encoding, EncodingError, TokenVelocity, Veloci
                                   fit_generator, sample, sample_zoo, train_flow)
 from weightspace.generate.config import EVIDENCE
 from weightspace.generate.config import GUIDANCE_GRID, PASS_BUDGET, SOLVER_GRID, solver_name
+from weightspace.generate import pipeline
 from weightspace.generate.pipeline import (MIX_GRID, candidates, choose_guidance,
                                            load_zoo_states)
 from weightspace.generate.run import run_generation
-from weightspace.zoo import HParams, ZooError, train_zoo
+from weightspace.zoo import HParams, Zoo, ZooError, train_zoo
+from weightspace.zoo.store import finished
 
 ARCH = "mlp:64-16-10"
 
@@ -156,7 +158,7 @@ def test_classifier_free_guidance_steers_by_the_condition():
         sample(Velocity(4, width=8, depth=1), 2, cond=1.0)
 
 
-def test_conditional_generator_pipeline(tiny_zoo, tmp_path):
+def test_conditional_generator_pipeline(tiny_zoo, tmp_path, monkeypatch):
     with pytest.raises(EncodingError, match="test metrics"):
         fit_generator(tiny_zoo, tmp_path / "g", steps=2, condition="test_acc", progress=False)
     with pytest.raises(EncodingError, match="no numeric metric or hyperparameter 'nope'"):
@@ -190,6 +192,11 @@ def test_conditional_generator_pipeline(tiny_zoo, tmp_path):
     assert m["defaults"]["solver"]["chosen"] == solver_name(m["method"], m["steps"])
     gen = json.loads((tmp_path / "a" / "manifest.json").read_text())["generation"]
     assert gen["network_passes"] == passes[(m["method"], m["steps"], m["guidance"], m["mix"])]
+    monkeypatch.setattr(pipeline, "SWEEP_SAMPLES", 2)  # the sweep measures 2, draws all 5
+    few = sample_zoo(tmp_path / "g", tmp_path / "few", 5, condition="max")
+    assert few["n"] == 5 and len(finished(Zoo(tmp_path / "few").read())) == 5
+    assert few["guidance_choice"]["grid"]
+    monkeypatch.undo()
     fixed = sample_zoo(tmp_path / "g", tmp_path / "k3", 3, steps=2, condition="max",
                        guidance=2.0, mix=3)
     assert fixed["mix"] == 3 and fixed["network_passes"] == 8 * 3  # 3 averaged per network

@@ -397,6 +397,7 @@ def _load_zoo_errors(gen: Path, n_val: int):
 
 
 CALIBRATION = 2048  # train examples that BatchNorm statistics of samples are computed on
+SWEEP_SAMPLES = 100  # networks per setting while choosing (at most)
 SWEEP_CALIBRATION = 512  # the same while choosing the sampling settings (the same val acc
 # to 0.3 points on the ResNet-20 zoo, 4x faster)
 
@@ -418,7 +419,8 @@ def sample_zoo(gen_dir, out_dir, n: int, steps: int | None = None, method: str |
     :data:`GUIDANCE_GRID` and :data:`MIX_GRID`, among the combinations of at most
     :data:`PASS_BUDGET` velocity-network passes per network: the best validation accuracy
     whose validation novelty is within the zoo's leave-one-out novelty + NOVELTY_SLACK
-    (:func:`choose_guidance`). The test split is never used to choose. Passing one of
+    (:func:`choose_guidance`), measured on at most :data:`SWEEP_SAMPLES` networks per
+    setting. The test split is never used to choose. Passing one of
     ``method`` / ``steps`` fixes the solver (the other from :data:`DEFAULT_SOLVER`).
 
     ``condition`` steers a conditional generator: a value in the units of the zoo metric or
@@ -477,8 +479,8 @@ def sample_zoo(gen_dir, out_dir, n: int, steps: int | None = None, method: str |
             raise EncodingError(f"--guidance must be a number or auto; got {guidance!r}") \
                 from None
 
-    def draw(st: Setting, k: int):
-        return sample(model, n * k, st.steps, st.method, seed=seed, cond=c,
+    def draw(st: Setting, count: int):
+        return sample(model, count, st.steps, st.method, seed=seed, cond=c,
                       guidance=st.guidance)
 
     options = candidates(SOLVER_GRID if solver_auto else ((method, steps),),
@@ -491,10 +493,11 @@ def sample_zoo(gen_dir, out_dir, n: int, steps: int | None = None, method: str |
         groups: dict = {}
         for o in options:  # one draw per (solver, weight); each mix averages its prefix
             groups.setdefault(o._replace(mix=1), []).append(o.mix)
+        n_sweep = min(n, SWEEP_SAMPLES)
         for base, ks in groups.items():
-            every, _ = draw(base, max(ks))
-            for k in ks:  # the first n * k draws, averaged k at a time
-                codes = every[:n * k].reshape(k, n, -1).mean(0)
+            every, _ = draw(base, n_sweep * max(ks))
+            for k in ks:  # the first n_sweep * k draws, averaged k at a time
+                codes = every[:n_sweep * k].reshape(k, n_sweep, -1).mean(0)
                 drawn = _bn_fix([enc.decode(x) for x in codes], arch, data,
                                 SWEEP_CALIBRATION)
                 wrong = errors(arch, drawn, *data["val"])
@@ -518,7 +521,7 @@ def sample_zoo(gen_dir, out_dir, n: int, steps: int | None = None, method: str |
         if name in defaults and defaults[name]["value"] == AUTO:
             defaults[name]["chosen"] = value
     t = time.perf_counter()  # the chosen setting is sampled again: this is the timed run
-    codes, nfe = draw(chosen, mix)
+    codes, nfe = draw(chosen, n * mix)
     states = [enc.decode(x) for x in codes.view(mix, n, -1).mean(0)]
     t_sample = time.perf_counter() - t
     # network passes per generated network: guided evaluations run cond + uncond, and
