@@ -94,8 +94,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     names = list(FAMILIES) if not args.family or "all" in args.family else args.family
     rows = [r for n in names for r in run_family(n, Path(args.out), args.steps, args.samples)]
-    print("\n| family | canon | solver, w, K | zoo acc | gen acc | novelty (zoo LOO) | margin gen / zoo "
-          "| L2 nearest (zoo) | eff. models | fit s | sample 100 s (passes) |")
+    print("\n| family | canon | solver, w, K | zoo acc | gen acc | novelty (zoo LOO) "
+          "| margin gen / zoo | L2 nearest (zoo) | eff. models | fit s | sample 100 s (passes) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['family']} | {r['canon']} | {r['solver']}, {r['guidance']:g}, "

@@ -116,7 +116,8 @@ def test_stacked_evaluation_equals_one_at_a_time(arch, monkeypatch):
 
 @pytest.mark.parametrize("arch,data", [(BN, digits), ("vgg11?width=0.0625&in_chans=1",
                                                       images32), ("mlp:64-32-10", digits)])
-def test_stacked_recalibration_equals_one_at_a_time(arch, data, monkeypatch):
+@pytest.mark.parametrize("device", DEVICES)
+def test_stacked_recalibration_equals_one_at_a_time(arch, data, device, monkeypatch):
     x, _ = data(300)  # a full batch of 256 and a short one
     states = [init_model(arch, s).state_dict() for s in range(3)]
     for s in states:  # stale statistics that recalibration must replace
@@ -125,10 +126,12 @@ def test_stacked_recalibration_equals_one_at_a_time(arch, data, monkeypatch):
                 v.add_(3.0)
     one = [recalibrated(build(arch), s, x) for s in states]
     monkeypatch.setattr(train_mod, "eval_batched", lambda *a: True)  # the stacked path
-    for many in (recalibrate(arch, states, x),
-                 _chunked(monkeypatch, lambda: recalibrate(arch, states, x))):
+    on = [{k: v.to(device) for k, v in st.items()} for st in states]
+    xd = x.to(device)
+    for many in (recalibrate(arch, on, xd),
+                 _chunked(monkeypatch, lambda: recalibrate(arch, on, xd))):
         for a, b in zip(one, many):
-            assert_close_states(a, b, 1e-5)
+            assert_close_states(a, {k: v.cpu() for k, v in b.items()}, 1e-5)
 
 
 def _chunked(monkeypatch, fn):

@@ -196,7 +196,8 @@ class Condition:
 # 20 passes per network (midpoint x5, w=3, one sample per network there) gives test
 # accuracy 0.947 against the zoo's 0.957; the full encoding is slower and poorer, and
 # unguided samples reach 0.907. Across six zoos (README table) the same choice keeps every
-# family within 2-20 passes and 1 s per 100 networks. Every default taken is recorded with its reason
+# family within 2-20 passes and 1 s per 100 networks. Every default taken is recorded with
+# its reason
 # (``config.json`` "defaults", the sample manifest's settings "defaults") and printed.
 AUTO = "auto"
 OFF = "none"

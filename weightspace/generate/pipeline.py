@@ -553,7 +553,7 @@ def sample_zoo(gen_dir, out_dir, n: int, steps: int | None = None, method: str |
                "generation": {"nfe": nfe, "network_passes": n_passes, "seconds": t_sample,
                               "seconds_per_model": t_sample / n}})
     return {"out": str(out_dir), "n": n, "nfe": nfe, "network_passes": n_passes,
-            "seconds": t_sample,
-            "condition": condition, "method": method, "steps": steps, "guidance": guidance,
-            "mix": mix, "guidance_val_acc": _by_guidance(sweep, chosen), "guidance_choice": sweep_record,
+            "seconds": t_sample, "condition": condition, "method": method, "steps": steps,
+            "guidance": guidance, "mix": mix, "guidance_val_acc": _by_guidance(sweep, chosen),
+            "guidance_choice": sweep_record,
             "mean_test_acc": sum(m["test_acc"] for m in ms) / n, "defaults": defaults}
