@@ -197,8 +197,8 @@ class Condition:
 # accuracy 0.947 against the zoo's 0.957; the full encoding is slower and poorer, and
 # unguided samples reach 0.907. Across six zoos (README table) the same choice keeps every
 # family within 2-20 passes and 1 s per 100 networks. Every default taken is recorded with
-# its reason
-# (``config.json`` "defaults", the sample manifest's settings "defaults") and printed.
+# its reason (``config.json`` "defaults", the sample manifest's settings "defaults") and
+# printed.
 AUTO = "auto"
 OFF = "none"
 EVIDENCE = ("README digits MLP demo: PCA + val_acc condition + solver, guidance and mix "
