@@ -411,6 +411,14 @@ def test_guidance_is_chosen_under_a_novelty_limit_on_validation():
     assert choose_guidance(pairs, nov, 0.8)[0] == (2.0, 4)
     assert choose_guidance(pairs, None, None)[0] == (2.0, 4)
     assert choose_guidance(pairs, nov, 0.5)[0] == (1.0, 16)
+    # accuracies within the tolerance are the validation split's noise: the more novel wins
+    close = {1.0: 0.950, 2.0: 0.953, 3.0: 0.960}
+    nov3 = {1.0: 0.50, 2.0: 0.40, 3.0: 0.45}
+    assert choose_guidance(close, nov3, 0.6, tolerance=0.01)[0] == 2.0
+    assert choose_guidance(close, nov3, 0.6, tolerance=0.005)[0] == 3.0  # 0.953 is too far
+    assert choose_guidance(close, nov3, 0.6, tolerance=0.0)[0] == 3.0
+    assert choose_guidance(close, nov3, 0.6, tolerance=0.02)[0] == 2.0
+    assert choose_guidance(close, nov3, 0.42, tolerance=0.0)[0] == 2.0  # the only novel one
 
 
 def test_sampling_candidates_keep_the_pass_budget():

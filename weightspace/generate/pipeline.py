@@ -30,9 +30,10 @@ from ..zoo.datasets import load_dataset
 from ..zoo.store import FORMAT, FORMAT_VERSION, Zoo, ZooError, finished
 from ..zoo.train import metrics, recalibrate
 from .encoding import Encoding, EncodingError
-from .config import (AUTO, DEFAULT_SOLVER, GUIDANCE_GRID, METHODS, MIX_GRID, OFF, PASS_BUDGET,
-                     SOLVER_GRID, Condition, FlowSettings, check_mix, default_condition,
-                     default_pca, default_record, default_sampling, passes, solver_name)
+from .config import (ACC_TOLERANCE, AUTO, DEFAULT_SOLVER, GUIDANCE_GRID, METHODS, MIX_GRID,
+                     OFF, PASS_BUDGET, SOLVER_GRID, Condition, FlowSettings, check_mix,
+                     default_condition, default_pca, default_record, default_sampling, passes,
+                     solver_name)
 from .flow import check_velocity_config, make_velocity, sample, train_flow
 from .novelty import errors, max_iou
 
@@ -336,22 +337,28 @@ def _smaller_first(key) -> tuple:
     return tuple(-x for x in key) if isinstance(key, tuple) else (-key,)
 
 
-def choose_guidance(acc: dict, novelty: dict | None, limit: float | None, cost=None):
+def choose_guidance(acc: dict, novelty: dict | None, limit: float | None, cost=None,
+                    tolerance: float = ACC_TOLERANCE):
     """The sampling setting (a guidance weight, a ``(weight, mix)`` pair, or a
-    :class:`Setting`): the best validation accuracy among those whose samples' validation
-    novelty (mean max IoU of their errors with the zoo's) is at most ``limit`` (the zoo's
-    leave-one-out novelty plus :data:`NOVELTY_SLACK`); if none is that novel, the most
-    novel one. Without novelty: the best validation accuracy. Ties go to the smaller
-    ``cost(key)`` (default: the smaller weight, then mix). Returns ``(key, rule)``.
-    Validation only: the test split never chooses."""
+    :class:`Setting`) among those whose samples' validation novelty (mean max IoU of their
+    errors with the zoo's) is at most ``limit`` (the zoo's leave-one-out novelty plus
+    :data:`NOVELTY_SLACK`): of those within ``tolerance`` of the best validation accuracy
+    there, the most novel (differences of accuracy that small are the validation split's
+    noise; novelty is the harder target). If none is novel enough, the most novel one.
+    Without novelty: the best validation accuracy. Ties go to the smaller ``cost(key)``
+    (default: the smaller weight, then mix). Returns ``(key, rule)``. Validation only: the
+    test split never chooses."""
     neg = (lambda k: tuple(-x for x in cost(k))) if cost else _smaller_first
     pos = cost or (lambda k: k)
     if novelty is None or limit is None:
         return max(acc, key=lambda k: (acc[k], *neg(k))), "best validation accuracy"
     ok = [k for k in acc if novelty[k] <= limit]
     if ok:
-        return max(ok, key=lambda k: (acc[k], *neg(k))), \
-            f"best validation accuracy with validation novelty <= {limit:.3f}"
+        best = max(acc[k] for k in ok)
+        near = [k for k in ok if acc[k] >= best - tolerance]
+        return min(near, key=lambda k: (novelty[k], -acc[k], pos(k))), \
+            (f"the most novel on validation within {tolerance:g} of the best validation "
+             f"accuracy ({best:.4f}) among those with validation novelty <= {limit:.3f}")
     return min(acc, key=lambda k: (novelty[k], pos(k))), \
         f"nothing reached validation novelty <= {limit:.3f}: the most novel"
 
@@ -511,6 +518,7 @@ def sample_zoo(gen_dir, out_dir, n: int, steps: int | None = None, method: str |
             sweep, novelty or None, limit,
             cost=lambda o: (o.passes(c is not None) or 0, o.guidance, o.mix))
         sweep_record = {"rule": rule, "novelty_limit": limit, "pass_budget": PASS_BUDGET,
+                        "accuracy_tolerance": ACC_TOLERANCE,
                         "grid": [{"method": o.method, "steps": o.steps, "guidance": o.guidance,
                                   "mix": o.mix, "passes": o.passes(c is not None),
                                   "val_acc": a, "val_novelty": novelty.get(o)}
