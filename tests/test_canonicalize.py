@@ -15,6 +15,9 @@ from weightspace.cli.main import main
 from weightspace.functional import lerp_states, loss_acc
 from weightspace.symmetry import apply, invert, random_perms, symmetry_of
 from weightspace.symmetry import spec as discover
+from weightspace.symmetry.cache import read_zoo_spec, zoo_spec
+from weightspace import __version__
+from weightspace.merge.files import barrier_matrix
 from weightspace.zoo import HParams, Zoo, ZooError, load_dataset, train_zoo
 
 from .conftest import rel_diff
@@ -316,3 +319,42 @@ def test_barycenter_batched_as_good_as_sequential(digits_zoo, tmp_path):
         orig, _, _ = read_checkpoint(Path(digits_zoo) / e["file"])
         back = restore(tmp_path / "cTrue", e["id"])
         assert all(torch.equal(back[k], orig[k]) for k in orig)
+
+
+def test_a_canonical_zoo_carries_its_verified_spec(digits_zoo, tmp_path, monkeypatch):
+    arch = "mlp:64-32-32-10"
+    before = _hashes(digits_zoo)
+    canonicalize_zoo(digits_zoo, tmp_path / "c", "wm", "barycenter", progress=False)
+    canon = tmp_path / "c"
+    state = Zoo(canon).load("s0000").state_dict()
+    fresh = discover(arch)
+    kept = read_zoo_spec(canon, arch, state)
+    assert kept is not None and kept.verified
+    assert (kept.groups, kept.layouts, kept.shapes) == (fresh.groups, fresh.layouts,
+                                                         fresh.shapes)
+    # a verb on the canonical zoo does not discover it again ...
+    import weightspace.symmetry as sym
+    with monkeypatch.context() as m:
+        m.setattr(sym, "spec", lambda *a, **k: pytest.fail("discovered again"))
+        assert zoo_spec(canon, arch, state=state).groups == fresh.groups
+        rep = barrier_matrix(canon, tmp_path / "lmc", pairs=1, points=3)
+        assert len(rep["pairs"]) == 1
+    # ... a raw zoo keeps none, and reading never writes into a zoo
+    assert read_zoo_spec(digits_zoo, arch) is None
+    assert zoo_spec(digits_zoo, arch).groups == fresh.groups
+    assert _hashes(digits_zoo) == before
+    # another architecture, a spec that does not fit the models, another version's
+    # canonicalization, a broken file: not used
+    assert read_zoo_spec(canon, "mlp:64-16-10") is None
+    key = next(iter(kept.shapes))
+    assert read_zoo_spec(canon, arch, {**state, key: torch.zeros(3)}) is None
+    mpath = canon / "manifest.json"
+    m = json.loads(mpath.read_text())
+    m["canonicalization"]["weightspace_version"] = "0.0.0-other"
+    mpath.write_text(json.dumps(m))
+    assert read_zoo_spec(canon, arch) is None
+    m["canonicalization"]["weightspace_version"] = __version__
+    mpath.write_text(json.dumps(m))
+    assert read_zoo_spec(canon, arch) is not None
+    (canon / "spec.json").write_text("{not json")
+    assert read_zoo_spec(canon, arch) is None and zoo_spec(canon, arch).verified

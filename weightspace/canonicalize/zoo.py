@@ -26,12 +26,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from .. import __version__
 from ..checkpoint import atomic_write_text, read_checkpoint, save_checkpoint, save_tensors
 from ..device import placed, resolve_device
 from ..errors import safe_name
 from ..functional import check_compatible, mean_states
 from ..parallel import LOCAL, Progress, Shard, gather_perms, shard as current_shard
-from ..symmetry import apply, identity_perms, invert, spec as discover_spec
+from ..symmetry import apply, identity_perms, invert
+from ..symmetry.cache import zoo_spec
 from ..symmetry.structure import Spec
 from ..zoo.datasets import load_dataset
 from ..zoo.store import Zoo, ZooError, finished
@@ -78,7 +80,7 @@ def canonicalize_zoo(zoo_dir, out_dir, method: str = "wm", reference: str = "bar
     loaded = [read_checkpoint(src.model_path(i)) for i in ids]
     states = [s for s, _, _ in loaded]
     check_compatible(states, [str(src.model_path(i)) for i in ids])
-    spec = discover_spec(str(src.model_path(ids[0])))
+    spec = zoo_spec(src.root, loaded[0][1], str(src.model_path(ids[0])), states[0])
     model = None
     data = None
     if get_align_method(method).needs_data:
@@ -203,7 +205,8 @@ def _write(src: Zoo, dst: Zoo, manifest, entries, loaded, aligned, perms, spec, 
                          {"weightspace.perms_of": e["id"]})
         out = {**manifest, "models": entries,
                "canonicalization": {**report, "source": str(src.root), "spec": "spec.json",
-                                    "perms": "perms/<id>.safetensors"}}
+                                    "perms": "perms/<id>.safetensors",
+                                    "weightspace_version": __version__}}
         dst.write(out)
 
 

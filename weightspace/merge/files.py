@@ -17,6 +17,7 @@ from ..device import placed, resolve_device
 from ..errors import check_output
 from ..functional import loss_acc
 from ..symmetry import spec as discover_spec
+from ..symmetry.cache import zoo_spec
 from ..zoo.datasets import dataset_of
 from ..zoo.store import Zoo, ZooError, finished
 from .lmc import LMCError, heatmap, lmc, plot
@@ -85,7 +86,8 @@ def barrier_matrix(zoo_dir, out_dir, align: str = "wm", points: int = 25, bn: st
         todo = sorted(random.Random(seed).sample(todo, min(pairs, len(todo))))
     models = load_models([zoo.model_path(i) for i in ids])
     data = dataset_of(models[0], dataset, data_root, why="barriers are measured on data")
-    spec = discover_spec(models[0].weightspace_arch)
+    spec = zoo_spec(zoo.root, models[0].weightspace_arch, str(zoo.model_path(ids[0])),
+                    models[0].state_dict())
     net, data, states = placed(dev, models[0], data, [m.state_dict() for m in models])
     n = len(ids)
     before = [[0.0 if i == j else None for j in range(n)] for i in range(n)]
