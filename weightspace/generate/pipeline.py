@@ -386,6 +386,12 @@ def candidates(solvers, weights, mixes, guided: bool) -> list[Setting]:
     return [s for s in every if not known or cost[s] == min(known)]
 
 
+def _averaged(codes: torch.Tensor, k: int) -> torch.Tensor:
+    """``k * m`` flow samples -> ``m`` codes: network ``i`` averages samples ``i, i + m,
+    ...`` (so the first ``k * m`` draws of a larger batch give the same networks)."""
+    return codes.view(k, len(codes) // k, -1).mean(0)
+
+
 def _by_guidance(sweep: dict | None, chosen: Setting) -> dict | None:
     """Validation accuracy by guidance weight at the chosen solver and mix (summaries)."""
     return sweep and {str(s.guidance): a for s, a in sweep.items()
@@ -424,8 +430,9 @@ def sample_zoo(gen_dir, out_dir, n: int, steps: int | None = None, method: str |
     samples, in the code). Each one not passed (``None``, or ``"auto"`` for guidance and
     mix) is chosen on the validation split, jointly, from :data:`SOLVER_GRID`,
     :data:`GUIDANCE_GRID` and :data:`MIX_GRID`, among the combinations of at most
-    :data:`PASS_BUDGET` velocity-network passes per network: the best validation accuracy
-    whose validation novelty is within the zoo's leave-one-out novelty + NOVELTY_SLACK
+    :data:`PASS_BUDGET` velocity-network passes per network: among those whose validation
+    novelty is within the zoo's leave-one-out novelty + NOVELTY_SLACK, the most novel of
+    those within :data:`ACC_TOLERANCE` of the best validation accuracy
     (:func:`choose_guidance`), measured on at most :data:`SWEEP_SAMPLES` networks per
     setting. The test split is never used to choose. Passing one of
     ``method`` / ``steps`` fixes the solver (the other from :data:`DEFAULT_SOLVER`).
@@ -504,7 +511,7 @@ def sample_zoo(gen_dir, out_dir, n: int, steps: int | None = None, method: str |
         for base, ks in groups.items():
             every, _ = draw(base, n_sweep * max(ks))
             for k in ks:  # the first n_sweep * k draws, averaged k at a time
-                codes = every[:n_sweep * k].reshape(k, n_sweep, -1).mean(0)
+                codes = _averaged(every[:n_sweep * k], k)
                 drawn = _bn_fix([enc.decode(x) for x in codes], arch, data,
                                 SWEEP_CALIBRATION)
                 wrong = errors(arch, drawn, *data["val"])
@@ -530,7 +537,7 @@ def sample_zoo(gen_dir, out_dir, n: int, steps: int | None = None, method: str |
             defaults[name]["chosen"] = value
     t = time.perf_counter()  # the chosen setting is sampled again: this is the timed run
     codes, nfe = draw(chosen, n * mix)
-    states = [enc.decode(x) for x in codes.view(mix, n, -1).mean(0)]
+    states = [enc.decode(x) for x in _averaged(codes, mix)]
     t_sample = time.perf_counter() - t
     # network passes per generated network: guided evaluations run cond + uncond, and
     # each network averages ``mix`` samples

@@ -325,10 +325,23 @@ def _eval_batch(base: nn.Module, n: int, x: torch.Tensor, batch: int) -> int:
     return max(1, min(batch, EVAL_ELEMENTS // max(1, n * width)))
 
 
-def _build_forward(arch: str, states: list[dict], x: torch.Tensor, batched: bool):
-    """All models on one batch, ``[n, b, C]``: stacked along channels (built-in
-    architectures), else under vmap, else (or unbatched) one model at a time. Returns the
-    function and the largest batch it takes."""
+def eval_batched(arch: str, states: list[dict], x: torch.Tensor) -> bool:
+    """Whether evaluation runs ``states`` together by default: on a GPU, where one model at
+    a time leaves it idle; not on a CPU, where a forward pass has no optimizer or autograd
+    work to share and the stacked layers measured slower than the loop
+    (``scripts/benchmarks/zoo_throughput.py --eval``, 2 cores: 64 ResNet-20 on the digits
+    test split 3.31 s stacked vs 0.80 s one at a time, 64 MLPs 0.020 s vs 0.012 s; a timed
+    probe on a small batch picked the wrong path, one on the real batch costs more than it
+    saves)."""
+    return len(states) > 1 and x.device.type == "cuda"
+
+
+def _forward_fn(arch: str, states: list[dict], x: torch.Tensor, batched: bool | None):
+    """All models on one batch, ``[n, b, C]``: with ``batched`` (None: :func:`eval_batched`)
+    stacked along channels (built-in architectures), else under vmap; else (or unbatched)
+    one model at a time. Returns the function and the largest batch it takes."""
+    if batched is None:
+        batched = eval_batched(arch, states, x)
     device, n = x.device, len(states)
     base = build(arch).to("meta").eval()
     if batched and n > 1 and not unsupported(base):
@@ -348,24 +361,6 @@ def _build_forward(arch: str, states: list[dict], x: torch.Tensor, batched: bool
     return (lambda xb: torch.stack([functional_call(base, s, (xb,)) for s in on_device])), 2048
 
 
-def eval_batched(arch: str, states: list[dict], x: torch.Tensor) -> bool:
-    """Whether evaluation runs ``states`` together by default: on a GPU, where one model at
-    a time leaves it idle; not on a CPU, where a forward pass has no optimizer or autograd
-    work to share and the stacked layers measured slower than the loop
-    (``scripts/benchmarks/zoo_throughput.py --eval``, 2 cores: 64 ResNet-20 on the digits
-    test split 3.31 s stacked vs 0.80 s one at a time, 64 MLPs 0.020 s vs 0.012 s; a timed
-    probe on a small batch picked the wrong path, one on the real batch costs more than it
-    saves)."""
-    return len(states) > 1 and x.device.type == "cuda"
-
-
-def _forward_fn(arch: str, states: list[dict], x: torch.Tensor, batched: bool | None):
-    """:func:`_build_forward` on the path ``batched`` names (None: :func:`eval_batched`)."""
-    if batched is None:
-        batched = eval_batched(arch, states, x)
-    return _build_forward(arch, states, x, batched)
-
-
 @torch.no_grad()
 def recalibrate(arch: str, states: list[dict], x: torch.Tensor, batch_size: int = 256
                 ) -> list[dict]:
@@ -377,7 +372,7 @@ def recalibrate(arch: str, states: list[dict], x: torch.Tensor, batch_size: int 
     base = build(arch).to("meta")
     if not states or not has_batchnorm(base):
         return list(states)
-    if unsupported(base) or not eval_batched(arch, states, x[:batch_size]):
+    if unsupported(base) or not eval_batched(arch, states, x):
         net = build(arch)
         return [recalibrated(net, s, x) for s in states]
     # models per stacked pass: as many as keep one activation under EVAL_ELEMENTS floats
