@@ -107,7 +107,9 @@ def test_alignment_keeps_the_function_and_lowers_l2(ref):
     assert all(b >= a - 1e-6 * abs(a) for a, b in zip(hist, hist[1:]))
 
 
-@pytest.mark.parametrize("ref", ["mlp:64-64-64-10", "resnet20?width=1", VIT])
+@pytest.mark.parametrize("ref", ["mlp:64-64-64-10", "resnet20?width=1", VIT,
+                                 "resnet20?width=1&norm=ln",  # LayerNorm over NCHW channels
+                                 "vgg11?width=0.125&norm=ln&in_chans=1&pools=3"])
 def test_activation_matching_keeps_the_function(ref):
     spec, x = spec_of(ref)
     A, B = perturbed(ref, 1), perturbed(ref, 2)

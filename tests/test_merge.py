@@ -87,6 +87,26 @@ def test_repair_restores_unit_statistics(trained, digits):
         assert torch.allclose(got[n][1], goal_std, rtol=1e-3, atol=1e-4)
 
 
+def test_repair_of_channel_first_layernorm(digits):
+    """LayerNorm2d puts its features on axis 1, not last as nn.LayerNorm would."""
+    from weightspace.merge import feature_stats, repair, repairable
+    from weightspace.models import LayerNorm2d
+    ref = "vgg11?width=0.125&norm=ln&in_chans=1&pools=3"
+    spec, model = discover(ref, (1, 1, 8, 8)), build(ref)
+    A, B = (build(ref).state_dict() for _ in range(2))
+    x = digits["train"][0][:256]
+    mods = dict(model.named_modules())
+    targets = repairable(spec, model)
+    ln = [n for n, _ in targets if isinstance(mods[n], LayerNorm2d)]
+    assert ln
+    sa, sb = (feature_stats(model, s, targets, x) for s in (A, B))
+    assert all(sa[n][1].shape == mods[n].weight.shape for n in ln)
+    fixed = repair(spec, model, {k: (A[k] + B[k]) / 2 for k in A}, [sa, sb], [0.5, 0.5], x)
+    got = feature_stats(model, fixed, targets, x)
+    for n in ln:
+        assert torch.allclose(got[n][1], (sa[n][1] + sb[n][1]) / 2, rtol=1e-3, atol=1e-4)
+
+
 @pytest.mark.parametrize("method", ["mean", "mergemany"])
 def test_merging_identical_models_returns_the_model(trained, method):
     spec, states = trained[MLP]

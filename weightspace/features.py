@@ -39,6 +39,27 @@ def feature_modules(spec: Spec, model: nn.Module) -> dict[str, list[tuple[str, i
     return out
 
 
+def _width(m: nn.Module) -> int | None:
+    """How many features the module outputs, from its own settings."""
+    for attr in ("out_features", "out_channels", "num_features", "num_channels",
+                 "embedding_dim"):
+        if isinstance(getattr(m, attr, None), int):
+            return getattr(m, attr)
+    if isinstance(m, nn.LayerNorm):
+        return int(m.normalized_shape[-1])
+    return None
+
+
+def feature_axis(module: nn.Module, out: torch.Tensor, dim: int) -> int:
+    """The axis of ``out`` holding ``module``'s features: ``dim`` as its kind says, or axis
+    1 when the module is a channel-first variant of a kind that puts them last (a LayerNorm
+    over the channels of an NCHW tensor, as ``LayerNorm2d`` here and in timm)."""
+    n = _width(module)
+    if n is None or out.shape[dim] == n or out.dim() < 3 or out.shape[1] != n:
+        return dim
+    return 1
+
+
 @torch.no_grad()
 def feature_batches(model: nn.Module, state: dict, targets: list[tuple[str, int]],
                     x: torch.Tensor, batch_size: int = 512) -> Iterator[dict[str, torch.Tensor]]:
@@ -48,8 +69,9 @@ def feature_batches(model: nn.Module, state: dict, targets: list[tuple[str, int]
     feats: dict[str, torch.Tensor] = {}
     handles = []
     for name, dim in targets:
-        def hook(_m, _i, out, name=name, dim=dim):
-            feats[name] = out.movedim(dim, -1).reshape(-1, out.shape[dim]).double()
+        def hook(m, _i, out, name=name, dim=dim):
+            d = feature_axis(m, out, dim)
+            feats[name] = out.movedim(d, -1).reshape(-1, out.shape[d]).double()
         handles.append(mods[name].register_forward_hook(hook))
     was = model.training
     model.eval()

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import WeightspaceError
-from ..features import feature_modules
+from ..features import feature_axis, feature_modules
 from ..functional import has_batchnorm, reset_bn, scratch
 from ..symmetry.structure import Spec
 
@@ -71,7 +71,8 @@ def repair(spec: Spec, model: nn.Module, state: dict, endpoint_stats: list[dict]
     if others:
         fixes, handles = {}, []
         for name, dim in others:
-            def hook(_m, _i, out, name=name, dim=dim):
+            def hook(m, _i, out, name=name, dim=dim):
+                dim = feature_axis(m, out, dim)
                 flat = out.movedim(dim, -1).reshape(-1, out.shape[dim]).double()
                 mean, std = flat.mean(0), flat.std(0, unbiased=False)
                 scale = (goal[name][1].double() / std.clamp_min(1e-8))
