@@ -34,6 +34,7 @@ def test_references_build_models_that_run(ref):
 def test_builtin_options_take_effect():
     assert build("vgg11?num_classes=7&width=0.25").classifier.out_features == 7
     assert build("resnet20?width=4").conv1.out_channels == 64
+    assert build("resnet20?width=0.5").conv1.out_channels == 8
     assert isinstance(build("mlp:4-8-2?act=gelu")[2], nn.GELU)
     assert build("mlp:4-8-2?bias=false")[1].bias is None
     assert set(list_archs()) >= {"mlp", "vgg11", "resnet20"}
@@ -51,6 +52,11 @@ def test_builtin_options_take_effect():
     ("", "empty"),
     ("timm:resnet18?pretrained=true", "would load weights"),
     ("timm:resnet18?checkpoint_path=/etc/passwd", "would load weights"),
+    ("resnet20?width=abc", "option 'width' must be a number, got 'abc'"),
+    ("resnet20?num_classes=2.5", "'num_classes' must be a whole number"),
+    ("mlp:4-2?bias=3", "'bias' must be true or false"),
+    ("vgg11?norm=3", "'norm' must be a word"),
+    ("resnet20?width=0", "width must be positive"),
     ("torchvision:resnet18?weights=DEFAULT", "would load weights"),
 ])
 def test_bad_references_are_clear_errors(ref, match):
@@ -72,3 +78,15 @@ def test_user_code_needs_permission_by_default_and_in_scope():
             build("os:getcwd")
     with pytest.raises(ArchError, match="refusing"):  # the scope ends with the block
         build("os:getcwd")
+
+
+@pytest.mark.parametrize("ref", ["timm:resnet18?in_chans=1&num_classes=10",
+                                 "timm:mobilenetv3_small_050?in_chans=1",
+                                 "timm:convnext_atto?in_chans=2"])
+def test_timm_example_input_has_the_channels_asked_for(ref):
+    """The pretrained config says 3 channels; an ``in_chans`` in the reference wins."""
+    model = build(ref).eval()
+    shape = input_shape(ref, model)
+    assert shape[1] == int(ref.split("in_chans=")[1][0])
+    with torch.no_grad():
+        assert model(torch.randn(shape)).shape[0] == 1

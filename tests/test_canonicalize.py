@@ -246,6 +246,25 @@ def test_cli_align_bad_input(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_cli_align_timm_model_with_one_input_channel(tmp_path):
+    """timm's pretrained config says 3 input channels; the reference's in_chans wins."""
+    ref = "timm:mobilenetv3_small_050?in_chans=1&num_classes=10"
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        paths.append(tmp_path / f"m{seed}.safetensors")
+        save_checkpoint(paths[-1], build(ref), ref)
+    out = tmp_path / "aligned.safetensors"
+    assert main(["align", *map(str, paths), "--out", str(out)]) == 0
+    model = build(ref).eval()
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.load_state_dict(read_checkpoint(paths[1])[0])
+        before = model(x)
+        model.load_state_dict(read_checkpoint(out)[0])
+        assert rel_diff(before, model(x)) < 1e-5
+
+
 def test_accelerate_two_processes_identical_to_one(digits_zoo, tmp_path):
     import os
     import subprocess

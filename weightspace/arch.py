@@ -186,6 +186,17 @@ def _check_kwargs(fn, r: ArchRef, ref: str) -> None:
     if unknown:
         allowed = [p for p in params if p != "arg"]
         raise ArchError(f"{ref!r}: unknown option(s) {unknown}; {r.name} takes {allowed}")
+    for k, v in r.kwargs.items():  # a value of the kind the option's default is
+        d = params[k].default
+        kind = {"bool": bool, "int": int, "float": float, "str": str}.get(
+            str(params[k].annotation)) or next(
+            (t for t in (bool, int, float, str) if isinstance(d, t)), None)
+        ok = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}.get(kind, ())
+        if kind is not None and (not isinstance(v, ok) or (kind != bool and
+                                                           isinstance(v, bool))):
+            what = {bool: "true or false", int: "a whole number", float: "a number",
+                    str: "a word"}[kind]
+            raise ArchError(f"{ref!r}: option {k!r} must be {what}, got {format_value(v)!r}")
 
 
 def input_shape(ref: str, model: nn.Module | None = None) -> tuple[int, ...]:
@@ -198,8 +209,9 @@ def input_shape(ref: str, model: nn.Module | None = None) -> tuple[int, ...]:
         s = r.kwargs["img_size"]
         return (1, chans, s, s)
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    if "input_size" in cfg:
-        return (1, *cfg["input_size"])
+    if "input_size" in cfg:  # the pretrained config's size, with the channels asked for
+        c, *size = cfg["input_size"]
+        return (1, chans if "in_chans" in r.kwargs else c, *size)
     return (1, chans, 224, 224)
 
 
@@ -223,6 +235,6 @@ def _vgg11(width: float = 1, num_classes: int = 10, norm: str = "bn", in_chans: 
 
 
 @register_arch("resnet20", _image_input)
-def _resnet20(width: int = 1, num_classes: int = 10, norm: str = "bn", in_chans: int = 3,
+def _resnet20(width: float = 1, num_classes: int = 10, norm: str = "bn", in_chans: int = 3,
               act: str = "relu") -> nn.Module:
     return models.ResNet20(width, num_classes, norm, in_chans, act)

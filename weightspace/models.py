@@ -110,13 +110,15 @@ class BasicBlock(nn.Module):
 
 
 class ResNet20(nn.Module):
-    def __init__(self, width: int = 1, num_classes: int = 10, norm: str = "bn",
+    def __init__(self, width: float = 1, num_classes: int = 10, norm: str = "bn",
                  in_chans: int = 3, act: str = "relu", depth: int = 20):
         super().__init__()
-        if (depth - 2) % 6:
-            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        if (depth - 2) % 6 or depth < 8:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2 (8, 14, 20, ...), got {depth}")
+        if width <= 0:
+            raise ValueError(f"width must be positive, got {width}")
         n = (depth - 2) // 6
-        w = [16 * width, 32 * width, 64 * width]
+        w = [max(1, int(round(c * width))) for c in (16, 32, 64)]
         self.conv1 = nn.Conv2d(in_chans, w[0], 3, 1, 1, bias=False)
         self.norm1 = _norm2d(norm, w[0])
         self.act = _act(act)()
