@@ -38,13 +38,14 @@ def activation_matching(spec: Spec, model: nn.Module, A: dict, B: dict, x: torch
 
     from ..features import feature_modules
     from ..symmetry.structure import identity_perms
+    from .assignment import parallel_map
     from .matching import WeightMatcher, families, lap, method_report
     t0 = time.perf_counter()
     hooks = feature_modules(spec, model)
     sa = _group_features(model, A, hooks, x, batch_size)
     sb = _group_features(model, B, hooks, x, batch_size)
     perms = identity_perms(spec)
-    done = set()
+    costs = {}
     for g in hooks:
         n = spec.group(g).size
         s_ab = torch.zeros(n, n, dtype=torch.float64)
@@ -68,8 +69,9 @@ def activation_matching(spec: Spec, model: nn.Module, A: dict, B: dict, x: torch
             cost = cov / torch.outer(sd_a, sd_b)
         else:
             cost = s_ab / cnt
-        perms[g] = lap(cost)
-        done.add(g)
+        costs[g] = cost
+    perms.update(zip(costs, parallel_map(lap, list(costs.values()))))  # independent LAPs
+    done = set(costs)
     rest = [f for f in families(spec) if f.top not in done]
     notes = [f"activation statistics on {len(x)} train examples for {len(done)} group(s)"]
     info = {}

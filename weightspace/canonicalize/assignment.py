@@ -17,7 +17,10 @@ solver answers instead. So the result is always optimal to float tolerance.
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -162,6 +165,30 @@ def _reduced(m: np.ndarray) -> np.ndarray:
     return m
 
 
+T = TypeVar("T")
+R = TypeVar("R")
+_POOL: ThreadPoolExecutor | None = None
+
+
+def workers() -> int:
+    """Threads for independent LAPs: torch's intra-op thread budget (what the user or the
+    CLI set), at most the CPUs there are. scipy's solver releases the GIL while it runs,
+    so independent problems solve side by side."""
+    return max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
+
+
+def parallel_map(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """``[fn(x) for x in items]``, on :func:`workers` threads when there are several (the
+    results, and their order, are the same)."""
+    n = min(workers(), len(items))
+    if n <= 1:
+        return [fn(x) for x in items]
+    global _POOL
+    if _POOL is None or _POOL._max_workers < n:
+        _POOL = ThreadPoolExecutor(n, thread_name_prefix="weightspace-lap")
+    return list(_POOL.map(fn, items))
+
+
 def lap(cost: torch.Tensor) -> torch.Tensor:
     """Maximising assignment (exact, cold): ``perm[i]`` is the column matched to row ``i``."""
     _, cols = linear_sum_assignment(_reduced(_as_min(cost)))
@@ -170,11 +197,15 @@ def lap(cost: torch.Tensor) -> torch.Tensor:
 
 def lap_batch(costs: torch.Tensor) -> torch.Tensor:
     """Maximising assignments of a stack ``costs`` [N, n, n] -> [N, n] (one transfer to
-    the CPU, one exact solve each)."""
+    the CPU, one exact solve each, in contiguous chunks on :func:`workers` threads)."""
     ms = _reduced(_as_min(costs))
     out = np.empty(ms.shape[:2], dtype=np.int64)
-    for b in range(ms.shape[0]):
-        out[b] = linear_sum_assignment(ms[b])[1]
+
+    def chunk(bounds):
+        for b in range(*bounds):
+            out[b] = linear_sum_assignment(ms[b])[1]
+    edges = np.linspace(0, len(ms), min(workers(), len(ms)) + 1).astype(int)
+    parallel_map(chunk, list(zip(edges[:-1], edges[1:])))
     return torch.from_numpy(out)
 
 
@@ -184,4 +215,5 @@ def objective(cost: torch.Tensor, perm: torch.Tensor) -> float:
     return float(c[torch.arange(len(perm)), perm].sum())
 
 
-__all__ = ["LapState", "LapStats", "STATS", "lap", "lap_batch", "objective", "solve"]
+__all__ = ["LapState", "LapStats", "STATS", "lap", "lap_batch", "objective", "parallel_map",
+           "solve", "workers"]

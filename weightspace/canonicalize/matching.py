@@ -16,7 +16,9 @@ after convergence costs almost nothing, and late sweeps touch only the neighbour
 what changed. Cost matrices are built with tensor ops on the models' device; the LAPs are
 solved with ``scipy.optimize.linear_sum_assignment`` on the CPU (see :mod:`.assignment`:
 a warm-started solver was measured and did not pay, since consecutive solves of one family
-move 20-50% of its rows).
+move 20-50% of its rows). Consecutive families of a sweep that share no parameter do not
+change each other's costs: their LAPs run side by side on torch's thread budget (scipy
+releases the GIL) and are accepted in order, so the steps are exactly the sequential ones.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ import torch
 
 from ..symmetry.structure import (Perms, Spec, apply, identity_perms, layout_groups,
                                   layout_index, parse_member)
-from .assignment import lap
+from .assignment import lap, parallel_map
 
 
 @dataclass
@@ -371,34 +373,59 @@ class WeightMatcher:
             order = list(active)
             rng.shuffle(order)
             changed = False
-            for fam in order:
-                sig = tuple(self.version[g] for k in self.fam_keys[fam.top]
-                            for g in sorted(self.key_groups[k]))
-                if self._solved.get(fam.top) == sig:
-                    continue  # nothing it depends on moved since it was last solved
-                plain, nested = self.family_cost(fam, perms)
-                old = self.family_value(plain, nested, perms, fam)
-                pairing = block_pairing(fam) if block_pairing and nested else None
-                new_perms = self.solve_family(fam, plain, nested, pairing)
-                trial = {**perms, **new_perms}
-                delta = self.family_value(plain, nested, trial, fam) - old
-                if fam.top in self.quadratic:
-                    delta = sum(self._inner(k, trial) - self._inner(k, perms)
-                                for k in self.fam_keys[fam.top])
-                if delta > 1e-9 * max(1.0, abs(objective)) and any(
-                        not torch.equal(new_perms[g], perms[g]) for g in new_perms):
-                    perms = trial
-                    objective += delta
-                    for g in new_perms:
-                        self.version[g] += 1
-                    changed = True
-                    changes += 1
-                self._solved[fam.top] = tuple(self.version[g] for k in self.fam_keys[fam.top]
-                                              for g in sorted(self.key_groups[k]))
+            for run in self._independent_runs(order):
+                steps = []  # (family, costs, value before, pairing) of those that need a solve
+                for fam in run:
+                    if self._solved.get(fam.top) == self._signature(fam):
+                        continue  # nothing it depends on moved since it was last solved
+                    plain, nested = self.family_cost(fam, perms)
+                    pairing = block_pairing(fam) if block_pairing and nested else None
+                    steps.append((fam, plain, nested, pairing,
+                                  self.family_value(plain, nested, perms, fam)))
+                # the families of a run share no parameter: their costs do not depend on one
+                # another's steps, so they are solved side by side (the LAP releases the GIL)
+                # and accepted in order, exactly as one after the other
+                solved = parallel_map(lambda st: self.solve_family(st[0], st[1], st[2], st[3]),
+                                      steps)
+                for (fam, plain, nested, _, old), new_perms in zip(steps, solved):
+                    trial = {**perms, **new_perms}
+                    delta = self.family_value(plain, nested, trial, fam) - old
+                    if fam.top in self.quadratic:
+                        delta = sum(self._inner(k, trial) - self._inner(k, perms)
+                                    for k in self.fam_keys[fam.top])
+                    if delta > 1e-9 * max(1.0, abs(objective)) and any(
+                            not torch.equal(new_perms[g], perms[g]) for g in new_perms):
+                        perms = trial
+                        objective += delta
+                        for g in new_perms:
+                            self.version[g] += 1
+                        changed = True
+                        changes += 1
+                    self._solved[fam.top] = self._signature(fam)
             history.append(objective)
             if not changed:
                 break
         return perms, {"iterations": it, "objective_history": history, "changes": changes}
+
+    def _signature(self, fam: Family) -> tuple:
+        """Versions of every group acting on the family's parameters."""
+        return tuple(self.version[g] for k in self.fam_keys[fam.top]
+                     for g in sorted(self.key_groups[k]))
+
+    def _independent_runs(self, order: list[Family]) -> list[list[Family]]:
+        """``order`` cut into runs of consecutive families that touch no common parameter
+        (one acts on none of the others' tensors)."""
+        runs: list[list[Family]] = []
+        used: set[str] = set()
+        for fam in order:
+            keys = set(self.fam_keys[fam.top])
+            if runs and not keys & used:
+                runs[-1].append(fam)
+            else:
+                runs.append([fam])
+                used = set()
+            used |= keys
+        return runs
 
     def _inner(self, key: str, perms: Perms) -> float:
         return float((self.A[key] * self._permuted_b(key, perms, set())).sum())
