@@ -45,6 +45,23 @@ def test_encoding_round_trip_is_exact(tiny_zoo, tmp_path, pca):
         enc.encode({**states[0], "1.weight": torch.zeros(3, 3)})
 
 
+@pytest.mark.parametrize("pca", [False, True])
+def test_fit_reads_the_zoo_one_model_at_a_time(tiny_zoo, tmp_path, monkeypatch, pca):
+    """The fit's checks stream the checkpoints (one state dict in memory at a time) and
+    decode each zoo model once for the round-trip check (it decoded once per tensor)."""
+    from weightspace.generate.pipeline import scan_zoo
+    seen = []
+    m, entries, arch, first = scan_zoo(tiny_zoo, lambda i, st, a: seen.append((i, a)))
+    assert seen == [(i, ARCH) for i in range(len(entries))] and arch == ARCH
+    assert all(torch.equal(first[k], load_zoo_states(tiny_zoo)[2][0][k]) for k in first)
+    decodes = []
+    real = Encoding.decode
+    monkeypatch.setattr(Encoding, "decode", lambda self, c: decodes.append(1) or real(self, c))
+    fit = fit_generator(tiny_zoo, tmp_path / "g", steps=2, width=8, depth=1, pca=pca,
+                        progress=False)
+    assert len(decodes) == len(entries) and fit["max_roundtrip_error"] < 1e-5
+
+
 def test_sampling_is_deterministic():
     torch.manual_seed(0)
     v = Velocity(7, width=16, depth=1)

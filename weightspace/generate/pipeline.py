@@ -40,24 +40,40 @@ from .novelty import errors, max_iou
 MAX_SAMPLES = 100_000
 
 
-def load_zoo_states(zoo_dir) -> tuple[dict, list[dict], list[dict], str]:
-    """(manifest, finished entries, their state dicts, arch) of a zoo or canonical zoo."""
+def scan_zoo(zoo_dir, visit=None) -> tuple[dict, list[dict], str, dict]:
+    """(manifest, finished entries, arch, the first model's state dict) of a zoo or canonical
+    zoo, reading one checkpoint at a time: every floating tensor must be finite and every
+    model of one architecture. ``visit(i, state, arch)`` sees each state dict while it is
+    the one in memory, so a caller that keeps nothing holds one model at a time."""
     zoo = Zoo(zoo_dir)
     m = zoo.read()
     entries = finished(m)
     if not entries:
         raise ZooError(f"{zoo_dir}: the zoo has no finished models")
-    loaded = [read_checkpoint(zoo.model_path(e["id"])) for e in entries]
-    for e, (state, _, _) in zip(entries, loaded):
+    arch = first = None
+    for i, e in enumerate(entries):
+        path = zoo.model_path(e["id"])
+        state, a, _ = read_checkpoint(path)
         for k, v in state.items():
             if v.is_floating_point() and not bool(torch.isfinite(v).all()):
-                raise ZooError(f"{zoo.model_path(e['id'])}: tensor {k!r} holds non-finite "
-                               f"values (NaN or Inf); remove or retrain model {e['id']}")
-    archs = {a for _, a, _ in loaded}
-    if len(archs) != 1:
-        raise ZooError(f"{zoo_dir}: models of several architectures ({sorted(archs)[:3]}); "
-                       f"a generator needs one")
-    return m, entries, [s for s, _, _ in loaded], archs.pop()
+                raise ZooError(f"{path}: tensor {k!r} holds non-finite values (NaN or Inf); "
+                               f"remove or retrain model {e['id']}")
+        if arch is None:
+            arch, first = a, state
+        elif a != arch:
+            raise ZooError(f"{zoo_dir}: models of several architectures ({sorted({arch, a})}); "
+                           f"a generator needs one")
+        if visit is not None:
+            visit(i, state, arch)
+    return m, entries, arch, first
+
+
+def load_zoo_states(zoo_dir) -> tuple[dict, list[dict], list[dict], str]:
+    """(manifest, finished entries, their state dicts, arch) of a zoo or canonical zoo
+    (:func:`scan_zoo`'s checks, every state dict kept)."""
+    states: list[dict] = []
+    m, entries, arch, _ = scan_zoo(zoo_dir, lambda i, st, a: states.append(st))
+    return m, entries, states, arch
 
 
 def _flat(prefix: str, d: dict, out: dict, meta: dict) -> None:
@@ -137,14 +153,18 @@ def fit_generator(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
     if condition is not None and (not isinstance(condition, str) or not condition):
         raise EncodingError(f"condition must be a metric name, 'auto' or 'none', got "
                             f"{condition!r}")
-    m, entries, states, arch = load_zoo_states(zoo_dir)
+    # one model in memory at a time (the checks, the zoo's validation errors); the
+    # encoding streams the checkpoints again, tensor by tensor
+    val_errors = _ValErrors(Zoo(zoo_dir).read())
+    m, entries, arch, first = scan_zoo(zoo_dir, val_errors.add)
     # the samples will be built as this architecture: refuse now what cannot be built
     # (user code without --allow-code) or does not fit the zoo's tensors
-    check_state(build(arch), states[0], str(Zoo(zoo_dir).model_path(entries[0]["id"])))
+    check_state(build(arch), first, str(Zoo(zoo_dir).model_path(entries[0]["id"])))
+    zoo_err = val_errors.result()
     defaults = {}
     if pca is None:
-        numbers = sum(v.numel() for v in states[0].values() if v.is_floating_point())
-        pca, why = default_pca(len(states), numbers, s.velocity)
+        numbers = sum(v.numel() for v in first.values() if v.is_floating_point())
+        pca, why = default_pca(len(entries), numbers, s.velocity)
         defaults["pca"] = default_record(pca, why)
     if condition == AUTO:
         condition, why = default_condition(entries)
@@ -161,15 +181,23 @@ def fit_generator(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
     out.mkdir(parents=True, exist_ok=True)
     enc = Encoding.fit_streaming(arch, [Zoo(zoo_dir).model_path(e["id"]) for e in entries],
                                  pca=pca, workdir=out)
-    codes = enc.zoo_codes if pca else torch.stack([enc.encode(st) for st in states])
+    full, worst = [], [0.0]
+
+    def roundtrip(i, state, _):  # every model decodes back to itself (one at a time)
+        c = enc.zoo_codes[i] if pca else enc.encode(state)
+        if not pca:
+            full.append(c)
+        dec = enc.decode(c)
+        worst[0] = max([worst[0], *(float((dec[k] - state[k]).abs().max()) for k in enc.keys)])
+    scan_zoo(zoo_dir, roundtrip)
+    codes = enc.zoo_codes if pca else torch.stack(full)
+    err = worst[0]
     vcfg = s.velocity_config(codes.shape[1], [math.prod(sh) for sh in enc.shapes])
     check_velocity_config(vcfg, "generator settings")
-    err = max(float((enc.decode(c)[k] - st[k]).abs().max()) for c, st in zip(codes, states)
-              for k in enc.keys)
     cfg = {"format": "weightspace.generator", "version": 1, "weightspace_version": __version__,
            "zoo": str(zoo_dir), "arch": arch, "dataset": m.get("dataset", {}),
            "canonicalization": (m.get("canonicalization") or {}).get("method"),
-           "models": len(states), "encoding": json.loads(enc.signature()),
+           "models": len(entries), "encoding": json.loads(enc.signature()),
            "train": s.to_dict(), "condition": cn and cn.to_dict(),
            "max_roundtrip_error": err, "defaults": defaults}
     state = _resume_state(out, cfg) if (out / "state.json").is_file() else None
@@ -177,7 +205,6 @@ def fit_generator(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
     out.mkdir(parents=True, exist_ok=True)
     if main:
         enc.save(out / "encoding.safetensors")
-        zoo_err = _zoo_val_errors(m, arch, states)
         if zoo_err is not None:
             save_tensors(out / ZOO_ERRORS, {"errors": zoo_err.to(torch.uint8)})
         atomic_write_text(out / "config.json", json.dumps(cfg, indent=1))
@@ -215,7 +242,7 @@ def fit_generator(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
     cfg["train_seconds"] = time.perf_counter() - t1
     if main:
         atomic_write_text(out / "config.json", json.dumps(cfg, indent=1))
-    return {"out": str(out), "models": len(states), "dim": codes.shape[1],
+    return {"out": str(out), "models": len(entries), "dim": codes.shape[1],
             "train_seconds": cfg["train_seconds"], "seconds": time.perf_counter() - t0,
             "max_roundtrip_error": err, "pca": pca, "condition": condition,
             "resumed_from": state["step"] if state else None, "defaults": defaults}
@@ -321,16 +348,38 @@ NOVELTY_SLACK = 0.05  # samples may be this much less novel than independently t
 ZOO_ERRORS = "zoo_val_errors.safetensors"
 
 
-def _zoo_val_errors(manifest: dict, arch: str, states: list[dict]):
+class _ValErrors:
     """[N, n_val] bool: where each zoo model errs on the validation split (kept with the
-    generator, so that sampling can measure novelty without the zoo); None when the zoo's
-    dataset cannot be loaded."""
-    ds = manifest.get("dataset") or {}
-    try:
-        data = load_dataset(ds.get("name", ""), ds.get("data_root"))
-    except WeightspaceError:
-        return None
-    return errors(arch, states, *data["val"])
+    generator, so that sampling can measure novelty without the zoo), gathered while the
+    zoo is read: models are evaluated in groups of ``chunk`` and then dropped. ``result()``
+    is None when the zoo's dataset cannot be loaded."""
+
+    def __init__(self, manifest: dict, chunk: int = 16):
+        ds = manifest.get("dataset") or {}
+        try:
+            self.data = load_dataset(ds.get("name", ""), ds.get("data_root"))["val"]
+        except WeightspaceError:
+            self.data = None
+        self.chunk, self.pending, self.rows, self.arch = chunk, [], [], None
+
+    def add(self, i: int, state: dict, arch: str) -> None:
+        if self.data is None:
+            return
+        self.arch = arch
+        self.pending.append(state)
+        if len(self.pending) >= self.chunk:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending:
+            self.rows.append(errors(self.arch, self.pending, *self.data))
+            self.pending = []
+
+    def result(self) -> torch.Tensor | None:
+        if self.data is None:
+            return None
+        self._flush()
+        return torch.cat(self.rows)
 
 
 def _smaller_first(key) -> tuple:
