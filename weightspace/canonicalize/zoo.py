@@ -92,6 +92,7 @@ def canonicalize_zoo(zoo_dir, out_dir, method: str = "wm", reference: str = "bar
     sh = current_shard()
     before_center = mean_states(states)
     l2_before = _sq_to(states, before_center)
+    t_match = time.perf_counter()
     if reference == "barycenter":
         runs = [barycenter_perms(spec, states, method, seed + 7919 * k, max_rounds, tol,
                                  progress, sh, **method_kw) for k in range(restarts)]
@@ -113,6 +114,7 @@ def canonicalize_zoo(zoo_dir, out_dir, method: str = "wm", reference: str = "bar
         perms = gather_perms(sh, mine)
         perms[r] = identity_perms(spec)
         rounds, history = 1, []
+    t_match = time.perf_counter() - t_match
     aligned = [apply(spec, perms[i], s) for i, s in enumerate(states)]
     after_center = mean_states(aligned)
     l2_after = _sq_to(aligned, after_center)
@@ -120,6 +122,7 @@ def canonicalize_zoo(zoo_dir, out_dir, method: str = "wm", reference: str = "bar
               "l2_to_barycenter_before": (l2_before / len(ids)) ** 0.5,
               "l2_to_barycenter_after": (l2_after / len(ids)) ** 0.5,
               "history": history, "seconds": time.perf_counter() - t0,
+              "matching_seconds": t_match,
               "device": str(dev), "main_process": sh.is_main}
     if sh.is_main:
         _write(src, dst, manifest, entries, loaded, aligned, perms, spec, report, force)
