@@ -198,6 +198,8 @@ def test_conditional_generator_pipeline(tiny_zoo, tmp_path, monkeypatch):
     assert set(grid) == set(candidates(SOLVER_GRID, GUIDANCE_GRID, MIX_GRID, True))
     assert {k[:2] for k in grid} == set(SOLVER_GRID) and {k[3] for k in grid} == set(MIX_GRID)
     assert all(g["passes"] <= PASS_BUDGET for g in choice["grid"])
+    assert choice["networks_per_setting"] == pipeline.sweep_samples(int(
+        m["n"]), 1) == min(int(m["n"]), pipeline.SWEEP_SAMPLES)
     sweep = {key: g["val_acc"] for key, g in grid.items()}
     novelty = {key: g["val_novelty"] for key, g in grid.items()}
     novelty = None if None in novelty.values() else novelty
@@ -436,6 +438,16 @@ def test_guidance_is_chosen_under_a_novelty_limit_on_validation():
     assert choose_guidance(close, nov3, 0.6, tolerance=0.0)[0] == 3.0
     assert choose_guidance(close, nov3, 0.6, tolerance=0.02)[0] == 2.0
     assert choose_guidance(close, nov3, 0.42, tolerance=0.0)[0] == 2.0  # the only novel one
+
+
+def test_the_choice_measures_fewer_networks_of_large_models():
+    from weightspace.generate.pipeline import (SWEEP_MIN_SAMPLES, SWEEP_SAMPLES,
+                                               sweep_samples)
+    assert sweep_samples(1000, 8970) == SWEEP_SAMPLES          # the demo MLP
+    assert sweep_samples(1000, 272_000) == SWEEP_SAMPLES       # ResNet-20
+    assert sweep_samples(1000, 11_200_000) == SWEEP_MIN_SAMPLES  # timm resnet18
+    assert SWEEP_MIN_SAMPLES < sweep_samples(1000, 4_000_000) < SWEEP_SAMPLES
+    assert sweep_samples(5, 11_200_000) == 5                    # never more than asked
 
 
 def test_sampling_candidates_keep_the_pass_budget():
