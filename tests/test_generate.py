@@ -110,6 +110,27 @@ def test_audit_of_the_zoo_itself(tiny_zoo):
     assert r["zoo"]["max_iou_loo_mean"] < 1.0
 
 
+def test_audit_in_groups_equals_all_at_once(tiny_zoo, monkeypatch):
+    """Generated and baseline models are read and measured a group at a time (large
+    models): one model per group gives the same report as one group."""
+    import importlib
+    audit_module = importlib.import_module("weightspace.generate.audit")
+    whole = audit(tiny_zoo, tiny_zoo, k_ensemble=3)
+    monkeypatch.setattr(audit_module, "GROUP_NUMBERS", 1)
+    grouped = audit(tiny_zoo, tiny_zoo, k_ensemble=3)
+
+    def leaves(r):
+        if isinstance(r, dict):
+            return [v for k in sorted(r) for v in leaves(r[k])]
+        if isinstance(r, (list, tuple)):
+            return [v for x in r for v in leaves(x)]
+        return [r]
+    a, b = leaves(whole), leaves(grouped)
+    assert len(a) == len(b)
+    for x, y in zip(a, b):  # the same up to the order of float64 sums
+        assert y == pytest.approx(x, rel=1e-9, abs=1e-7) if isinstance(x, float) else x == y
+
+
 def test_interrupted_fit_resumes_to_the_same_generator(tiny_zoo, tmp_path):
     kw = dict(steps=12, width=16, depth=1, pca=True, progress=False, checkpoint_every=3)
     fit_generator(tiny_zoo, tmp_path / "a", until=6, **kw)

@@ -25,20 +25,21 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..arch import build
-from ..checkpoint import atomic_write_text
+from ..checkpoint import atomic_write_text, read_checkpoint
 from ..errors import check_output
 from ..functional import mean_states, recalibrated
 from ..zoo.datasets import load_dataset
-from ..zoo.store import ZooError
+from ..zoo.store import Zoo, ZooError
 from .encoding import Encoding
 from .novelty import max_iou, probabilities
-from .pipeline import load_zoo_states
+from .pipeline import load_zoo_states, scan_zoo
 
 NOISE = (0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 
@@ -75,11 +76,51 @@ def _stats(v: list[float]) -> dict:
             "max": max(v), "median": statistics.median(v)}
 
 
-def _nn_dist(a: torch.Tensor, b: torch.Tensor, leave_one_out: bool = False):
-    d = torch.cdist(a.double(), b.double())
+_CHUNK = 1 << 18   # columns of flattened models multiplied at once (float64)
+GROUP_NUMBERS = 100_000_000  # weights of generated / baseline models held at once
+
+
+def _gram(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b.T`` in float64 ([M, D] x [N, D] -> [M, N]), a block of columns at a time
+    (the rows may be stored in float32)."""
+    out = torch.zeros(len(a), len(b), dtype=torch.float64)
+    for c0 in range(0, a.shape[1], _CHUNK):
+        out += a[:, c0:c0 + _CHUNK].double() @ b[:, c0:c0 + _CHUNK].double().T
+    return out
+
+
+def _pairwise(enc: Encoding, zoo: list[dict], states: list[dict], params=frozenset()):
+    """In the encoding's standardised weights, one tensor at a time (float64): squared
+    distances [M, N] of ``states`` to the ``zoo`` models over every tensor, and over the
+    tensors named in ``params`` the inner products [N, M] with the zoo models and [M] of
+    each state with itself (what :func:`span_from_gram` needs)."""
+    m, n = len(states), len(zoo)
+    d2 = torch.zeros(m, n, dtype=torch.float64)
+    gzx = torch.zeros(n, m, dtype=torch.float64)
+    gxx = torch.zeros(m, dtype=torch.float64)
+    for i, key in enumerate(enc.keys):
+        z = torch.stack([st[key].reshape(-1) for st in zoo]).double()
+        g = torch.stack([st[key].reshape(-1) for st in states]).double()
+        d2 += torch.cdist(g, z).pow(2) / float(enc.std[i]) ** 2
+        if key in params:
+            z = (z - enc.mean[i]) / enc.std[i]
+            g = (g - enc.mean[i]) / enc.std[i]
+            gzx += z @ g.T
+            gxx += (g * g).sum(1)
+    return d2, gzx, gxx
+
+
+def _nearest(d2: torch.Tensor, leave_one_out: bool = False) -> torch.Tensor:
+    """Distance of each row to its nearest zoo model, from squared distances [M, N]."""
     if leave_one_out:
-        d.fill_diagonal_(float("inf"))
-    return d.min(1).values
+        d2 = d2.clone().fill_diagonal_(float("inf"))
+    return d2.min(1).values.sqrt()
+
+
+def _groups(n: int, numbers: int) -> list[tuple[int, int]]:
+    """[lo, hi) ranges of ``n`` models of ``numbers`` weights, ``GROUP_NUMBERS`` at a time."""
+    size = max(1, GROUP_NUMBERS // max(1, numbers))
+    return [(lo, min(n, lo + size)) for lo in range(0, n, size)]
 
 
 def affine_span(zoo: torch.Tensor, points: torch.Tensor | None = None,
@@ -94,17 +135,29 @@ def affine_span(zoo: torch.Tensor, points: torch.Tensor | None = None,
     1 / sum(w^2) (Kish's effective number: 1 for a zoo model, N for the zoo mean, below
     the number of models it touches, and below 1, when the combination extrapolates
     with negative weights); ``negative`` = sum of |w_i| over w_i < 0 (0 for a convex
-    combination). Everything comes from one Gram matrix (M + N)^2 D, float64."""
-    z = zoo.double()
-    mu = z.mean(0)
-    loo = points is None
-    rows = z - mu if loo else torch.cat([z, points.double()]) - mu
-    k = rows @ rows.T
-    n = z.shape[0]
-    kz = k[:n, :n]
+    combination). Everything comes from inner products (float64): the zoo's Gram matrix,
+    and each point's products with the zoo rows and itself (:func:`span_from_gram`)."""
+    gzz = _gram(zoo, zoo)
+    if points is None:
+        return span_from_gram(gzz, rtol=rtol)
+    return span_from_gram(gzz, _gram(zoo, points), _gram(points, points).diagonal(), rtol)
+
+
+def span_from_gram(gzz: torch.Tensor, gzx: torch.Tensor | None = None,
+                   gxx: torch.Tensor | None = None, rtol: float = 1e-10) -> dict:
+    """:func:`affine_span` from inner products: ``gzz`` [N, N] of the zoo rows, ``gzx``
+    [N, M] of zoo rows with the points, ``gxx`` [M] of each point with itself (None:
+    the zoo itself, leave-one-out)."""
+    n = gzz.shape[0]
+    rz, c = gzz.mean(1), gzz.mean()
+    kz = gzz - rz[:, None] - rz[None, :] + c                  # (z_i - mu) . (z_j - mu)
+    loo = gzx is None
+    if not loo:
+        rx = gzx.mean(0)                                        # x . mu
+        kzx = gzx - rz[:, None] - rx[None, :] + c
+        kxx = gxx - 2 * rx + c
     res, ws = [], []
-    for j in range(k.shape[0] - (0 if loo else n)):
-        t = j if loo else n + j
+    for j in range(n if loo else gzx.shape[1]):
         idx = [i for i in range(n) if not (loo and i == j)]
         if not idx:
             res.append(0.0)
@@ -113,9 +166,10 @@ def affine_span(zoo: torch.Tensor, points: torch.Tensor | None = None,
         kj = kz[idx][:, idx]
         row, tot = kj.mean(1), kj.mean()
         gc = kj - row[:, None] - row[None, :] + tot          # centred Gram of the span
-        kx = k[t, idx]
+        kx = kz[j, idx] if loo else kzx[idx, j]
+        ktt = float(kz[j, j] if loo else kxx[j])
         b = kx - kx.mean() - row + tot                        # (z_i - zbar) . (x - zbar)
-        nx2 = float(k[t, t] - 2 * kx.mean() + tot)            # ||x - zbar||^2
+        nx2 = ktt - 2 * float(kx.mean()) + float(tot)         # ||x - zbar||^2
         a = torch.linalg.pinv(gc, rtol=rtol, hermitian=True) @ b
         r2 = nx2 - 2 * float(a @ b) + float(a @ gc @ a)
         # at the zoo mean (up to rounding) the direction is undefined: residual 0
@@ -150,11 +204,14 @@ def ece(probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> float:
 
 def audit(samples_dir, zoo_dir, k_ensemble: int = 10, seed: int = 0, data_root=None,
           out_dir=None) -> dict:
+    """The audit (see the module docstring) of ``samples_dir`` against ``zoo_dir``. The zoo
+    is held in memory; generated and baseline models are read, built and measured a group
+    at a time (:data:`GROUP_NUMBERS` weights), so large samples fit."""
     if out_dir is not None:
         check_output(out_dir, "dir")
     if k_ensemble < 1:
         raise ZooError(f"the ensemble size must be >= 1, got {k_ensemble}")
-    sm, s_entries, gen_states, arch = load_zoo_states(samples_dir)
+    sm, s_entries, arch, _ = scan_zoo(samples_dir)        # checks; read again by groups
     zm, z_entries, zoo_states, zarch = load_zoo_states(zoo_dir)
     if arch != zarch:
         raise ZooError(f"{samples_dir} holds {arch!r} models but {zoo_dir} holds {zarch!r}")
@@ -162,80 +219,107 @@ def audit(samples_dir, zoo_dir, k_ensemble: int = 10, seed: int = 0, data_root=N
     data = load_dataset(ds.get("name", ""), data_root or ds.get("data_root"))
     x, y = data["test"]
     calib = data["train"][0][:2048]
-    enc = Encoding.fit(arch, zoo_states, pca=True)
+    with tempfile.TemporaryDirectory() as tmp:  # the PCA basis lives on disk while here
+        zoo = Zoo(zoo_dir)
+        enc = Encoding.fit_streaming(arch, [zoo.model_path(e["id"]) for e in z_entries],
+                                     pca=True, workdir=tmp)
+        return _audit(samples_dir, zoo_dir, sm, s_entries, zoo_states, arch, data, x, y,
+                      calib, enc, k_ensemble, seed, out_dir)
+
+
+def _audit(samples_dir, zoo_dir, sm, s_entries, zoo_states, arch, data, x, y, calib, enc,
+           k_ensemble, seed, out_dir) -> dict:
     gen = torch.Generator().manual_seed(seed)
+    numbers = sum(math.prod(sh) for sh in enc.shapes)
+    samples = Zoo(samples_dir)
 
     def bn_fix(states):
         net = build(arch)
         return [recalibrated(net, s, calib) for s in states]
 
-    def summarise(states, loo_ref=False):
-        p = probabilities(arch, states, x)
-        pred = p.argmax(-1)
-        acc = (pred == y).float().mean(1).tolist()
-        wrong = pred != y
-        iou = max_iou(wrong, zoo_wrong, leave_one_out=loo_ref).tolist()
-        return p, acc, iou
-
     zp = probabilities(arch, zoo_states, x)
     zoo_wrong = zp.argmax(-1) != y
-    _, zacc, ziou = summarise(zoo_states, loo_ref=True)
-    gp, gacc, giou = summarise(gen_states)
-    zc = torch.stack([enc._flatten(s) for s in zoo_states])
-    gc = torch.stack([enc._flatten(s) for s in gen_states])
+
+    def summarise(p, loo_ref=False):
+        pred = p.argmax(-1)
+        acc = (pred == y).float().mean(1).tolist()
+        iou = max_iou(pred != y, zoo_wrong, leave_one_out=loo_ref).tolist()
+        return acc, iou
+
+    zacc, ziou = summarise(zp, loo_ref=True)
+    # the affine span is measured in the parameters (BN statistics left out: they are
+    # recalibrated, not generated); distances in every tensor of the encoding
+    pnames = {k for k, _ in build(arch).named_parameters()}
+    std = Encoding.fit(arch, zoo_states)   # the per-tensor standardisation (no PCA)
+    zd2, gzz, _ = _pairwise(std, zoo_states, zoo_states, pnames)
+    # generated models, a group at a time
+    n = len(s_entries)
+    gacc, giou, nn, gzx, gxx, kept = [], [], [], [], [], []
+    k = min(k_ensemble, n, len(zoo_states))
+    for lo, hi in _groups(n, numbers):
+        states = [read_checkpoint(samples.model_path(e["id"]))[0] for e in s_entries[lo:hi]]
+        p = probabilities(arch, states, x)
+        acc, iou = summarise(p)
+        gacc += acc
+        giou += iou
+        kept.append(p[:max(0, k - lo)])
+        d2, zx, xx = _pairwise(std, zoo_states, states, pnames)
+        nn.append(_nearest(d2))
+        gzx.append(zx)
+        gxx.append(xx)
     report = {
         "arch": arch, "dataset": data.name, "samples_dir": str(samples_dir),
         "zoo_dir": str(zoo_dir),
-        "generated": {"n": len(gen_states), "acc": _stats(gacc), "acc_mean": _stats(gacc)["mean"],
+        "generated": {"n": n, "acc": _stats(gacc), "acc_mean": _stats(gacc)["mean"],
                       "max_iou": _stats(giou), "max_iou_mean": statistics.fmean(giou),
-                      "nn_l2": _stats(_nn_dist(gc, zc).tolist())},
+                      "nn_l2": _stats(torch.cat(nn).tolist())},
         "zoo": {"n": len(zoo_states), "acc": _stats(zacc), "acc_mean": _stats(zacc)["mean"],
                 "max_iou_loo": _stats(ziou), "max_iou_loo_mean": statistics.fmean(ziou),
-                "nn_l2_loo": _stats(_nn_dist(zc, zc, leave_one_out=True).tolist())},
+                "nn_l2_loo": _stats(_nearest(zd2, leave_one_out=True).tolist())},
         "nfe": sm.get("generation", {}).get("nfe"),
         "network_passes": sm.get("generation", {}).get("network_passes"),
         "seconds_per_model": sm.get("generation", {}).get("seconds_per_model"),
     }
     # what a sample is: distance to the zoo's affine span, zoo models mixed (parameters only)
-    pnames = {k for k, _ in build(arch).named_parameters()}
-    penc = Encoding.fit(arch, [{k: v for k, v in s.items() if k in pnames}
-                               for s in zoo_states])
-    pz = torch.stack([penc._flatten(s) for s in zoo_states])
     report["generated"]["span"] = _span_report(
-        affine_span(pz, torch.stack([penc._flatten(s) for s in gen_states])))
-    report["zoo"]["span_loo"] = _span_report(affine_span(pz))
-    # baselines, each as many models as were generated (capped by the zoo for noise)
-    n = len(gen_states)
+        span_from_gram(gzz, torch.cat(gzx, 1), torch.cat(gxx)))
+    report["zoo"]["span_loo"] = _span_report(span_from_gram(gzz))
+    # baselines, each as many models as were generated (capped by the zoo for noise),
+    # built and measured a group at a time
     base = {}
     picks = torch.randint(len(zoo_states), (n,), generator=gen).tolist()
 
-    def baseline(states):
-        _, acc, iou = summarise(bn_fix(states))
-        nn = _nn_dist(torch.stack([enc._flatten(s) for s in states]), zc)
+    def baseline(make, count):
+        acc, iou, dist = [], [], []
+        for lo, hi in _groups(count, numbers):
+            states = [make(i) for i in range(lo, hi)]
+            a, u = summarise(probabilities(arch, bn_fix(states), x))
+            acc += a
+            iou += u
+            dist.append(_nearest(_pairwise(std, zoo_states, states)[0]))  # as made
         return {"acc_mean": statistics.fmean(acc), "max_iou_mean": statistics.fmean(iou),
-                "nn_l2_mean": float(nn.mean()), "acc": acc, "max_iou": iou}
+                "nn_l2_mean": float(torch.cat(dist).mean()), "acc": acc, "max_iou": iou}
+
+    def noisy(scale):
+        def make(i):
+            return {key: v + scale * v.float().std().nan_to_num() *
+                    torch.randn(v.shape, generator=gen) if v.is_floating_point()
+                    and v.numel() > 1 else v for key, v in zoo_states[picks[i]].items()}
+        return make
 
     for scale in NOISE:
-        noisy = []
-        for i in picks:
-            s = zoo_states[i]
-            noisy.append({k: v + scale * v.float().std().nan_to_num() *
-                          torch.randn(v.shape, generator=gen) if v.is_floating_point()
-                          and v.numel() > 1 else v for k, v in s.items()})
-        base[f"noise_{scale}"] = baseline(noisy)
-    codes = torch.stack([enc.encode(s) for s in zoo_states]).double()
+        base[f"noise_{scale}"] = baseline(noisy(scale), n)
+    codes = enc.zoo_codes.double()
     mu, sd = codes.mean(0), codes.std(0).clamp_min(1e-12)
-    fake = [enc.decode((mu + sd * torch.randn(len(mu), generator=gen, dtype=torch.float64)))
-            for _ in range(n)]
-    base["pca_gaussian"] = baseline(fake)
-    base["zoo_mean"] = baseline([mean_states(zoo_states)])
+    base["pca_gaussian"] = baseline(lambda i: enc.decode(
+        mu + sd * torch.randn(len(mu), generator=gen, dtype=torch.float64)), n)
+    base["zoo_mean"] = baseline(lambda i: mean_states(zoo_states), 1)
     report["baselines"] = base
     curve = noise_curve(base)
     report["noise_curve"] = [{"max_iou": u, "acc": a} for u, a in curve]
     report["generated"]["noise_margin"] = curve_margin(curve, giou, gacc)
     report["zoo"]["noise_margin_loo"] = curve_margin(curve, ziou, zacc)
-    k = min(k_ensemble, len(gen_states), len(zoo_states))
-    ge, ze = gp[:k].mean(0), zp[:k].mean(0)
+    ge, ze = torch.cat(kept)[:k].mean(0), zp[:k].mean(0)
     report["ensemble"] = {"k": k,
                           "generated_acc": float((ge.argmax(1) == y).float().mean()),
                           "generated_ece": ece(ge, y),
