@@ -57,16 +57,22 @@ def test_batched_solver_matches_scipy():
         assert objective(torch.tensor(c), p) == pytest.approx(best(c), abs=1e-9)
 
 
-@pytest.mark.parametrize("ref", ["mlp:64-64-64-10", "resnet20?width=1"])
-def test_real_weight_matching_costs(ref):
-    """The cost matrices weight matching builds (every family, two independent inits),
-    each solved cold and warm-started from its neighbour's state."""
+def spec_and_two_inits(ref: str):
+    """The architecture's spec and two independently initialised state dicts."""
     model = build(ref).eval()
     spec = symmetry_of(model, torch.randn(input_shape(ref, model)))
     states = []
     for seed in (0, 1):
         torch.manual_seed(seed)
         states.append(build(ref).state_dict())
+    return spec, states
+
+
+@pytest.mark.parametrize("ref", ["mlp:64-64-64-10", "resnet20?width=1"])
+def test_real_weight_matching_costs(ref):
+    """The cost matrices weight matching builds (every family, two independent inits),
+    each solved cold and warm-started from its neighbour's state."""
+    spec, states = spec_and_two_inits(ref)
     m = WeightMatcher(spec, *states)
     perms = identity_perms(spec)
     state = None
@@ -107,12 +113,7 @@ def test_weight_matching_on_threads_takes_the_same_steps(ref, two_threads):
     """Families that share no parameter are solved side by side: same permutations, same
     objective history as one family after the other."""
     from weightspace.canonicalize import weight_matching
-    model = build(ref).eval()
-    spec = symmetry_of(model, torch.randn(input_shape(ref, model)))
-    states = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        states.append(build(ref).state_dict())
+    spec, states = spec_and_two_inits(ref)
     m = WeightMatcher(spec, *states)
     runs = m._independent_runs(m.fams)
     assert sum(map(len, runs)) == len(m.fams)

@@ -494,8 +494,9 @@ def sample_zoo(gen_dir, out_dir, n: int, steps: int | None = None, method: str |
     novelty is within the zoo's leave-one-out novelty + NOVELTY_SLACK, the most novel of
     those within :data:`ACC_TOLERANCE` of the best validation accuracy
     (:func:`choose_guidance`), measured on :func:`sweep_samples` networks per setting
-    (:data:`SWEEP_SAMPLES`, fewer for models above 1M parameters). The test split is never used to choose. Passing one of
-    ``method`` / ``steps`` fixes the solver (the other from :data:`DEFAULT_SOLVER`).
+    (:data:`SWEEP_SAMPLES`, fewer for models above 1M parameters). The test split is
+    never used to choose. Passing one of ``method`` / ``steps`` fixes the solver (the
+    other from :data:`DEFAULT_SOLVER`).
 
     ``condition`` steers a conditional generator: a value in the units of the zoo metric or
     hyperparameter it was fitted on, or ``"max"`` / ``"min"`` / ``"mean"`` of the zoo's
