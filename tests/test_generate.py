@@ -104,10 +104,19 @@ def test_end_to_end_and_cli(tiny_zoo, tmp_path, capsys):
 
 def test_audit_of_the_zoo_itself(tiny_zoo):
     r = audit(tiny_zoo, tiny_zoo)
+    assert r["baseline_models"] == 6 and len(r["baselines"]["noise_0.1"]["acc"]) == 6
     assert r["generated"]["max_iou_mean"] == 1.0
     assert r["generated"]["nn_l2"]["max"] == 0.0
     assert r["generated"]["acc_mean"] == pytest.approx(r["zoo"]["acc_mean"])
     assert r["zoo"]["max_iou_loo_mean"] < 1.0
+
+
+def test_baselines_of_large_models_are_fewer():
+    from weightspace.generate.audit import baseline_models
+    assert baseline_models(100, 8970) == 100 and baseline_models(1000, 8970) == 1000
+    assert baseline_models(100, 272_000) == 100               # ResNet-20
+    assert baseline_models(100, 11_200_000) == 17             # timm resnet18
+    assert baseline_models(100, 10 ** 9) == 16 and baseline_models(5, 10 ** 9) == 5
 
 
 def test_audit_in_groups_equals_all_at_once(tiny_zoo, monkeypatch):

@@ -117,6 +117,16 @@ def _nearest(d2: torch.Tensor, leave_one_out: bool = False) -> torch.Tensor:
     return d2.min(1).values.sqrt()
 
 
+BASELINE_NUMBERS = 200_000_000  # weights of one baseline's models in all (>= 16 models)
+
+
+def baseline_models(n: int, numbers: int) -> int:
+    """Models per baseline for ``n`` generated models of ``numbers`` weights: as many as
+    were generated, fewer (at least 16) where they would exceed :data:`BASELINE_NUMBERS`
+    (800 noisy timm ResNet-18s took most of an 8-minute audit)."""
+    return min(n, max(16, BASELINE_NUMBERS // max(1, numbers)))
+
+
 def _groups(n: int, numbers: int) -> list[tuple[int, int]]:
     """[lo, hi) ranges of ``n`` models of ``numbers`` weights, ``GROUP_NUMBERS`` at a time."""
     size = max(1, GROUP_NUMBERS // max(1, numbers))
@@ -284,10 +294,12 @@ def _audit(samples_dir, zoo_dir, sm, s_entries, zoo_states, arch, data, x, y, ca
     report["generated"]["span"] = _span_report(
         span_from_gram(gzz, torch.cat(gzx, 1), torch.cat(gxx)))
     report["zoo"]["span_loo"] = _span_report(span_from_gram(gzz))
-    # baselines, each as many models as were generated (capped by the zoo for noise),
-    # built and measured a group at a time
+    # baselines, each as many models as were generated (fewer for large models:
+    # baseline_models), built and measured a group at a time
     base = {}
-    picks = torch.randint(len(zoo_states), (n,), generator=gen).tolist()
+    nb = baseline_models(n, numbers)
+    report["baseline_models"] = nb
+    picks = torch.randint(len(zoo_states), (nb,), generator=gen).tolist()
 
     def baseline(make, count):
         acc, iou, dist = [], [], []
@@ -308,11 +320,11 @@ def _audit(samples_dir, zoo_dir, sm, s_entries, zoo_states, arch, data, x, y, ca
         return make
 
     for scale in NOISE:
-        base[f"noise_{scale}"] = baseline(noisy(scale), n)
+        base[f"noise_{scale}"] = baseline(noisy(scale), nb)
     codes = enc.zoo_codes.double()
     mu, sd = codes.mean(0), codes.std(0).clamp_min(1e-12)
     base["pca_gaussian"] = baseline(lambda i: enc.decode(
-        mu + sd * torch.randn(len(mu), generator=gen, dtype=torch.float64)), n)
+        mu + sd * torch.randn(len(mu), generator=gen, dtype=torch.float64)), nb)
     base["zoo_mean"] = baseline(lambda i: mean_states(zoo_states), 1)
     report["baselines"] = base
     curve = noise_curve(base)
