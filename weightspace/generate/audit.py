@@ -100,11 +100,11 @@ def _pairwise(enc: Encoding, zoo: list[dict], states: list[dict], params=frozens
     gxx = torch.zeros(m, dtype=torch.float64)
     for i, key in enumerate(enc.keys):
         z = torch.stack([st[key].reshape(-1) for st in zoo]).double()
-        g = torch.stack([st[key].reshape(-1) for st in states]).double()
+        g = z if states is zoo else torch.stack([st[key].reshape(-1) for st in states]).double()
         d2 += torch.cdist(g, z).pow(2) / float(enc.std[i]) ** 2
         if key in params:
             z = (z - enc.mean[i]) / enc.std[i]
-            g = (g - enc.mean[i]) / enc.std[i]
+            g = z if states is zoo else (g - enc.mean[i]) / enc.std[i]
             gzx += z @ g.T
             gxx += (g * g).sum(1)
     return d2, gzx, gxx
@@ -150,7 +150,7 @@ def affine_span(zoo: torch.Tensor, points: torch.Tensor | None = None,
     gzz = _gram(zoo, zoo)
     if points is None:
         return span_from_gram(gzz, rtol=rtol)
-    return span_from_gram(gzz, _gram(zoo, points), _gram(points, points).diagonal(), rtol)
+    return span_from_gram(gzz, _gram(zoo, points), (points.double() ** 2).sum(1), rtol)
 
 
 def span_from_gram(gzz: torch.Tensor, gzx: torch.Tensor | None = None,
