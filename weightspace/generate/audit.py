@@ -37,7 +37,7 @@ from ..errors import check_output
 from ..functional import mean_states, recalibrated
 from ..zoo.datasets import load_dataset
 from ..zoo.store import Zoo, ZooError
-from .encoding import Encoding
+from .encoding import _CHUNK, Encoding  # columns multiplied at once
 from .novelty import max_iou, probabilities
 from .pipeline import load_zoo_states, scan_zoo
 
@@ -76,7 +76,6 @@ def _stats(v: list[float]) -> dict:
             "max": max(v), "median": statistics.median(v)}
 
 
-_CHUNK = 1 << 18   # columns of flattened models multiplied at once (float64)
 GROUP_NUMBERS = 100_000_000  # weights of generated / baseline models held at once
 
 
@@ -260,8 +259,7 @@ def _audit(samples_dir, zoo_dir, sm, s_entries, zoo_states, arch, data, x, y, ca
     # the affine span is measured in the parameters (BN statistics left out: they are
     # recalibrated, not generated); distances in every tensor of the encoding
     pnames = {k for k, _ in build(arch).named_parameters()}
-    std = Encoding.fit(arch, zoo_states)   # the per-tensor standardisation (no PCA)
-    zd2, gzz, _ = _pairwise(std, zoo_states, zoo_states, pnames)
+    zd2, gzz, _ = _pairwise(enc, zoo_states, zoo_states, pnames)
     # generated models, a group at a time
     n = len(s_entries)
     gacc, giou, nn, gzx, gxx, kept = [], [], [], [], [], []
@@ -273,7 +271,7 @@ def _audit(samples_dir, zoo_dir, sm, s_entries, zoo_states, arch, data, x, y, ca
         gacc += acc
         giou += iou
         kept.append(p[:max(0, k - lo)])
-        d2, zx, xx = _pairwise(std, zoo_states, states, pnames)
+        d2, zx, xx = _pairwise(enc, zoo_states, states, pnames)
         nn.append(_nearest(d2))
         gzx.append(zx)
         gxx.append(xx)
@@ -308,7 +306,7 @@ def _audit(samples_dir, zoo_dir, sm, s_entries, zoo_states, arch, data, x, y, ca
             a, u = summarise(probabilities(arch, bn_fix(states), x))
             acc += a
             iou += u
-            dist.append(_nearest(_pairwise(std, zoo_states, states)[0]))  # as made
+            dist.append(_nearest(_pairwise(enc, zoo_states, states)[0]))  # as made
         return {"acc_mean": statistics.fmean(acc), "max_iou_mean": statistics.fmean(iou),
                 "nn_l2_mean": float(torch.cat(dist).mean()), "acc": acc, "max_iou": iou}
 
