@@ -78,7 +78,7 @@ def test_offline_error_names_files_and_place(tmp_path):
     with pytest.raises(DatasetError) as e:
         load_dataset("mnist", data_root=tmp_path, download=False)
     msg = str(e.value)
-    assert "train-images-idx3-ubyte" in msg and str(tmp_path) in msg and "--data-root" in msg
+    assert "train-images-idx3-ubyte" in msg and str(tmp_path) in msg and "`data_root`" in msg
     assert "\n" not in msg
 
 

@@ -10,8 +10,8 @@ from weightspace.arch import build
 from weightspace.cli.main import main
 from weightspace.zoo import HParams, load_dataset, train_batched, train_sequential, train_zoo
 from weightspace.zoo import runner
-from weightspace.zoo import train as train_mod
-from weightspace.zoo.stacked import Stack, unsupported
+from weightspace import evaluation as train_mod
+from weightspace.stacked import Stack, unsupported
 from weightspace.functional import recalibrated
 from weightspace.zoo.train import batched_impl, choose_path, evaluate, init_model, recalibrate
 

@@ -159,7 +159,7 @@ def test_recover_model_whose_manifest_update_was_lost(tmp_path):
 
 def test_different_settings_refused_unless_force(tmp_path):
     quick(tmp_path / "z", models=2)
-    with pytest.raises(ZooError, match="different settings.*lr.*--force"):
+    with pytest.raises(ZooError, match="different settings.*lr.*force=True"):
         quick(tmp_path / "z", models=2, hp=HParams(epochs=2, batch_size=64, lr=0.01))
     res = quick(tmp_path / "z", models=1, hp=HParams(epochs=2, batch_size=64, lr=0.01),
                 force=True)

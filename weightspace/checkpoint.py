@@ -21,7 +21,7 @@ from torch import nn
 
 from . import __version__
 from .arch import build
-from .errors import WeightspaceError
+from .errors import WeightspaceError, make_dir, note_created
 
 ARCH_KEY, VERSION_KEY, META_KEY = "weightspace.arch", "weightspace.version", "weightspace.meta"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -34,12 +34,15 @@ class CheckpointError(WeightspaceError):
 def atomic_write(path: str | Path, write) -> None:
     """Call ``write(tmp_path)`` then rename onto ``path``; nothing is left on failure."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        new = not (path.exists() or path.is_symlink())
         os.replace(tmp, path)
+        if new:
+            note_created(path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -94,7 +97,7 @@ def read_checkpoint(path: str | Path, arch: str | None = None):
         int.from_bytes(head[:8], "little") <= path.stat().st_size - 8
     if not looks_safetensors and (head[:1] == b"\x80" or head[:2] == b"PK"):
         raise CheckpointError(f"{path}: looks like a pickle / torch.save file, not safetensors; "
-                              "rename it to .pt and pass --arch to load it safely")
+                              "rename it to .pt and pass its `arch` to load it safely")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
@@ -104,7 +107,7 @@ def read_checkpoint(path: str | Path, arch: str | None = None):
     ref = arch or metadata.get(ARCH_KEY)
     if not ref:
         raise CheckpointError(f"{path}: no '{ARCH_KEY}' in metadata; pass the architecture "
-                              "explicitly (--arch)")
+                              "explicitly (`arch`)")
     try:
         meta = json.loads(metadata.get(META_KEY, "{}"))
     except json.JSONDecodeError:
@@ -118,7 +121,7 @@ def read_checkpoint(path: str | Path, arch: str | None = None):
 def _read_torch(path: Path, arch: str | None):
     if not arch:
         raise CheckpointError(f"{path}: a {path.suffix} state dict carries no architecture; "
-                              "pass --arch")
+                              "pass its `arch`")
     try:
         with warnings.catch_warnings():  # protocol notes from the weights-only unpickler
             warnings.simplefilter("ignore", UserWarning)

@@ -38,17 +38,17 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     try:
         dev = torch.device(name)
     except (RuntimeError, TypeError):
-        raise DeviceError(f"--device {name!r}: not a device (choices: "
+        raise DeviceError(f"`device` {name!r}: not a device (choices: "
                           f"{', '.join(DEVICE_CHOICES)}, or cuda:N)") from None
     if dev.type == "cpu":
         return dev
     if dev.type != "cuda":
-        raise DeviceError(f"--device {name!r}: only cpu and cuda are supported")
+        raise DeviceError(f"`device` {name!r}: only cpu and cuda are supported")
     if not torch.cuda.is_available():
-        raise DeviceError(f"--device {name}: no CUDA device is available on this machine "
-                          f"(use --device cpu or auto)")
+        raise DeviceError(f"`device` {name}: no CUDA device is available on this machine "
+                          f"(use `device` cpu or auto)")
     if dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise DeviceError(f"--device {name}: this machine has {torch.cuda.device_count()} "
+        raise DeviceError(f"`device` {name}: this machine has {torch.cuda.device_count()} "
                           f"CUDA device(s)")
     # with its index, so that tensors already there compare equal and are not copied again
     return dev if dev.index is not None else torch.device("cuda", torch.cuda.current_device())

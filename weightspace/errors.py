@@ -34,7 +34,7 @@ def safe_name(name, where: str) -> str:
     return name
 
 
-def check_output(path, kind: str, flag: str = "--out") -> Path:
+def check_output(path, kind: str, flag: str = "`out`") -> Path:
     """Refuse, before any work, an output path that cannot become a ``kind`` ("file" or
     "dir"): empty, a directory where a file goes (or the reverse), a path under a regular
     file, or an unwritable parent. Creates nothing."""
@@ -59,3 +59,40 @@ def check_output(path, kind: str, flag: str = "--out") -> Path:
     if anc.is_dir() and not os.access(anc, os.W_OK | os.X_OK):
         raise OutputError(f"{flag} {path}: {anc} is not writable")
     return p
+
+
+_CREATED: set[str] = set()  # outputs this process created (see make_dir / created_here)
+
+
+def _key(path) -> str:
+    return os.path.abspath(os.fspath(path))
+
+
+def make_dir(path) -> Path:
+    """``mkdir -p path``, remembering whether this process created ``path`` itself (a
+    directory another process made at the same moment is not this process's to remove)."""
+    p = Path(path)
+    if not p.is_dir():
+        p.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            p.mkdir()
+            _CREATED.add(_key(p))
+        except FileExistsError:
+            if not p.is_dir():
+                raise
+    return p
+
+
+def note_created(path) -> None:
+    """Record that this process created the file ``path`` (an atomic write's target)."""
+    _CREATED.add(_key(path))
+
+
+def disown(path) -> None:
+    """``path`` is another process's now (it holds the lock on it): never remove it here."""
+    _CREATED.discard(_key(path))
+
+
+def created_here(path) -> bool:
+    """Whether this process created ``path`` (so a failed command may remove it)."""
+    return _key(path) in _CREATED

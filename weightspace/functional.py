@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
 from .errors import WeightspaceError
+from .evaluation import has_batchnorm, loss_acc, recalibrate_state, reset_bn  # noqa: F401
 
 
 class StateError(WeightspaceError):
@@ -56,58 +56,9 @@ def scratch(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model)
 
 
-def has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
-@torch.no_grad()
-def reset_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> nn.Module:
-    """Recompute every BatchNorm's running statistics on ``x`` (a train-split sample)."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return model
-    was = model.training
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the calibration batches
-    model.train()
-    for lo in range(0, len(x), batch_size):
-        model(x[lo:lo + batch_size])
-    for m, mom in zip(bns, saved):
-        m.momentum = mom
-    model.train(was)
-    return model
-
-
-def recalibrated(model: nn.Module, state: dict, x: torch.Tensor) -> dict:
-    """``state`` with every BatchNorm's running statistics recomputed on ``x`` (a sample of
-    the train split, never test): the step every interpolated, merged or generated model
-    needs before it is evaluated. ``model`` serves as scratch (it ends up holding the
-    result); a model without BatchNorm returns ``state`` as it is."""
-    if not has_batchnorm(model):
-        return state
-    model.load_state_dict(state)
-    reset_bn(model, x)
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-@torch.no_grad()
-def loss_acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor, state: dict | None = None,
-             batch_size: int = 2048) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` (with ``state`` if given) in eval mode."""
-    was = model.training
-    model.eval()
-    tot, correct = 0.0, 0
-    for lo in range(0, len(y), batch_size):
-        xb, yb = x[lo:lo + batch_size], y[lo:lo + batch_size]
-        out = model(xb) if state is None else functional_call(model, state, (xb,))
-        tot += float(nn.functional.cross_entropy(out, yb, reduction="sum"))
-        correct += int((out.argmax(1) == yb).sum())
-    model.train(was)
-    n = max(len(y), 1)
-    loss = tot / n
-    return (loss if math.isfinite(loss) else float("inf")), correct / n
+# BatchNorm recalibration and evaluation live in :mod:`weightspace.evaluation`; the old
+# names stay importable from here.
+recalibrated = recalibrate_state
 
 
 def train_step(model: nn.Module, state: dict, opt: torch.optim.Optimizer, x: torch.Tensor,

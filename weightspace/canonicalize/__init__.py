@@ -12,7 +12,7 @@ lazy_package(__name__, {
     "align_checkpoints": "files",
     **dict.fromkeys(["MatchReport", "WeightMatcher", "families", "l2_distance", "lap",
                      "weight_matching"], "matching"),
-    **dict.fromkeys(["METHODS", "AlignError", "activation_matching", "align",
+    **dict.fromkeys(["ALIGN_METHODS", "METHODS", "AlignError", "activation_matching", "align",
                      "residual_families", "ste_matching", "transfusion_matching"], "methods"),
     "align_with_restarts": "restarts",
     **dict.fromkeys(["canonicalize_zoo", "restore"], "zoo"),

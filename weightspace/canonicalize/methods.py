@@ -15,10 +15,11 @@ from .transfusion import residual_families, transfusion_matching
 
 # the method files, in the order their names are listed (the first is the default)
 MODULES = (wm, am, ste, transfusion)
-METHODS = tuple(n for mod in MODULES for n in list_align_methods()
-                if get_align_method(n).fn.__module__ == mod.__name__)
-WEIGHT_SPACE_METHODS = tuple(m for m in METHODS if get_align_method(m).weight_space)
+ALIGN_METHODS = tuple(n for mod in MODULES for n in list_align_methods()
+                      if get_align_method(n).fn.__module__ == mod.__name__)
+METHODS = ALIGN_METHODS  # the old name
+WEIGHT_SPACE_METHODS = tuple(m for m in ALIGN_METHODS if get_align_method(m).weight_space)
 
-__all__ = ["METHODS", "WEIGHT_SPACE_METHODS", "AlignError", "AlignMethod", "Option", "align",
+__all__ = ["ALIGN_METHODS", "METHODS", "WEIGHT_SPACE_METHODS", "AlignError", "AlignMethod", "Option", "align",
            "activation_matching", "get_align_method", "list_align_methods",
            "residual_families", "ste_matching", "transfusion_matching"]

@@ -62,20 +62,20 @@ def canonicalize_zoo(zoo_dir, out_dir, method: str = "wm", reference: str = "bar
         raise ZooError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
     src, dst = Zoo(zoo_dir), Zoo(out_dir)
     if Path(out_dir).resolve() == Path(zoo_dir).resolve():
-        raise ZooError("--out must differ from the input zoo (the input is never modified)")
+        raise ZooError("`out_dir` must differ from the input zoo (the input is never modified)")
     manifest = src.read()
     entries = finished(manifest)
     if len(entries) < 2:
         raise ZooError(f"{zoo_dir}: need at least two finished models, found {len(entries)}")
     ids = [e["id"] for e in entries]
     if reference != "barycenter" and reference not in ids:
-        raise ZooError(f"--reference {reference!r}: no finished model with that id in "
+        raise ZooError(f"`reference` {reference!r}: no finished model with that id in "
                        f"{zoo_dir} (ids: {', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})")
     if reference == "barycenter" and method not in WEIGHT_SPACE_METHODS:
-        raise ZooError(f"--reference barycenter needs a weight-space method "
-                       f"({', '.join(WEIGHT_SPACE_METHODS)}); use --reference ID with {method}")
+        raise ZooError(f"`reference` 'barycenter' needs a weight-space method "
+                       f"({', '.join(WEIGHT_SPACE_METHODS)}); use a model id as `reference` with {method}")
     if dst.exists() and not force:
-        raise ZooError(f"{out_dir} already holds a zoo; pass --force to replace it")
+        raise ZooError(f"{out_dir} already holds a zoo; pass `force=True` to replace it")
     dev = resolve_device(device)
     loaded = [read_checkpoint(src.model_path(i)) for i in ids]
     states = [s for s, _, _ in loaded]

@@ -4,14 +4,14 @@ from __future__ import annotations
 import json
 import sys
 
-from ..canonicalize.methods import METHODS, get_align_method
+from ..canonicalize.methods import ALIGN_METHODS, get_align_method
 from .options import (SEED, allow_code, arch_override, device, method_flags, method_options,
                       restarts)
 
 
 def _method_args(p) -> None:
     """``--method`` and every method's options, from the registry of alignment methods."""
-    method_flags(p, METHODS, get_align_method, METHODS[0])
+    method_flags(p, ALIGN_METHODS, get_align_method, ALIGN_METHODS[0])
     p.add_argument("--dataset", default=None,
                    help="data for methods that read it (am, ste; default: the dataset in "
                         "the checkpoint metadata)")

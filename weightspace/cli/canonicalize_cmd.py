@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..canonicalize.zoo import canonicalize_zoo  # torch: only once there is work to do
-    check_output(args.out, "dir")
+    check_output(args.out, "dir", "--out")
     rep = canonicalize_zoo(args.zoo, args.out, args.method, args.reference,
                            data_root=args.data_root, seed=args.seed, max_rounds=args.max_rounds, tol=args.tol,
                            force=args.force, progress=not args.no_progress and not args.json,

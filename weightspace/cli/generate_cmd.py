@@ -7,9 +7,9 @@ import json
 import sys
 
 from ..errors import check_output
-from ..generate.config import (AUTO, DEFAULT_SOLVER, GUIDANCE_GRID, MAX_MIX, METHODS,
+from ..generate.config import (AUTO, DEFAULT_SOLVER, GUIDANCE_GRID, MAX_MIX, ODE_SOLVERS,
                                PASS_BUDGET, SOLVER_GRID, VELOCITY_KINDS, FlowSettings,
-                               describe_defaults, solver_name)
+                               SampleSettings, describe_defaults, solver_name)
 from .options import POSITIVE, SEED, allow_code, float_range, int_range
 
 
@@ -124,7 +124,7 @@ def _solver_args(p, steps_flag: str) -> None:
             f"{DEFAULT_SOLVER[1]}")
     p.add_argument(steps_flag, type=int_range(1, 10_000), default=None,
                    help=f"ODE steps of a fixed-step method ({auto})")
-    p.add_argument("--method", choices=METHODS, default=None, help="ODE solver (see "
+    p.add_argument("--method", choices=ODE_SOLVERS, default=None, help="ODE solver (see "
                    f"{steps_flag})")
 
 
@@ -149,24 +149,29 @@ def _settings(args) -> FlowSettings:
                         p_uncond=getattr(args, "p_uncond", FS.p_uncond))
 
 
+def _sampling(args, steps: int | None, condition) -> SampleSettings:
+    """The sampling flags as the typed settings the library validates."""
+    return SampleSettings(method=args.method, steps=steps, guidance=args.guidance,
+                          mix=args.mix, condition=condition)
+
+
 def run(args) -> int:
     from ..generate import audit, fit_generator, sample_zoo  # torch: only once there is work
     from ..generate.run import run_generation
-    check_output(args.out, "dir")
+    check_output(args.out, "dir", "--out")
     if args.gen_verb == "fit":
         res = fit_generator(args.zoo, args.out, _settings(args), pca=args.pca,
                             condition=args.condition,
                             progress=not args.no_progress and not args.json)
         print(describe_defaults(res["defaults"]), file=sys.stderr)
-        print(json.dumps(res, indent=1) if args.json else
+        print(json.dumps(res.to_json(), indent=1) if args.json else
               f"fitted a generator on {res['models']} models (code dim {res['dim']}) in "
               f"{res['train_seconds']:.1f} s; wrote {res['out']}")
     elif args.gen_verb == "sample":
-        res = sample_zoo(args.gen, args.out, args.n, args.steps, args.method, args.seed,
-                         args.data_root, condition=args.condition, guidance=args.guidance,
-                         mix=args.mix)
+        res = sample_zoo(args.gen, args.out, args.n, seed=args.seed, data_root=args.data_root,
+                         settings=_sampling(args, args.steps, args.condition))
         print(describe_defaults(res["defaults"]), file=sys.stderr)
-        print(json.dumps(res, indent=1) if args.json else
+        print(json.dumps(res.to_json(), indent=1) if args.json else
               f"sampled {res['n']} networks in {res['seconds']:.2f} s ({res['nfe']} function "
               f"evaluations, {solver_name(res['method'], res['steps'])}" +
               (f", guidance {res['guidance']:g}" if res["condition"] is not None else "") +
@@ -175,14 +180,13 @@ def run(args) -> int:
     elif args.gen_verb == "run":
         res = run_generation(args.zoo, args.out, _settings(args), pca=args.pca,
                              condition=args.condition, n=args.n,
-                             sample_steps=args.sample_steps, method=args.method,
-                             sample_condition=args.target, guidance=args.guidance,
-                             mix=args.mix,
+                             sampling=_sampling(args, args.sample_steps, args.target),
                              seed=args.seed, ensemble=args.ensemble, data_root=args.data_root,
                              progress=not args.no_progress and not args.json,
                              log=lambda line: print(line, file=sys.stderr, flush=True))
         if args.json:
-            print(json.dumps({k: res[k] for k in ("out", "canonical", "generator", "samples",
+            out = res.to_json()
+            print(json.dumps({k: out[k] for k in ("out", "canonical", "generator", "samples",
                                                    "report", "stages", "fit", "sample",
                                                    "seconds")} |
                              {"audit": {k: res["audit"].get(k) for k in
@@ -193,7 +197,7 @@ def run(args) -> int:
         r = audit(args.samples, args.zoo, args.ensemble, data_root=args.data_root,
                   out_dir=args.out)
         if args.json:
-            print(json.dumps({k: v for k, v in r.items()}, indent=1))
+            print(json.dumps(r.to_json(), indent=1))
         else:
             print(open(f"{args.out}/report.md").read())
     return 0

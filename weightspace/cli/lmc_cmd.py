@@ -5,9 +5,9 @@ import json
 import sys
 from pathlib import Path
 
-from ..canonicalize.methods import METHODS as ALIGN_METHODS
-from ..merge.methods import METHODS as MERGE_METHODS
-from ..merge.registry import BN_MODES, LMCError, get_merge_method
+from ..canonicalize.methods import ALIGN_METHODS
+from ..merge.methods import MERGE_METHODS
+from ..merge.registry import BN_MODES, MergeError, get_merge_method
 from .options import (SEED, allow_code, arch_override, device, int_range, method_flags,
                       method_options, restarts)
 
@@ -72,10 +72,10 @@ def _notes(res: dict) -> None:
 def run_lmc(args) -> int:
     if args.zoo:
         if args.models:
-            raise LMCError("give two checkpoints A B or --zoo DIR, not both")
+            raise MergeError("give two checkpoints A B or --zoo DIR, not both")
         return _pairwise(args)
     if len(args.models) != 2:
-        raise LMCError(f"lmc takes two checkpoints A B (got {len(args.models)}), or --zoo DIR")
+        raise MergeError(f"lmc takes two checkpoints A B (got {len(args.models)}), or --zoo DIR")
     from ..merge.files import lmc_checkpoints  # torch: only once there is work to do
     res = lmc_checkpoints(*args.models, args.out, args.align, args.points, args.bn,
                           arch=args.arch, dataset=args.dataset, data_root=args.data_root,

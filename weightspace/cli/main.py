@@ -6,14 +6,24 @@ unexpected exits 1 with its type named (``WEIGHTSPACE_DEBUG=1`` shows the traceb
 command that fails leaves no new output behind: an ``--out`` it created is removed."""
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
 
-from ..errors import WeightspaceError
-from .options import Parser
+# OpenMP threads that spin for long while they wait make torch crawl when another process
+# shares the machine (scripts/benchmarks/threads.py; docs/results.md). OpenMP reads this
+# when torch is first imported, which the CLI does only after this line; an explicit
+# OMP_WAIT_POLICY or GOMP_SPINCOUNT is kept. The CLI owns its process, so it may set it; a
+# library import never does.
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+
+from ..errors import WeightspaceError  # noqa: E402
+from .options import Parser  # noqa: E402
 
 # verb -> (module that builds its parser and runs it, one-line help). Only the module of
 # the verb asked for is imported, so `weightspace --help` answers without importing torch.
@@ -61,9 +71,45 @@ def _one_line(e: BaseException) -> str:
     return text or type(e).__name__
 
 
+# Python argument names whose flag has another name
+_ARG_ALIASES = {"out_dir": "out", "k_ensemble": "ensemble"}
+
+
+def _flags(p: argparse.ArgumentParser) -> dict[str, str]:
+    """dest -> its long flag, over ``p`` and its subparsers."""
+    out: dict[str, str] = {}
+    for action in p._actions:
+        longs = [o for o in action.option_strings if o.startswith("--")]
+        if longs and action.dest not in out:
+            out[action.dest] = longs[0]
+        for sub in (getattr(action, "choices", None) or {}).values() \
+                if isinstance(action, argparse._SubParsersAction) else ():
+            for k, v in _flags(sub).items():
+                out.setdefault(k, v)
+    return out
+
+
+def _as_flags(text: str, p: argparse.ArgumentParser) -> str:
+    """Library messages name arguments as Python does, in backticks (`data_root`,
+    `force=True`); on the command line they are the flags that set them (--data-root,
+    --force). Names with no flag lose their backticks."""
+    flags = _flags(p)
+
+    def sub(m: re.Match) -> str:
+        name, value = m.group(1), m.group(2)
+        flag = flags.get(_ARG_ALIASES.get(name, name))
+        if flag is None:
+            return m.group(0)[1:-1]
+        return flag if value in (None, "True") else f"{flag} {value}"
+    return re.sub(r"`([A-Za-z_][A-Za-z0-9_]*)(?:=([^`]*))?`", sub, text)
+
+
 def _remove_new(path: Path | None) -> None:
-    """Remove an output that this failed command created (it did not exist before)."""
-    if path is None or not (path.exists() or path.is_symlink()):
+    """Remove an output that this failed command created: it did not exist before and
+    this process made it (another command writing the same new output at the same time
+    keeps what it made)."""
+    from ..errors import created_here
+    if path is None or not (path.exists() or path.is_symlink()) or not created_here(path):
         return
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -111,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _remove_new(new_out)
         if isinstance(e, (WeightspaceError, OSError)):
-            print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
+            print(f"{prog}: error: {_as_flags(_one_line(e), p)}", file=sys.stderr)
             return 2
         print(f"{prog}: internal error ({type(e).__name__}): {_one_line(e)} (set "
               f"WEIGHTSPACE_DEBUG=1 for the traceback)", file=sys.stderr)

@@ -67,7 +67,7 @@ def run(args) -> int:
         raise SpecError("give an architecture reference or a checkpoint (or --ops)")
     t0 = time.perf_counter()
     if args.out is not None:
-        check_output(args.out, "file")
+        check_output(args.out, "file", "--out")
     shape = _shape(args.input_shape) if args.input_shape else None
     result = spec(args.arch, shape, check=not args.no_verify, seed=args.seed,
                   arch=args.checkpoint_arch)

@@ -111,7 +111,7 @@ def _import(args) -> int:
 
 def _train(args) -> int:
     from ..zoo import load_grid, train_zoo
-    check_output(args.out, "dir")
+    check_output(args.out, "dir", "--out")
     hp = HParams(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                  optimizer=args.optimizer, weight_decay=args.weight_decay,
                  momentum=args.momentum, schedule=args.schedule)

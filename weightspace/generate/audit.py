@@ -26,6 +26,7 @@ import json
 import math
 import statistics
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +34,16 @@ import torch
 
 from ..arch import build
 from ..checkpoint import atomic_write_text, read_checkpoint
-from ..errors import check_output
-from ..functional import mean_states, recalibrated
+from ..errors import check_output, make_dir
+from ..evaluation import CALIBRATION_EXAMPLES, probabilities, recalibrate
+from ..functional import mean_states
+from ..results import Result
 from ..zoo.datasets import load_dataset
-from ..zoo.store import Zoo, ZooError
+from ..zoo.store import Zoo
+from .config import GenerateError
 from .encoding import _CHUNK, Encoding  # columns multiplied at once
-from .novelty import max_iou, probabilities
-from .pipeline import load_zoo_states, scan_zoo
+from .novelty import max_iou
+from .store import load_zoo_states, scan_zoo
 
 NOISE = (0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 
@@ -211,99 +215,118 @@ def ece(probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> float:
     return total
 
 
+@dataclass
+class AuditReport(Result):
+    """The audit of generated models against their zoo (``report.json``): accuracy,
+    novelty and distances of the generated models and of the zoo (leave-one-out), what a
+    sample is (the zoo's affine span), the baselines and their noise curve, ensembles."""
+    arch: str
+    dataset: str
+    samples_dir: str
+    zoo_dir: str
+    generated: dict
+    zoo: dict
+    nfe: int | None = None
+    network_passes: int | None = None
+    seconds_per_model: float | None = None
+    baseline_models: int | None = None
+    baselines: dict = field(default_factory=dict)
+    noise_curve: list = field(default_factory=list)
+    ensemble: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Inputs:
+    """What one audit reads: the zoo's states and encoding, the data, the samples."""
+    samples: Zoo
+    entries: list
+    zoo_states: list
+    arch: str
+    data: object
+    enc: Encoding
+    gen: torch.Generator
+
+    @property
+    def numbers(self) -> int:
+        return sum(math.prod(sh) for sh in self.enc.shapes)
+
+
 def audit(samples_dir, zoo_dir, k_ensemble: int = 10, seed: int = 0, data_root=None,
-          out_dir=None) -> dict:
+          out_dir=None) -> AuditReport:
     """The audit (see the module docstring) of ``samples_dir`` against ``zoo_dir``. The zoo
     is held in memory; generated and baseline models are read, built and measured a group
     at a time (:data:`GROUP_NUMBERS` weights), so large samples fit."""
     if out_dir is not None:
         check_output(out_dir, "dir")
-    if k_ensemble < 1:
-        raise ZooError(f"the ensemble size must be >= 1, got {k_ensemble}")
+    if isinstance(k_ensemble, bool) or not isinstance(k_ensemble, int) or k_ensemble < 1:
+        raise GenerateError(f"`k_ensemble` must be >= 1, got {k_ensemble!r}")
     sm, s_entries, arch, _ = scan_zoo(samples_dir)        # checks; read again by groups
     zm, z_entries, zoo_states, zarch = load_zoo_states(zoo_dir)
     if arch != zarch:
-        raise ZooError(f"{samples_dir} holds {arch!r} models but {zoo_dir} holds {zarch!r}")
+        raise GenerateError(f"{samples_dir} holds {arch!r} models but {zoo_dir} holds "
+                            f"{zarch!r}")
     ds = zm.get("dataset", {})
     data = load_dataset(ds.get("name", ""), data_root or ds.get("data_root"))
-    x, y = data["test"]
-    calib = data["train"][0][:2048]
     with tempfile.TemporaryDirectory() as tmp:  # the PCA basis lives on disk while here
         zoo = Zoo(zoo_dir)
         enc = Encoding.fit_streaming(arch, [zoo.model_path(e["id"]) for e in z_entries],
                                      pca=True, workdir=tmp)
-        return _audit(samples_dir, zoo_dir, sm, s_entries, zoo_states, arch, data, x, y,
-                      calib, enc, k_ensemble, seed, out_dir)
+        inp = _Inputs(Zoo(samples_dir), s_entries, zoo_states, arch, data, enc,
+                      torch.Generator().manual_seed(seed))
+        report = _audit(inp, k_ensemble)
+    gen_info = sm.get("generation", {})
+    report = AuditReport(arch=arch, dataset=data.name, samples_dir=str(samples_dir),
+                         zoo_dir=str(zoo_dir), nfe=gen_info.get("nfe"),
+                         network_passes=gen_info.get("network_passes"),
+                         seconds_per_model=gen_info.get("seconds_per_model"), **report)
+    if out_dir is not None:
+        write_report(report, Path(out_dir))
+    return report
 
 
-def _audit(samples_dir, zoo_dir, sm, s_entries, zoo_states, arch, data, x, y, calib, enc,
-           k_ensemble, seed, out_dir) -> dict:
-    gen = torch.Generator().manual_seed(seed)
-    numbers = sum(math.prod(sh) for sh in enc.shapes)
-    samples = Zoo(samples_dir)
+def _summarise(p: torch.Tensor, y: torch.Tensor, zoo_wrong: torch.Tensor, loo: bool = False):
+    """(accuracy, novelty) per model from probabilities [models, examples, classes]."""
+    pred = p.argmax(-1)
+    return (pred == y).float().mean(1).tolist(), \
+        max_iou(pred != y, zoo_wrong, leave_one_out=loo).tolist()
 
-    def bn_fix(states):
-        net = build(arch)
-        return [recalibrated(net, s, calib) for s in states]
 
-    zp = probabilities(arch, zoo_states, x)
-    zoo_wrong = zp.argmax(-1) != y
+def _generated(inp: _Inputs, zoo_wrong, pnames, k: int) -> dict:
+    """Accuracy, novelty, nearest zoo model and span products of the generated models,
+    read a group at a time; ``kept`` their first ``k`` probabilities (the ensemble)."""
+    x, y = inp.data["test"]
+    out = {"acc": [], "iou": [], "nn": [], "gzx": [], "gxx": [], "kept": []}
+    for lo, hi in _groups(len(inp.entries), inp.numbers):
+        states = [read_checkpoint(inp.samples.model_path(e["id"]))[0]
+                  for e in inp.entries[lo:hi]]
+        p = probabilities(inp.arch, states, x)
+        acc, iou = _summarise(p, y, zoo_wrong)
+        out["acc"] += acc
+        out["iou"] += iou
+        out["kept"].append(p[:max(0, k - lo)])
+        d2, zx, xx = _pairwise(inp.enc, inp.zoo_states, states, pnames)
+        out["nn"].append(_nearest(d2))
+        out["gzx"].append(zx)
+        out["gxx"].append(xx)
+    return out
 
-    def summarise(p, loo_ref=False):
-        pred = p.argmax(-1)
-        acc = (pred == y).float().mean(1).tolist()
-        iou = max_iou(pred != y, zoo_wrong, leave_one_out=loo_ref).tolist()
-        return acc, iou
 
-    zacc, ziou = summarise(zp, loo_ref=True)
-    # the affine span is measured in the parameters (BN statistics left out: they are
-    # recalibrated, not generated); distances in every tensor of the encoding
-    pnames = {k for k, _ in build(arch).named_parameters()}
-    zd2, gzz, _ = _pairwise(enc, zoo_states, zoo_states, pnames)
-    # generated models, a group at a time
-    n = len(s_entries)
-    gacc, giou, nn, gzx, gxx, kept = [], [], [], [], [], []
-    k = min(k_ensemble, n, len(zoo_states))
-    for lo, hi in _groups(n, numbers):
-        states = [read_checkpoint(samples.model_path(e["id"]))[0] for e in s_entries[lo:hi]]
-        p = probabilities(arch, states, x)
-        acc, iou = summarise(p)
-        gacc += acc
-        giou += iou
-        kept.append(p[:max(0, k - lo)])
-        d2, zx, xx = _pairwise(enc, zoo_states, states, pnames)
-        nn.append(_nearest(d2))
-        gzx.append(zx)
-        gxx.append(xx)
-    report = {
-        "arch": arch, "dataset": data.name, "samples_dir": str(samples_dir),
-        "zoo_dir": str(zoo_dir),
-        "generated": {"n": n, "acc": _stats(gacc), "acc_mean": _stats(gacc)["mean"],
-                      "max_iou": _stats(giou), "max_iou_mean": statistics.fmean(giou),
-                      "nn_l2": _stats(torch.cat(nn).tolist())},
-        "zoo": {"n": len(zoo_states), "acc": _stats(zacc), "acc_mean": _stats(zacc)["mean"],
-                "max_iou_loo": _stats(ziou), "max_iou_loo_mean": statistics.fmean(ziou),
-                "nn_l2_loo": _stats(_nearest(zd2, leave_one_out=True).tolist())},
-        "nfe": sm.get("generation", {}).get("nfe"),
-        "network_passes": sm.get("generation", {}).get("network_passes"),
-        "seconds_per_model": sm.get("generation", {}).get("seconds_per_model"),
-    }
-    # what a sample is: distance to the zoo's affine span, zoo models mixed (parameters only)
-    report["generated"]["span"] = _span_report(
-        span_from_gram(gzz, torch.cat(gzx, 1), torch.cat(gxx)))
-    report["zoo"]["span_loo"] = _span_report(span_from_gram(gzz))
-    # baselines, each as many models as were generated (fewer for large models:
-    # baseline_models), built and measured a group at a time
-    base = {}
-    nb = baseline_models(n, numbers)
-    report["baseline_models"] = nb
+def _baselines(inp: _Inputs, zoo_wrong, n: int) -> tuple[int, dict]:
+    """(models per baseline, baselines): noise added to zoo models at each scale of
+    :data:`NOISE`, a Gaussian in the PCA code, the zoo mean; BatchNorm recalibrated on
+    train data, built and measured a group at a time."""
+    x, y = inp.data["test"]
+    calibration = inp.data["train"][0][:CALIBRATION_EXAMPLES]
+    zoo_states, gen, enc = inp.zoo_states, inp.gen, inp.enc
+    nb = baseline_models(n, inp.numbers)
     picks = torch.randint(len(zoo_states), (nb,), generator=gen).tolist()
 
     def baseline(make, count):
         acc, iou, dist = [], [], []
-        for lo, hi in _groups(count, numbers):
+        for lo, hi in _groups(count, inp.numbers):
             states = [make(i) for i in range(lo, hi)]
-            a, u = summarise(probabilities(arch, bn_fix(states), x))
+            states = recalibrate(inp.arch, states, calibration)
+            a, u = _summarise(probabilities(inp.arch, states, x), y, zoo_wrong)
             acc += a
             iou += u
             dist.append(_nearest(_pairwise(enc, zoo_states, states)[0]))  # as made
@@ -317,35 +340,65 @@ def _audit(samples_dir, zoo_dir, sm, s_entries, zoo_states, arch, data, x, y, ca
                     and v.numel() > 1 else v for key, v in zoo_states[picks[i]].items()}
         return make
 
-    for scale in NOISE:
-        base[f"noise_{scale}"] = baseline(noisy(scale), nb)
+    base = {f"noise_{scale}": baseline(noisy(scale), nb) for scale in NOISE}
     codes = enc.zoo_codes.double()
     mu, sd = codes.mean(0), codes.std(0).clamp_min(1e-12)
     base["pca_gaussian"] = baseline(lambda i: enc.decode(
         mu + sd * torch.randn(len(mu), generator=gen, dtype=torch.float64)), nb)
     base["zoo_mean"] = baseline(lambda i: mean_states(zoo_states), 1)
-    report["baselines"] = base
+    return nb, base
+
+
+def _audit(inp: _Inputs, k_ensemble: int) -> dict:
+    x, y = inp.data["test"]
+    zoo_states = inp.zoo_states
+    zp = probabilities(inp.arch, zoo_states, x)
+    zoo_wrong = zp.argmax(-1) != y
+    zacc, ziou = _summarise(zp, y, zoo_wrong, loo=True)
+    # the affine span is measured in the parameters (BN statistics left out: they are
+    # recalibrated, not generated); distances in every tensor of the encoding
+    pnames = {k for k, _ in build(inp.arch).named_parameters()}
+    zd2, gzz, _ = _pairwise(inp.enc, zoo_states, zoo_states, pnames)
+    n = len(inp.entries)
+    k = min(k_ensemble, n, len(zoo_states))
+    g = _generated(inp, zoo_wrong, pnames, k)
+    gacc, giou = g["acc"], g["iou"]
+    generated = {"n": n, "acc": _stats(gacc), "acc_mean": _stats(gacc)["mean"],
+                 "max_iou": _stats(giou), "max_iou_mean": statistics.fmean(giou),
+                 "nn_l2": _stats(torch.cat(g["nn"]).tolist()),
+                 "acc_values": gacc, "max_iou_values": giou,
+                 # what a sample is: distance to the zoo's affine span (parameters only)
+                 "span": _span_report(span_from_gram(gzz, torch.cat(g["gzx"], 1),
+                                                     torch.cat(g["gxx"])))}
+    zoo = {"n": len(zoo_states), "acc": _stats(zacc), "acc_mean": _stats(zacc)["mean"],
+           "max_iou_loo": _stats(ziou), "max_iou_loo_mean": statistics.fmean(ziou),
+           "nn_l2_loo": _stats(_nearest(zd2, leave_one_out=True).tolist()),
+           "acc_values": zacc, "max_iou_loo_values": ziou,
+           "span_loo": _span_report(span_from_gram(gzz))}
+    nb, base = _baselines(inp, zoo_wrong, n)
     curve = noise_curve(base)
-    report["noise_curve"] = [{"max_iou": u, "acc": a} for u, a in curve]
-    report["generated"]["noise_margin"] = curve_margin(curve, giou, gacc)
-    report["zoo"]["noise_margin_loo"] = curve_margin(curve, ziou, zacc)
-    ge, ze = torch.cat(kept)[:k].mean(0), zp[:k].mean(0)
-    report["ensemble"] = {"k": k,
-                          "generated_acc": float((ge.argmax(1) == y).float().mean()),
-                          "generated_ece": ece(ge, y),
-                          "zoo_acc": float((ze.argmax(1) == y).float().mean()),
-                          "zoo_ece": ece(ze, y)}
-    if out_dir is not None:
-        write_report(report, gacc, giou, zacc, ziou, Path(out_dir))
-    return report
+    generated["noise_margin"] = curve_margin(curve, giou, gacc)
+    zoo["noise_margin_loo"] = curve_margin(curve, ziou, zacc)
+    ge, ze = torch.cat(g["kept"])[:k].mean(0), zp[:k].mean(0)
+    return {"generated": generated, "zoo": zoo, "baseline_models": nb, "baselines": base,
+            "noise_curve": [{"max_iou": u, "acc": a} for u, a in curve],
+            "ensemble": {"k": k, "generated_acc": float((ge.argmax(1) == y).float().mean()),
+                         "generated_ece": ece(ge, y),
+                         "zoo_acc": float((ze.argmax(1) == y).float().mean()),
+                         "zoo_ece": ece(ze, y)},
+            }
 
 
-def write_report(r: dict, gacc, giou, zacc, ziou, out: Path) -> None:
+def write_report(r: AuditReport, out: Path) -> None:
+    """``report.json``, ``report.md`` and the accuracy-vs-novelty plot in ``out``."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "report.json", json.dumps(r, indent=1) + "\n")
+    make_dir(out)
+    atomic_write_text(out / "report.json", json.dumps(r.to_json(), indent=1) + "\n")
+    g, z = r.generated, r.zoo
+    gacc, giou = g["acc_values"], g["max_iou_values"]
+    zacc, ziou = z["acc_values"], z["max_iou_loo_values"]
     fig, ax = plt.subplots(figsize=(6, 4.5))
     ax.scatter(ziou, zacc, s=12, label="zoo (leave-one-out)", alpha=0.7)
     ax.scatter(giou, gacc, s=12, label="generated", alpha=0.7)
@@ -359,7 +412,6 @@ def write_report(r: dict, gacc, giou, zacc, ziou, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "acc_vs_novelty.png", dpi=120)
     plt.close(fig)
-    g, z = r["generated"], r["zoo"]
     lines = [f"# Generated vs zoo: {r['arch']} on {r['dataset']}", "",
              "| | n | test acc mean | std | min | max | novelty (max IoU) | NN L2 |",
              "|---|---|---|---|---|---|---|---|",

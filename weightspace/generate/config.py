@@ -16,35 +16,36 @@ if TYPE_CHECKING:
     import torch
 
 VELOCITY_KINDS = ("mlp", "transformer")  # the classes: flow.VELOCITIES
-METHODS = ("euler", "midpoint", "rk4", "dopri5")  # ODE solvers for sampling
+ODE_SOLVERS = ("euler", "midpoint", "rk4", "dopri5")  # ODE solvers for sampling
+METHODS = ODE_SOLVERS  # deprecated name (it meant three things in three subpackages)
 MAX_MIX = 64  # flow samples averaged into one generated network, at most
 # Velocity-network evaluations per ODE step of each fixed-step solver (dopri5: adaptive).
 EVALS_PER_STEP = {"euler": 1, "midpoint": 2, "rk4": 4}
 DEFAULT_SOLVER = ("midpoint", 10)  # when only one of --method / --steps is passed
 # The sampling settings `generate sample` chooses on the validation split when not passed
-# (pipeline.sample_zoo): classifier-free guidance weight,
+# (sample.sample_zoo): classifier-free guidance weight,
 GUIDANCE_GRID = (1.0, 1.5, 2.0, 3.0)
 # flow samples averaged into one network (in the code, so in the canonical weight space:
 # decoding is affine), chosen on validation together with the guidance weight and the ODE
 # solver. Averaging removes sampling noise that costs accuracy without pulling samples onto
-# one zoo model (scripts/novelty_study.py: VGG-11 LN 0.81 -> 0.91 test accuracy at the same
-# novelty; the Fashion-MNIST MLP then meets accuracy, margin and novelty targets).
+# one zoo model (docs/results.md, "Sampling settings").
 MIX_GRID = (1, 2, 4, 8, 16)
 # ODE solvers swept with them. A few Euler steps land between zoo models rather than on one
 # (the last step from t = 1 - h returns the flow's estimate of the mean of the zoo models
 # compatible with a point at noise level ~h), and cost few passes: with them the budget
-# below holds guidance and mixing (scripts/novelty_study.py --tag budget).
+# below holds guidance and mixing (docs/results.md, "Sampling settings").
 SOLVER_GRID = (("euler", 1), ("euler", 2), ("midpoint", 5))
 PASS_BUDGET = 20  # velocity-network passes per generated network, for settings chosen
-# Validation accuracies this close count as equal when choosing (216 digits validation
-# examples), and the more novel setting wins: in the README's families table this holds
-# novelty on the ResNet-20 zoo (0.714, limit 0.715) and the Fashion-MNIST one (0.628) at
-# 0.26 and 0.43 points below the zoo's accuracy, where best-accuracy-first gave 0.807 and
-# 0.676 (scripts/generate_families.py; scripts/novelty_study.py --tag budget).
+# Validation accuracies this close count as equal when choosing, and the more novel setting
+# wins (docs/results.md, "Sampling settings").
 ACC_TOLERANCE = 0.005
 
 
-class EncodingError(WeightspaceError):
+class GenerateError(WeightspaceError):
+    """Bad generator settings, or a generator / zoo that cannot be used as asked."""
+
+
+class EncodingError(GenerateError):
     """An encoding that does not fit the models or the generator it is used with."""
 
 
@@ -65,7 +66,7 @@ def check_mix(mix) -> None:
     """``mix`` must be ``"auto"`` or a number of flow samples in [1, MAX_MIX]."""
     if mix != AUTO and (isinstance(mix, bool) or not isinstance(mix, int)
                           or not 1 <= mix <= MAX_MIX):
-        raise EncodingError(f"--mix must be auto or an integer in [1, {MAX_MIX}], got {mix!r}")
+        raise GenerateError(f"`mix` must be auto or an integer in [1, {MAX_MIX}], got {mix!r}")
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ class FlowSettings:
 
     def __post_init__(self):
         def bad(msg):
-            raise EncodingError(f"generator setting {msg}")
+            raise GenerateError(f"generator setting {msg}")
         for f in fields(self):
             v, want = getattr(self, f.name), type(f.default)
             if want is float and isinstance(v, int) and not isinstance(v, bool):
@@ -152,7 +153,7 @@ class Condition:
             isinstance(getattr(self, k), (int, float)) and not isinstance(getattr(self, k), bool)
             and math.isfinite(getattr(self, k)) for k in ("mean", "std", "min", "max"))
         if not ok or self.std <= 0:
-            raise EncodingError("condition must have a name and finite mean, std > 0, min "
+            raise GenerateError("condition must have a name and finite mean, std > 0, min "
                                 "and max")
 
     @classmethod
@@ -166,12 +167,12 @@ class Condition:
         if d is None:
             return None
         if not isinstance(d, dict) or set(d) != {"name", "mean", "std", "min", "max"}:
-            raise EncodingError(f"{where}: must be null or an object with name, mean, std > 0, "
+            raise GenerateError(f"{where}: must be null or an object with name, mean, std > 0, "
                                 f"min and max")
         try:
             return cls(**d)
-        except EncodingError as e:
-            raise EncodingError(f"{where}: {e}") from None
+        except GenerateError as e:
+            raise GenerateError(f"{where}: {e}") from None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -187,29 +188,21 @@ class Condition:
             try:
                 value = float(value)
             except ValueError:
-                raise EncodingError(f"--condition must be a number, max, min or mean; got "
+                raise GenerateError(f"`condition` must be a number, max, min or mean; got "
                                     f"{value!r}") from None
         if not math.isfinite(value):
-            raise EncodingError(f"--condition must be finite, got {value}")
+            raise GenerateError(f"`condition` must be finite, got {value}")
         return float(value)
 
 
 # ---------------------------------------------------------------- the best recipe by default
-# What `generate fit` / `generate sample` do when a setting is not passed. The evidence is
-# the project's own measurement (README, the demo: 128 x mlp:64-64-64-10 on digits, weight
-# matching to the barycenter): a PCA code, conditioned on val_acc, sampled at the zoo's best
-# val_acc with the ODE solver, guidance weight and mix chosen on the validation split within
-# 20 passes per network (midpoint x5, w=3, one sample per network there) gives test
-# accuracy 0.947 against the zoo's 0.957; the full encoding is slower and poorer, and
-# unguided samples reach 0.907. Across six zoos (README table) the same choice keeps every
-# family within 8-20 passes and 1 s per 100 networks. Every default taken is recorded with
-# its reason (``config.json`` "defaults", the sample manifest's settings "defaults") and
-# printed.
+# What `generate fit` / `generate sample` do when a setting is not passed: the project's
+# own measurements (docs/results.md, "Generator defaults") chose them. Every default taken
+# is recorded with its reason (``config.json`` "defaults", the sample manifest's settings
+# "defaults") and printed.
 AUTO = "auto"
 OFF = "none"
-EVIDENCE = ("README digits MLP demo: PCA + val_acc condition + solver, guidance and mix "
-            "chosen on validation under the novelty limit (midpoint x5, w=3, K=1: 20 passes) "
-            "gives test acc 0.947 vs zoo 0.957")
+EVIDENCE = "docs/results.md#generator-defaults"  # where the measurements behind them are
 DEFAULT_CONDITION = "val_acc"
 
 
@@ -264,4 +257,69 @@ def describe_defaults(defaults: dict) -> str:
     return "defaults: " + "; ".join(
         f"{k}={d['value']}" + (f" -> {_show(d['chosen'])}" if "chosen" in d else "") +
         f" ({d['why']})" for k, d in defaults.items()) + \
-        f" [best measured recipe: {EVIDENCE}; pass the option to turn a default off]"
+        f" [measured best: {EVIDENCE}; pass the option to turn a default off]"
+
+
+MAX_ODE_STEPS = 10_000
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    """How networks are drawn from a generator, validated once (the CLI, ``run_generation``
+    and ``sample_zoo`` all build one): the ODE solver (``method``, ``steps``), the
+    classifier-free guidance weight, ``mix`` (flow samples averaged into one network) and
+    the ``condition`` value.
+
+    ``None`` means "the recipe's default": the solver, guidance and mix are then chosen on
+    the validation split (``"auto"`` asks for that explicitly for guidance and mix);
+    passing one of ``method`` / ``steps`` fixes the solver, the other from
+    :data:`DEFAULT_SOLVER`. ``condition`` is a number in the units of the zoo metric the
+    generator was fitted on, ``"max"`` / ``"min"`` / ``"mean"``, ``"none"`` (unconditional)
+    or ``"auto"`` (the recipe's: the zoo's best value)."""
+
+    method: str | None = None
+    steps: int | None = None
+    guidance: float | str | None = None
+    mix: int | str | None = None
+    condition: float | str | None = AUTO
+
+    def __post_init__(self):
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(
+                self.steps, int) or not 1 <= self.steps <= MAX_ODE_STEPS):
+            raise GenerateError(f"`steps` must be an integer in [1, {MAX_ODE_STEPS}], got "
+                                f"{self.steps!r}")
+        if self.method is not None and self.method not in ODE_SOLVERS:
+            raise GenerateError(f"unknown ODE method {self.method!r}; methods: "
+                                f"{', '.join(ODE_SOLVERS)}")
+        g = self.guidance
+        if isinstance(g, str) and g != AUTO:
+            try:
+                g = float(g)
+            except ValueError:
+                raise GenerateError(f"`guidance` must be a number or auto; got {g!r}") from None
+        if g is not None and g != AUTO and (isinstance(g, bool) or not isinstance(
+                g, (int, float)) or not math.isfinite(g)):
+            raise GenerateError(f"`guidance` must be a finite number or auto; got {g!r}")
+        object.__setattr__(self, "guidance", g if g is None or g == AUTO else float(g))
+        if self.mix is not None:
+            check_mix(self.mix)
+        c = self.condition
+        if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float, str))
+                              or (isinstance(c, float) and not math.isfinite(c))):
+            raise GenerateError(f"`condition` must be a number, max, min, mean, auto or none; "
+                                f"got {c!r}")
+
+    @property
+    def solver_auto(self) -> bool:
+        """Neither ``method`` nor ``steps`` passed: the solver is chosen on validation."""
+        return self.method is None and self.steps is None
+
+    @property
+    def solver(self) -> tuple[str, int]:
+        """(method, steps) with the missing one from :data:`DEFAULT_SOLVER`."""
+        return (DEFAULT_SOLVER[0] if self.method is None else self.method,
+                DEFAULT_SOLVER[1] if self.steps is None else self.steps)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+

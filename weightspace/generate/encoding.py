@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import mmap
 import os
 import tempfile
 from pathlib import Path
@@ -37,75 +36,12 @@ import torch
 
 from ..checkpoint import ARCH_KEY, atomic_write
 from .config import EncodingError
+from .pca import DiskBasis, gram_eig, row_blocks
+from .rawio import (DTYPES, RawTensors, data_offsets, pwrite_all, read_header,
+                    write_data, write_header)
 
 META = "weightspace.encoding"
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
-           "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
-           "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
-_NAMES = {v: k for k, v in _DTYPES.items()}
-_BLOCK_BYTES = 1 << 30       # basis rows mapped at once when encoding / decoding
 _CHUNK = 1 << 18             # elements per model read at once when streaming the zoo
-
-
-class DiskBasis:
-    """A row-major [k, D] float matrix at byte ``offset`` of a file, mapped a block of rows
-    at a time (``rows``) and unmapped after use, so it never sits whole in memory."""
-
-    def __init__(self, file, offset: int, shape, dtype: torch.dtype):
-        self.fd = os.dup(file) if isinstance(file, int) else os.open(str(file), os.O_RDONLY)
-        self.offset, self.shape, self.dtype = offset, torch.Size(shape), dtype
-
-    def dim(self) -> int:
-        return 2
-
-    def is_floating_point(self) -> bool:
-        return self.dtype.is_floating_point
-
-    @contextlib.contextmanager
-    def rows(self, i0: int, i1: int):
-        """[i1 - i0, D] view of the mapped rows (valid inside the ``with`` only)."""
-        d, es = self.shape[1], self.dtype.itemsize
-        start = self.offset + i0 * d * es
-        base = start - start % mmap.ALLOCATIONGRANULARITY
-        length = start - base + (i1 - i0) * d * es
-        if length == start - base:
-            yield torch.empty(0, d, dtype=self.dtype)
-            return
-        # ACCESS_COPY: a private mapping torch may treat as writable (no copy unless written)
-        mm = mmap.mmap(self.fd, length, access=mmap.ACCESS_COPY, offset=base)
-        try:
-            yield torch.frombuffer(mm, dtype=self.dtype, count=(i1 - i0) * d,
-                                   offset=start - base).view(i1 - i0, d)
-        finally:
-            with contextlib.suppress(BufferError):   # a view kept by the caller keeps it
-                mm.close()
-
-    def copy_to(self, fd: int, pos: int) -> None:
-        """Write the matrix's bytes at ``pos`` of ``fd`` (in-kernel copy)."""
-        src, left = self.offset, math.prod(self.shape) * self.dtype.itemsize
-        while left:
-            n = os.copy_file_range(self.fd, fd, min(left, 1 << 30), src, pos)
-            if n <= 0:
-                raise EncodingError("the encoding's basis file ended early")
-            src, pos, left = src + n, pos + n, left - n
-
-    def __del__(self):
-        with contextlib.suppress(Exception):
-            os.close(self.fd)
-
-
-def _row_blocks(basis):
-    """(i0, i1, rows [i1 - i0, D]) blocks of ``basis`` (a tensor or a ``DiskBasis``)."""
-    k, d = basis.shape
-    step = max(1, _BLOCK_BYTES // max(1, d * basis.dtype.itemsize))
-    for i0 in range(0, k, step):
-        i1 = min(k, i0 + step)
-        if isinstance(basis, DiskBasis):
-            with basis.rows(i0, i1) as r:
-                yield i0, i1, r
-        else:
-            yield i0, i1, basis[i0:i1]
-
 
 class Encoding:
     def __init__(self, arch: str, keys, shapes, mean, std, ints, center=None, basis=None,
@@ -191,7 +127,7 @@ class Encoding:
             keys, shapes, ints = _zoo_layout(arch, paths, files)
             # plain reads, not safetensors' mmap: mapped pages would count as this process's
             # memory (the whole zoo, by the end of a pass)
-            files = [stack.enter_context(_RawTensors(p)) for p in paths]
+            files = [stack.enter_context(RawTensors(p)) for p in paths]
             n, sizes = len(paths), [math.prod(s) for s in shapes]
             total = sum(sizes)
             mean, std = torch.empty(len(keys), dtype=torch.float64), \
@@ -226,7 +162,7 @@ class Encoding:
             enc = cls(arch, keys, shapes, mean, std, ints)
             if not pca:
                 return enc
-            u, sv = _gram_eig(gram)
+            u, sv = gram_eig(gram)
             enc.center, enc.mix = center, u
             enc.scale = (sv / max(n - 1, 1) ** 0.5).clamp_min(1e-12)
             enc._stream_basis(files, paths, u / sv, workdir, chunk, progress)
@@ -241,9 +177,9 @@ class Encoding:
         try:
             os.unlink(tmp)
             tensors, lazy = self._tensors(), {"basis": ((k, d), torch.float32)}
-            offset = _write_header(fd, tensors, lazy, self._meta())
-            _write_data(fd, tensors, lazy, offset)
-            boff = offset + _data_offsets(tensors, lazy)["basis"][0]
+            offset = write_header(fd, tensors, lazy, self._meta())
+            write_data(fd, tensors, lazy, offset)
+            boff = offset + data_offsets(tensors, lazy)["basis"][0]
             pt = proj.T.contiguous()                           # [k, N]
             off, done = 0, 0
             for i, key in enumerate(self.keys):
@@ -254,7 +190,7 @@ class Encoding:
                         self.center[off + a:off + a + c])
                     rows = (pt @ w).float().numpy()            # [k, c]
                     for r in range(k):
-                        _pwrite_all(fd, rows[r].tobytes(), boff + 4 * (r * d + off + a))
+                        pwrite_all(fd, rows[r].tobytes(), boff + 4 * (r * d + off + a))
                     done += c
                     if progress:
                         progress(2, done, d)
@@ -282,7 +218,7 @@ class Encoding:
             return flat.float()
         xc = flat - self.center
         p = torch.zeros(self.basis.shape[0], dtype=torch.float64)
-        for i0, i1, rows in _row_blocks(self.basis):
+        for i0, i1, rows in row_blocks(self.basis):
             # float64 dot products: a float32 sum over millions of terms loses ~4 digits
             for a in range(0, xc.numel(), _CHUNK):
                 p[i0:i1] += rows[:, a:a + _CHUNK].double() @ xc[a:a + _CHUNK]
@@ -295,7 +231,7 @@ class Encoding:
         else:
             coef = (code * self.scale).to(self.basis.dtype)
             acc = torch.zeros(self.basis.shape[1], dtype=self.basis.dtype)
-            for i0, i1, rows in _row_blocks(self.basis):
+            for i0, i1, rows in row_blocks(self.basis):
                 acc.addmv_(rows.T, coef[i0:i1])
             flat = self.center + acc.double()
         out, off = {}, 0
@@ -331,15 +267,15 @@ class Encoding:
         def write(tmp):
             fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
             try:
-                offset = _write_header(fd, tensors, lazy, self._meta())
-                _write_data(fd, tensors, lazy, offset)
-                pos = offset + _data_offsets(tensors, lazy)["basis"][0] if lazy else 0
+                offset = write_header(fd, tensors, lazy, self._meta())
+                write_data(fd, tensors, lazy, offset)
+                pos = offset + data_offsets(tensors, lazy)["basis"][0] if lazy else 0
                 if isinstance(self.basis, DiskBasis):
                     self.basis.copy_to(fd, pos)
                 elif lazy:
-                    for _, _, rows in _row_blocks(self.basis):
+                    for _, _, rows in row_blocks(self.basis):
                         data = rows.contiguous().view(-1).view(torch.uint8).numpy()
-                        _pwrite_all(fd, memoryview(data), pos)
+                        pwrite_all(fd, memoryview(data), pos)
                         pos += data.nbytes
             finally:
                 os.close(fd)
@@ -350,13 +286,13 @@ class Encoding:
         """Reads every tensor but the basis, which stays on disk (``DiskBasis``)."""
         from safetensors import SafetensorError, safe_open
         try:
-            header, data_start = _read_header(path)
+            header, data_start = read_header(path)
             with safe_open(str(path), framework="pt") as f:
                 meta = json.loads((f.metadata() or {})[META])
                 t = {k: f.get_tensor(k) for k in f.keys() if k != "basis"}
             if "basis" in header:
                 h = header["basis"]
-                dtype = _DTYPES.get(h["dtype"])
+                dtype = DTYPES.get(h["dtype"])
                 if dtype not in (torch.float32, torch.float64):
                     raise ValueError(f"basis dtype {h['dtype']} is not F32 or F64")
                 t["basis"] = DiskBasis(str(path), data_start + h["data_offsets"][0],
@@ -369,9 +305,13 @@ class Encoding:
         return cls(meta["arch"], meta["keys"], meta["shapes"], t["mean"], t["std"], ints,
                    t.get("center"), t.get("basis"), t.get("scale"), t.get("mix"))
 
+    def signature_dict(self) -> dict:
+        """What identifies the encoding in a generator's ``config.json``."""
+        return {"arch": self.arch, "keys": self.keys, "dim": self.dim,
+                "pca": self.basis is not None}
+
     def signature(self) -> str:
-        return json.dumps({"arch": self.arch, "keys": self.keys, "dim": self.dim,
-                           "pca": self.basis is not None})
+        return json.dumps(self.signature_dict())
 
 
 # -------------------------------------------------------------------- streaming helpers
@@ -383,7 +323,7 @@ def _zoo_layout(arch, paths, files):
     keys, shapes, ints = [], [], {}
     for k in names:
         s = first.get_slice(k)
-        dt = _DTYPES.get(s.get_dtype())
+        dt = DTYPES.get(s.get_dtype())
         if dt is not None and dt.is_floating_point:
             keys.append(k)
             shapes.append(tuple(s.get_shape()))
@@ -411,35 +351,6 @@ def _zoo_layout(arch, paths, files):
     return keys, shapes, ints
 
 
-class _RawTensors:
-    """Element ranges of a safetensors file's tensors by ``pread`` (no mapping, no copy of
-    anything but the range asked for)."""
-
-    def __init__(self, path):
-        self.path = path
-        self.header, self.start = _read_header(path)
-        self.fd = os.open(str(path), os.O_RDONLY)
-
-    def read(self, key: str, e0: int, e1: int) -> torch.Tensor:
-        h = self.header[key]
-        dtype = _DTYPES[h["dtype"]]
-        es = dtype.itemsize
-        buf = bytearray((e1 - e0) * es)
-        view, pos = memoryview(buf), self.start + h["data_offsets"][0] + e0 * es
-        while len(view):
-            n = os.preadv(self.fd, [view], pos)
-            if n <= 0:
-                raise EncodingError(f"{self.path}: truncated while reading {key!r}")
-            view, pos = view[n:], pos + n
-        return torch.frombuffer(buf, dtype=dtype) if buf else torch.empty(0, dtype=dtype)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        os.close(self.fd)
-
-
 def _chunks(files, paths, key, shape, chunk):
     """(element offset, [N, c] float64) chunks of ``chunk`` elements of tensor ``key``
     across the zoo; non-finite values are refused naming the file."""
@@ -454,84 +365,6 @@ def _chunks(files, paths, key, shape, chunk):
             raise EncodingError(f"{paths[bad]}: tensor {key!r} holds non-finite values "
                                 f"(NaN or Inf)")
         yield e0, w
-
-
-def _gram_eig(gram: torch.Tensor, rtol: float = 1e-12):
-    """(U [N, k], S [k]) with ``gram = U S^2 U^T`` on the complement of the ones vector
-    (a centred Gram matrix has it in its null space; removing it exactly keeps its rounding
-    noise out of the code), eigenvalues below ``rtol`` x the largest dropped, descending."""
-    n = gram.shape[0]
-    if n < 2:
-        return torch.zeros(n, 0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
-    c = torch.eye(n, dtype=torch.float64) - 1.0 / n
-    q, _ = torch.linalg.qr(c[:, :n - 1])                     # [N, N-1], orthonormal
-    h = q.T @ gram @ q
-    lam, e = torch.linalg.eigh((h + h.T) / 2)
-    lam, e = lam.flip(0), e.flip(1)
-    keep = lam > max(float(lam[0]), 0.0) * rtol
-    if float(lam[0]) <= 0:
-        keep[:] = False
-    return q @ e[:, keep], lam[keep].sqrt()
-
-
-# -------------------------------------------------------------------- safetensors by hand
-def _data_offsets(tensors: dict, lazy: dict) -> dict:
-    """name -> (begin, end) in the data section; larger items first (aligned, as
-    safetensors orders them), then by name."""
-    spec = {k: (tuple(v.shape), v.dtype) for k, v in tensors.items()} | lazy
-    order = sorted(spec, key=lambda k: (-spec[k][1].itemsize, k))
-    out, pos = {}, 0
-    for k in order:
-        size = math.prod(spec[k][0]) * spec[k][1].itemsize
-        out[k] = (pos, pos + size)
-        pos += size
-    return out
-
-
-def _write_header(fd, tensors: dict, lazy: dict, metadata: dict) -> int:
-    """Write the u64 length + sorted JSON header; returns where the data section starts.
-    The file is sized to its full length (the lazy tensors are filled in later)."""
-    spec = {k: (tuple(v.shape), v.dtype) for k, v in tensors.items()} | lazy
-    offs = _data_offsets(tensors, lazy)
-    header = {"__metadata__": metadata,
-              **{k: {"dtype": _NAMES[spec[k][1]], "shape": list(spec[k][0]),
-                     "data_offsets": list(offs[k])} for k in spec}}
-    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    _pwrite_all(fd, len(text).to_bytes(8, "little") + text, 0)
-    start = 8 + len(text)
-    os.ftruncate(fd, start + max((e for _, e in offs.values()), default=0))
-    return start
-
-
-def _write_data(fd, tensors: dict, lazy: dict, start: int) -> None:
-    offs = _data_offsets(tensors, lazy)
-    for k, v in tensors.items():
-        data = v.reshape(-1).view(torch.uint8).numpy() if v.numel() else b""
-        _pwrite_all(fd, memoryview(data) if len(data) else b"", start + offs[k][0])
-
-
-def _pwrite_all(fd, data, pos: int) -> None:
-    view = memoryview(data).cast("B")
-    while len(view):
-        n = os.pwrite(fd, view, pos)
-        view, pos = view[n:], pos + n
-
-
-def _read_header(path) -> tuple[dict, int]:
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        size = os.fstat(f.fileno()).st_size
-        if n > size - 8:
-            raise ValueError("header longer than the file")
-        header = json.loads(f.read(n))
-    if not isinstance(header, dict):
-        raise ValueError("header is not a JSON object")
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"),
-              default=0)
-    if 8 + n + end > size:
-        raise ValueError(f"truncated: {size} bytes, the header needs {8 + n + end}")
-    return header, 8 + n
 
 
 def _check_saved(meta, t: dict, path) -> None:

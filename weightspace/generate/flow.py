@@ -21,7 +21,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from .config import METHODS, VELOCITY_KINDS, EncodingError, FlowSettings
+from .config import ODE_SOLVERS, VELOCITY_KINDS, EncodingError, FlowSettings, GenerateError
 
 
 class _Embeddings(nn.Module):
@@ -147,9 +147,9 @@ _INT_BOUNDS = {"dim": (1, 10**10), "width": (1, 65536), "depth": (1, 256), "temb
 def check_velocity_config(cfg, where: str = "velocity") -> dict:
     """A velocity config (from flags or a generator file) that can be built: known kind,
     integers in range, heads dividing the width, tensor sizes summing to the dimension,
-    and a parameter count that fits in memory. Raises :class:`EncodingError`."""
+    and a parameter count that fits in memory. Raises :class:`GenerateError`."""
     def bad(msg):
-        raise EncodingError(f"{where}: {msg}")
+        raise GenerateError(f"{where}: {msg}")
     if not isinstance(cfg, dict):
         bad("the velocity config must be a JSON object")
     kind = cfg.get("kind", "mlp")
@@ -186,7 +186,7 @@ def make_velocity(cfg: dict) -> nn.Module:
     try:
         return VELOCITIES[kind](**cfg)
     except TypeError as e:
-        raise EncodingError(f"velocity config: {e}") from None
+        raise GenerateError(f"velocity config: {e}") from None
 
 
 def ot_pair(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
@@ -303,12 +303,13 @@ def sample(model: nn.Module, n: int, steps: int = 10, method: str = "midpoint",
     condition and ``guidance`` w mixes ``v_uncond + w (v_cond - v_uncond)`` (w = 1: plain
     conditional sampling; each evaluation then runs both in one batch)."""
     from torchdiffeq import odeint
-    if method not in METHODS:
-        raise EncodingError(f"unknown ODE method {method!r}; methods: {', '.join(METHODS)}")
+    if method not in ODE_SOLVERS:
+        raise GenerateError(f"unknown ODE method {method!r}; methods: "
+                            f"{', '.join(ODE_SOLVERS)}")
     if steps < 1:
-        raise EncodingError(f"steps must be >= 1, got {steps}")
+        raise GenerateError(f"steps must be >= 1, got {steps}")
     if cond is not None and not getattr(model, "cond", 0):
-        raise EncodingError("this generator was fitted without a condition")
+        raise GenerateError("this generator was fitted without a condition")
     gen = torch.Generator().manual_seed(seed)
     x0 = sigma * torch.randn(n, model.dim, generator=gen)
     if cond is not None:

@@ -7,19 +7,9 @@ from __future__ import annotations
 
 import torch
 
-from ..zoo.train import logits
-
-
-@torch.no_grad()
-def probabilities(arch: str, states: list[dict], x: torch.Tensor) -> torch.Tensor:
-    """[models, examples, classes] softmax outputs (eval mode; conv nets of the built-in
-    architectures stacked along channels, see :func:`~weightspace.zoo.train.logits`)."""
-    return logits(arch, states, x).float().softmax(-1)
-
-
-def errors(arch: str, states: list[dict], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """[models, examples] bool: where each model's prediction is wrong."""
-    return probabilities(arch, states, x).argmax(-1) != y
+from ..errors import WeightspaceError
+from ..evaluation import errors, probabilities  # noqa: F401 (re-exported)
+from ..zoo.datasets import load_dataset
 
 
 def max_iou(wrong: torch.Tensor, ref: torch.Tensor, leave_one_out: bool = False):
@@ -31,3 +21,37 @@ def max_iou(wrong: torch.Tensor, ref: torch.Tensor, leave_one_out: bool = False)
     if leave_one_out:
         iou.fill_diagonal_(-1)
     return iou.max(1).values
+
+
+class ZooValErrors:
+    """[N, n_val] bool: where each zoo model errs on the validation split (kept with the
+    generator, so that sampling can measure novelty without the zoo), gathered while the
+    zoo is read: models are evaluated in groups of ``chunk`` and then dropped. ``result()``
+    is None when the zoo's dataset cannot be loaded."""
+
+    def __init__(self, manifest: dict, chunk: int = 16):
+        ds = manifest.get("dataset") or {}
+        try:
+            self.data = load_dataset(ds.get("name", ""), ds.get("data_root"))["val"]
+        except WeightspaceError:
+            self.data = None
+        self.chunk, self.pending, self.rows, self.arch = chunk, [], [], None
+
+    def add(self, i: int, state: dict, arch: str) -> None:
+        if self.data is None:
+            return
+        self.arch = arch
+        self.pending.append(state)
+        if len(self.pending) >= self.chunk:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending:
+            self.rows.append(errors(self.arch, self.pending, *self.data))
+            self.pending = []
+
+    def result(self) -> torch.Tensor | None:
+        if self.data is None:
+            return None
+        self._flush()
+        return torch.cat(self.rows)

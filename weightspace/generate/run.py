@@ -14,18 +14,18 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..arch import build
 from ..checkpoint import check_state, read_checkpoint
-from ..errors import check_output
+from ..errors import check_output, make_dir
+from ..results import Result
 from ..zoo.store import Zoo, ZooError, finished
-from .config import (AUTO, DEFAULT_SOLVER, OFF, FlowSettings, check_mix, describe_defaults,
-                     solver_name)
-from .encoding import EncodingError
-from .flow import METHODS
-from .pipeline import MAX_SAMPLES, fit_generator, sample_zoo
+from .config import (AUTO, OFF, FlowSettings, GenerateError, SampleSettings,
+                     describe_defaults, solver_name)
+from .fit import FitResult, check_fit_args, fit_generator
+from .sample import SampleResult, check_n, sample_zoo
 
 STAGES = ("canonicalize", "fit", "sample", "audit")
 
@@ -34,31 +34,19 @@ def _same_dir(a, b) -> bool:
     return Path(a).resolve() == Path(b).resolve()
 
 
-def _check_inputs(n, sample_steps, method, ensemble, guidance, pca, condition,
-                  mix=None) -> None:
-    """Refuse bad settings before the first stage does any work."""
-    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_SAMPLES:
-        raise ZooError(f"the number of samples must be in [1, {MAX_SAMPLES}], got {n!r}")
-    if sample_steps is not None and (isinstance(sample_steps, bool) or not isinstance(
-            sample_steps, int) or not 1 <= sample_steps <= 10_000):
-        raise EncodingError(f"ODE steps must be in [1, 10000], got {sample_steps!r}")
-    if method is not None and method not in METHODS:
-        raise EncodingError(f"unknown ODE method {method!r}; methods: {', '.join(METHODS)}")
-    if not isinstance(ensemble, int) or ensemble < 1:
-        raise ZooError(f"the ensemble size must be >= 1, got {ensemble!r}")
-    if isinstance(guidance, str) and guidance != AUTO:
-        try:
-            float(guidance)
-        except ValueError:
-            raise EncodingError(f"--guidance must be a number or auto; got {guidance!r}") \
-                from None
-    if mix is not None:
-        check_mix(mix)
-    if pca is not None and not isinstance(pca, bool):
-        raise EncodingError(f"pca must be True, False or None (automatic), got {pca!r}")
-    if condition is not None and (not isinstance(condition, str) or not condition):
-        raise EncodingError(f"condition must be a metric name, 'auto' or 'none', got "
-                            f"{condition!r}")
+_OLD_SAMPLE_ARGS = {"sample_steps": "steps", "method": "method", "guidance": "guidance",
+                    "mix": "mix", "sample_condition": "condition"}
+
+
+def _sampling(sampling: SampleSettings | None, overrides: dict) -> SampleSettings:
+    """The sampling settings: ``sampling``, or built from the keyword arguments this
+    function took before :class:`SampleSettings` (``sample_steps``, ``method``,
+    ``guidance``, ``mix``, ``sample_condition``), which are taken out of ``overrides``."""
+    old = {new: overrides.pop(k) for k, new in _OLD_SAMPLE_ARGS.items() if k in overrides}
+    if sampling is not None and old:
+        raise GenerateError(f"pass the sampling settings either as sampling= or as "
+                            f"{', '.join(sorted(old))}, not both")
+    return sampling if sampling is not None else SampleSettings(**old)
 
 
 def _finished_fit(gen: Path, canon: Path, s: FlowSettings, pca, condition) -> dict | None:
@@ -83,13 +71,12 @@ def _finished_fit(gen: Path, canon: Path, s: FlowSettings, pca, condition) -> di
                                        != (None if condition == OFF else condition)):
         why = "with another condition"
     if why:
-        raise EncodingError(f"{gen} holds a generator fitted {why}; use another --out or "
+        raise GenerateError(f"{gen} holds a generator fitted {why}; use another output directory or "
                             f"remove {gen}")
     return cfg
 
 
-def _finished_samples(smp: Path, gen: Path, n, steps, method, seed, guidance,
-                      mix=None) -> dict | None:
+def _finished_samples(smp: Path, gen: Path, n, seed, ss: SampleSettings) -> dict | None:
     """The manifest of samples in ``smp`` drawn from ``gen`` with these settings; None if
     sampling has not finished there."""
     if not Zoo(smp).exists():
@@ -97,48 +84,61 @@ def _finished_samples(smp: Path, gen: Path, n, steps, method, seed, guidance,
     m = Zoo(smp).read()
     st = m.get("settings") or {}
     want = {"n": n, "seed": seed}
-    if steps is not None or method is not None:  # else the solver was chosen on validation
-        want["steps"], want["method"] = DEFAULT_SOLVER[1] if steps is None else steps, \
-            DEFAULT_SOLVER[0] if method is None else method
-    if guidance is not None and guidance != AUTO:
-        want["guidance"] = float(guidance)
-    if mix is not None and mix != AUTO:
-        want["mix"] = mix
+    if not ss.solver_auto:  # else the solver was chosen on validation
+        want["method"], want["steps"] = ss.solver
+    if ss.guidance is not None and ss.guidance != AUTO:
+        want["guidance"] = ss.guidance
+    if ss.mix is not None and ss.mix != AUTO:
+        want["mix"] = ss.mix
     if not isinstance(st.get("generated_from"), str) or not _same_dir(st["generated_from"],
                                                                       gen):
-        raise ZooError(f"{smp} holds samples of another generator ({st.get('generated_from')!r})"
-                       f"; use another --out or remove {smp}")
+        raise GenerateError(f"{smp} holds samples of another generator ({st.get('generated_from')!r})"
+                            f"; use another output directory or remove {smp}")
     diff = [k for k, v in want.items() if st.get(k) != v]
     if diff:
-        raise ZooError(f"{smp} holds samples drawn with other settings ({', '.join(diff)}); "
-                       f"use another --out or remove {smp}")
+        raise GenerateError(f"{smp} holds samples drawn with other settings ({', '.join(diff)}); "
+                            f"use another output directory or remove {smp}")
     return m
 
 
-def run_generation(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
-                   pca: bool | None = None, condition: str | None = AUTO, n: int = 100,
-                   sample_steps: int | None = None, method: str | None = None,
-                   sample_condition: float | str | None = AUTO,
-                   guidance: float | str | None = None, mix: int | str | None = None,
-                   seed: int = 0, ensemble: int = 10,
-                   data_root=None, progress: bool = True, log=None, **overrides) -> dict:
-    """Canonicalize (if needed), fit, sample ``n`` networks and audit them, under
-    ``out_dir``; returns ``{"stages": {name: note}, "fit", "sample", "audit", ...}``.
+@dataclass
+class RunResult(Result):
+    """The whole path's outputs (directories, the report), one note per stage, and each
+    stage's own result."""
+    out: str
+    canonical: str
+    generator: str
+    samples: str
+    report: str
+    stages: dict
+    canonicalize: dict | None
+    fit: FitResult
+    sample: SampleResult
+    audit: dict
+    seconds: float
 
-    ``settings`` / ``overrides`` / ``pca`` / ``condition`` are :func:`fit_generator`'s,
-    ``sample_steps`` / ``method`` / ``sample_condition`` / ``guidance`` / ``mix`` are
-    :func:`sample_zoo`'s (``steps``, ``condition`` there), ``ensemble`` the audit's. Unset,
-    each follows the best recipe measured (README, digits MLP demo: PCA code, ``val_acc``
-    condition, sampling chosen on validation, midpoint x5 w=3 there: test acc 0.947 vs the
-    zoo's 0.957). ``log`` gets one line
-    per stage (default: stderr when ``progress``)."""
+
+def run_generation(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
+                   sampling: SampleSettings | None = None, pca: bool | None = None,
+                   condition: str | None = AUTO, n: int = 100, seed: int = 0,
+                   ensemble: int = 10, data_root=None, progress: bool = True, log=None,
+                   **overrides) -> RunResult:
+    """Canonicalize (if needed), fit, sample ``n`` networks and audit them, under
+    ``out_dir``; returns a :class:`RunResult`.
+
+    ``settings`` / ``overrides`` (FlowSettings fields) / ``pca`` / ``condition`` are
+    :func:`fit_generator`'s, ``sampling`` :func:`sample_zoo`'s, ``ensemble`` the audit's.
+    Unset, each follows the measured recipe (the defaults of each stage, printed and
+    recorded). ``log`` gets one line per stage (default: stderr when ``progress``). The
+    parameters are the stages' own, passed through; they are validated before any work."""
     t0 = time.perf_counter()
     out = check_output(out_dir, "dir")
+    ss = _sampling(sampling, overrides)
     s = replace(settings or FlowSettings(), **overrides)  # validated here, before work
-    _check_inputs(n, sample_steps, method, ensemble, guidance, pca, condition, mix)
-    if s.velocity == "transformer" and pca:
-        raise EncodingError("the transformer velocity models per-layer tokens of the full "
-                            "encoding; use it without --pca")
+    check_n(n)
+    if isinstance(ensemble, bool) or not isinstance(ensemble, int) or ensemble < 1:
+        raise GenerateError(f"`ensemble` must be >= 1, got {ensemble!r}")
+    check_fit_args(s, pca, condition)
     if log is None:
         log = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else \
             (lambda line: None)
@@ -171,7 +171,7 @@ def run_generation(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
     def begin(i, name, text):
         """A stage starts: say so, and make sure the run directory exists."""
         log(f"[{i}/{len(STAGES)}] {name}: {text}")
-        out.mkdir(parents=True, exist_ok=True)
+        make_dir(out)
 
     def clear(path: Path, why: str):
         if path.exists():
@@ -190,7 +190,7 @@ def run_generation(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
         rec = Zoo(canon).read().get("canonicalization") or {}
         if not isinstance(rec.get("source"), str) or not _same_dir(rec["source"], zoo_dir):
             raise ZooError(f"{canon} holds the canonical zoo of {rec.get('source')!r}, not of "
-                           f"{zoo_dir}; use another --out or remove {canon}")
+                           f"{zoo_dir}; use another output directory or remove {canon}")
         note(1, "canonicalize", f"skipped: {canon} is done (wm to the barycenter)")
     else:
         begin(1, "canonicalize", f"weight matching to the barycenter -> {canon}")
@@ -205,10 +205,10 @@ def run_generation(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
     t = fresh(gen, "the canonical zoo was rebuilt")
     cfg = _finished_fit(gen, canon, s, pca, condition)
     if cfg is not None:
-        fit = {"out": str(gen), "models": cfg.get("models"),
-               "dim": (cfg.get("encoding") or {}).get("dim"),
-               "train_seconds": cfg.get("train_seconds"), "defaults": cfg.get("defaults", {}),
-               "skipped": True}
+        fit = FitResult(out=str(gen), models=cfg.get("models"),
+                        dim=(cfg.get("encoding") or {}).get("dim"),
+                        train_seconds=cfg.get("train_seconds"),
+                        defaults=cfg.get("defaults", {}), skipped=True)
         note(2, "fit", f"skipped: {gen} is fitted ({s.steps} steps)")
     else:
         begin(2, "fit", f"{s.steps} steps on {canon} -> {gen}")
@@ -219,21 +219,23 @@ def run_generation(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
 
     # 3. sample -------------------------------------------------------------------------
     t = fresh(smp, "the generator was refitted")
-    m = _finished_samples(smp, gen, n, sample_steps, method, seed, guidance, mix)
+    m = _finished_samples(smp, gen, n, seed, ss)
     if m is not None:
-        st = m["settings"]
-        smp_res = {"out": str(smp), "n": n, "condition": st.get("condition"),
-                   "method": st.get("method"), "steps": st.get("steps"),
-                   "guidance": st.get("guidance"), "mix": st.get("mix", 1),
-                   "guidance_val_acc": st.get("guidance_val_acc"),
-                   "defaults": st.get("defaults", {}), **(m.get("generation") or {}),
-                   "skipped": True}
+        st, g = m["settings"], m.get("generation") or {}
+        smp_res = SampleResult(out=str(smp), n=n, condition=st.get("condition"),
+                               method=st.get("method"), steps=st.get("steps"),
+                               guidance=st.get("guidance"), mix=st.get("mix", 1),
+                               guidance_val_acc=st.get("guidance_val_acc"),
+                               guidance_choice=st.get("guidance_choice"),
+                               defaults=st.get("defaults", {}), nfe=g.get("nfe"),
+                               network_passes=g.get("network_passes"),
+                               seconds=g.get("seconds"),
+                               seconds_per_model=g.get("seconds_per_model"), skipped=True)
         note(3, "sample", f"skipped: {smp} holds {n} samples")
     else:
         clear(smp, "left unfinished")  # model files of an interrupted sampling
         begin(3, "sample", f"{n} networks -> {smp}")
-        smp_res = sample_zoo(gen, smp, n, sample_steps, method, seed, data_root,
-                             condition=sample_condition, guidance=guidance, mix=mix)
+        smp_res = sample_zoo(gen, smp, n, seed=seed, data_root=data_root, settings=ss)
         stale = done(3, "sample", t, f" ({solver_name(smp_res['method'], smp_res['steps'])}, "
                                      f"guidance {smp_res['guidance']:g}, "
                                      f"mix {smp_res['mix']}, mean test acc "
@@ -254,10 +256,11 @@ def run_generation(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
         from .audit import audit
         report = audit(smp, canon, ensemble, seed=seed, data_root=data_root, out_dir=rep)
         done(4, "audit", t)
-    return {"out": str(out), "canonical": str(canon), "generator": str(gen),
-            "samples": str(smp), "report": str(rep / "report.md"), "stages": stages,
-            "canonicalize": canon_rep, "fit": fit, "sample": smp_res, "audit": report,
-            "seconds": time.perf_counter() - t0}
+    return RunResult(out=str(out), canonical=str(canon), generator=str(gen),
+                     samples=str(smp), report=str(rep / "report.md"), stages=stages,
+                     canonicalize=canon_rep, fit=fit, sample=smp_res,
+                     audit=report.to_json() if hasattr(report, "to_json") else report,
+                     seconds=time.perf_counter() - t0)
 
 
-__all__ = ["STAGES", "run_generation"]
+__all__ = ["STAGES", "RunResult", "run_generation"]

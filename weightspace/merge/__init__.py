@@ -6,8 +6,9 @@ from .._lazy import lazy_package
 lazy_package(__name__, {
     "feature_stats": "lmc",
     **dict.fromkeys(["barrier_matrix", "lmc_checkpoints", "merge_checkpoints"], "files"),
-    **dict.fromkeys(["BN_MODES", "LMCError", "barrier", "curve", "diagnostics", "heatmap",
+    "LMCError": "registry",
+    **dict.fromkeys(["BN_MODES", "MergeError", "barrier", "curve", "diagnostics", "heatmap",
                      "lmc", "plot", "singular_alignment"], "lmc"),
-    **dict.fromkeys(["METHODS", "POST", "merge", "mergemany_perms", "ste_perms"], "merging"),
+    **dict.fromkeys(["MERGE_METHODS", "METHODS", "POST", "merge", "mergemany_perms", "ste_perms"], "merging"),
     **dict.fromkeys(["repair", "repairable"], "repair"),
 })

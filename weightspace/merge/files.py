@@ -20,7 +20,7 @@ from ..symmetry import spec as discover_spec
 from ..symmetry.cache import zoo_spec
 from ..zoo.datasets import dataset_of
 from ..zoo.store import Zoo, ZooError, finished
-from .lmc import LMCError, heatmap, lmc, plot
+from .lmc import MergeError, heatmap, lmc, plot
 from .merging import merge
 from .registry import get_merge_method
 
@@ -82,7 +82,7 @@ def barrier_matrix(zoo_dir, out_dir, align: str = "wm", points: int = 25, bn: st
     todo = list(itertools.combinations(range(len(ids)), 2))
     if pairs != "all":
         if not isinstance(pairs, int) or pairs < 1:
-            raise LMCError(f"pairs must be 'all' or a positive number, got {pairs!r}")
+            raise MergeError(f"pairs must be 'all' or a positive number, got {pairs!r}")
         todo = sorted(random.Random(seed).sample(todo, min(pairs, len(todo))))
     models = load_models([zoo.model_path(i) for i in ids])
     data = dataset_of(models[0], dataset, data_root, why="barriers are measured on data")

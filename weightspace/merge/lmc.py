@@ -22,7 +22,7 @@ from ..device import placed
 from ..features import feature_stats
 from ..functional import has_batchnorm, lerp_states, loss_acc, recalibrated, scratch
 from ..symmetry.structure import Spec, apply
-from .registry import BN_MODES, LMCError
+from .registry import BN_MODES, MergeError
 from .repair import repair, repairable
 
 TRAIN_EVAL = 2048   # train examples the curve is measured on
@@ -34,9 +34,9 @@ def curve(spec: Spec, model: nn.Module, A: dict, B: dict, data, points: int = 25
     """Loss and accuracy along the straight line from A to B (train subset and test)."""
     model = scratch(model)
     if points < 2:
-        raise LMCError(f"--points must be >= 2, got {points}")
+        raise MergeError(f"`points` must be >= 2, got {points}")
     if bn not in BN_MODES:
-        raise LMCError(f"--bn must be one of {', '.join(BN_MODES)}, got {bn!r}")
+        raise MergeError(f"`bn` must be one of {', '.join(BN_MODES)}, got {bn!r}")
     xtr, ytr = (t[:TRAIN_EVAL] for t in data["train"])
     xte, yte = data["test"]
     calib = data["train"][0][:CALIB]

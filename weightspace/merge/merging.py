@@ -19,8 +19,8 @@ from ..functional import check_compatible, loss_acc, mean_states, recalibrated, 
 from ..symmetry.structure import Spec, apply
 from .lmc import CALIB
 from .mergemany import mergemany_perms
-from .methods import METHODS
-from .registry import POST, LMCError, get_merge_method
+from .methods import MERGE_METHODS, METHODS  # noqa: F401 (METHODS: the old name)
+from .registry import POST, MergeError, get_merge_method
 from .repair import repair, repairable
 from .ste import ste_perms
 
@@ -39,17 +39,17 @@ def merge(spec: Spec, model: nn.Module, states: list[dict], method: str = "merge
     t0 = time.perf_counter()
     m = get_merge_method(method)
     if post not in POST:
-        raise LMCError(f"unknown post-processing {post!r}; choices: {', '.join(POST)}")
+        raise MergeError(f"unknown post-processing {post!r}; choices: {', '.join(POST)}")
     unknown = sorted(set(options) - {o.name for o in m.options})
     if unknown:
-        raise LMCError(f"merge method {method!r} takes no option {unknown[0]!r}")
+        raise MergeError(f"merge method {method!r} takes no option {unknown[0]!r}")
     if len(states) < 1:
-        raise LMCError("nothing to merge")
+        raise MergeError("nothing to merge")
     check_compatible(states, names)
     if (m.needs_data or post != "none") and data is None:
-        raise LMCError(f"method {method!r} / post-processing {post!r} needs data (a dataset)")
+        raise MergeError(f"method {method!r} / post-processing {post!r} needs data (a dataset)")
     if not isinstance(restarts, int) or restarts < 1:
-        raise LMCError(f"restarts must be a positive integer, got {restarts!r}")
+        raise MergeError(f"restarts must be a positive integer, got {restarts!r}")
     best = None
     runs = []
     for k in range(restarts):
@@ -92,4 +92,4 @@ def _score(model, merged: dict, aligned: list[dict], data) -> float:
     return sum(l2_distance(s, merged) ** 2 for s in aligned)
 
 
-__all__ = ["METHODS", "POST", "merge", "mergemany_perms", "ste_perms"]
+__all__ = ["MERGE_METHODS", "METHODS", "POST", "merge", "mergemany_perms", "ste_perms"]

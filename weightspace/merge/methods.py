@@ -7,7 +7,8 @@ from . import mean, mergemany, ste
 from .registry import get_merge_method, list_merge_methods
 
 MODULES = (mean, mergemany, ste)  # the method files; each registers its method
-METHODS = tuple(n for mod in MODULES for n in list_merge_methods()
-                if get_merge_method(n).fn.__module__ == mod.__name__)
+MERGE_METHODS = tuple(n for mod in MODULES for n in list_merge_methods()
+                      if get_merge_method(n).fn.__module__ == mod.__name__)
+METHODS = MERGE_METHODS  # the old name
 
-__all__ = ["METHODS", "MODULES"]
+__all__ = ["MERGE_METHODS", "METHODS", "MODULES"]

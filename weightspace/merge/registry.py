@@ -17,11 +17,14 @@ BN_MODES = ("reset", "repair", "none")  # what lmc does between the endpoints
 POST = ("none", "reset", "repair")      # what merge does after averaging
 
 
-class LMCError(WeightspaceError):
+class MergeError(WeightspaceError):
     """Bad arguments to an interpolation or merge."""
 
 
-_METHODS: Registry[Method] = Registry("merge method", LMCError,
+LMCError = MergeError  # the old name
+
+
+_METHODS: Registry[Method] = Registry("merge method", MergeError,
                                       methods="weightspace.merge.methods")
 
 

@@ -156,7 +156,7 @@ def _idx_dataset(name, root, download, tv_name, default_root, val_size=5000,
         raise DatasetError(
             f"{name}: missing {', '.join(m + '[.gz]' for m in missing)} under {root} "
             f"(looked in {root} and {root / tv_name / 'raw'}); put the four IDX files there, "
-            f"pass --data-root DIR" + ("" if not name.startswith("fashion-mnist") else
+            f"pass `data_root`" + ("" if not name.startswith("fashion-mnist") else
                                        ", or `apt-get install dataset-fashion-mnist`")
             + ("" if download else ", or allow a download"))
     xi, yi, xt, yt = (read_idx(p) for p in paths)
@@ -182,7 +182,7 @@ def _torchvision_download(tv_name: str, root: Path, name: str) -> None:
     except Exception as e:  # noqa: BLE001 - any network failure means "offline"
         raise DatasetError(f"{name}: files not found under {root} and the download failed "
                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''});"
-                           f" put the files there by hand or pass --data-root DIR") from None
+                           f" put the files there by hand or pass `data_root`") from None
 
 
 # ---------------------------------------------------------------- CIFAR (binary release)
@@ -207,14 +207,14 @@ def _cifar(name, root, download, val_size=5000, train_size=None):
         except Exception as e:  # noqa: BLE001
             raise DatasetError(f"{name}: files not found under {base} and the download failed "
                                f"({type(e).__name__}); download {url} and extract it into "
-                               f"{root}, or pass --data-root DIR") from None
+                               f"{root}, or pass `data_root`") from None
     missing = [f for f in files if not (base / f).is_file()]
     if missing:
         pickled = (root / folder.replace("-bin", "-py").replace("-binary", "-python"))
         hint = (f" ({pickled} is the pickled release, which weightspace never unpickles)"
                 if pickled.exists() else "")
         raise DatasetError(f"{name}: missing {', '.join(missing)} in {base}{hint}; download "
-                           f"{url} and extract it into {root}, or pass --data-root DIR")
+                           f"{url} and extract it into {root}, or pass `data_root`")
 
     def read(fnames):
         rec = n_label + 3072
@@ -272,10 +272,10 @@ def dataset_of(model: torch.nn.Module, name: str | None = None, data_root=None,
         name = name.get("name")
     if name is not None and not isinstance(name, str):
         raise DatasetError(f"the checkpoint's metadata names its dataset with a "
-                           f"{type(name).__name__}, not a dataset name: give --dataset")
+                           f"{type(name).__name__}, not a dataset name: give a `dataset`")
     if not name:
         if required:
-            raise DatasetError(f"{why}: give a dataset (the checkpoint records none)")
+            raise DatasetError(f"{why}: give a `dataset` (the checkpoint records none)")
         return None
     data = load_dataset(name, data_root)
     check_fits(model, data, getattr(model, "weightspace_arch", ""))

@@ -53,7 +53,7 @@ def load_grid(path: str | os.PathLike) -> dict:
     try:
         text = path.read_text()
     except OSError as e:
-        raise ZooError(f"--grid {path}: cannot read ({e.strerror})") from None
+        raise ZooError(f"`grid` {path}: cannot read ({e.strerror})") from None
     try:
         if path.suffix.lower() == ".toml":
             import tomllib
@@ -61,9 +61,9 @@ def load_grid(path: str | os.PathLike) -> dict:
         else:
             grid = json.loads(text)
     except ImportError:
-        raise ZooError(f"--grid {path}: TOML needs Python 3.11+; use JSON") from None
+        raise ZooError(f"`grid` {path}: TOML needs Python 3.11+; use JSON") from None
     except ValueError as e:  # JSONDecodeError and TOMLDecodeError both are ValueErrors
-        raise ZooError(f"--grid {path}: cannot parse ({e})") from None
+        raise ZooError(f"`grid` {path}: cannot parse ({e})") from None
     return check_grid(grid, str(path))
 
 
@@ -83,7 +83,7 @@ def make_settings(arch: str, dataset: str, hp: HParams, grid: dict | None = None
                   seed0: int = 0, checkpoints_per_model: int = 1) -> dict:
     """What defines a zoo's population (its identity; the model count may grow later)."""
     if checkpoints_per_model < 1:
-        raise ZooError(f"--checkpoints-per-model must be >= 1, got {checkpoints_per_model}")
+        raise ZooError(f"`checkpoints_per_model` must be >= 1, got {checkpoints_per_model}")
     return {"arch": arch, "dataset": dataset, "hparams": hp.to_dict(),
             "grid": check_grid(grid) if grid else {}, "seed0": int(seed0),
             "checkpoints_per_model": int(checkpoints_per_model)}
@@ -114,7 +114,7 @@ def configs(settings: dict) -> list[tuple[str, HParams, dict]]:
 def plan(settings: dict, models: int) -> list[dict]:
     """Manifest entries (status ``pending``) for ``models`` seeds of every configuration."""
     if models < 1:
-        raise ZooError(f"--models must be >= 1, got {models}")
+        raise ZooError(f"`models` must be >= 1, got {models}")
     cfgs = configs(settings)
     entries = []
     for ci, (arch, _, recorded) in enumerate(cfgs):
@@ -163,14 +163,14 @@ def decide_batching(settings: dict, entries: list[dict], finished: set, cached: 
             continue
         n = min(chunk_size, sum(e["config"] == ci for e in entries))
         if batched is False:
-            out[key] = {"path": "sequential", "reason": "forced (--no-batched)", "models": n}
+            out[key] = {"path": "sequential", "reason": "forced (batched=False)", "models": n}
         elif batched is None and cached.get(key, {}).get("models") == n \
                 and cached[key].get("reason", "").startswith("measured"):
             out[key] = cached[key]
         elif batched:
             why = can_batch(arch, x, y) if n > 1 else "one model per chunk"
             out[key] = {"path": "sequential" if why else "batched", "models": n,
-                        "reason": f"forced (--batched){'; ' + why if why else ''}"}
+                        "reason": f"forced (batched=True){'; ' + why if why else ''}"}
             if why:
                 log(f"note: {arch} cannot train batched ({why}); training it one model at "
                     f"a time")
@@ -193,7 +193,7 @@ def train_zoo(out, arch: str, dataset: str, hp: HParams, *, models: int, seed0: 
     receives notes (default: standard error, never the standard output a --json reads).
     """
     if chunk_size < 1:
-        raise ZooError(f"--chunk-size must be >= 1, got {chunk_size}")
+        raise ZooError(f"`chunk_size` must be >= 1, got {chunk_size}")
     t0 = time.perf_counter()
     settings = make_settings(arch, dataset, hp, grid, seed0, checkpoints_per_model)
     entries = plan(settings, models)
@@ -259,7 +259,7 @@ def _prepare(zoo: Zoo, settings: dict, h: str, entries: list[dict], data: Datase
         if not force:
             diff = _diff(old.get("settings", {}), settings)
             raise ZooError(f"{zoo.root} holds a zoo made with different settings ({diff}); "
-                           f"pass --force to discard it and start over, or use another --out")
+                           f"pass `force=True` to discard it and start over, or use another `out_dir`")
         _wipe(zoo)
         old = None
     zoo.clean_temp()
@@ -277,10 +277,18 @@ def _prepare(zoo: Zoo, settings: dict, h: str, entries: list[dict], data: Datase
                "summary": old.get("summary", {}) if old else {}})
 
 
-def _diff(old: dict, new: dict) -> str:
-    keys = sorted(set(old) | set(new))
-    parts = [f"{k}: {old.get(k)!r} here vs {new.get(k)!r} now" for k in keys
-             if old.get(k) != new.get(k)]
+def _diff(old: dict, new: dict, prefix: str = "") -> str:
+    """The settings that differ, one ``name: old here vs new now`` each, nested settings
+    named by their path (``hparams.lr``), on one line."""
+    parts = []
+    for k in sorted(set(old) | set(new), key=str):
+        a, b = old.get(k), new.get(k)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            parts.append(_diff(a, b, f"{prefix}{k}."))
+        else:
+            parts.append(f"{prefix}{k}: {a!r} here vs {b!r} now")
     return "; ".join(parts) or "unknown format"
 
 

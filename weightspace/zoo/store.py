@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..checkpoint import CheckpointError, atomic_write_text, load_model, read_checkpoint
-from ..errors import WeightspaceError, safe_name
+from ..errors import WeightspaceError, disown, make_dir, safe_name
 
 try:
     import fcntl
@@ -190,7 +190,7 @@ class Zoo:
 
     @contextlib.contextmanager
     def _flock(self, name: str, blocking: bool) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_dir(self.root)
         path = self.root / name
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -198,10 +198,11 @@ class Zoo:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
                 except BlockingIOError:
+                    disown(self.root)  # the holder writes there: a failure here keeps it
                     holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
                     raise ZooError(f"{self.root} is being written by another process "
                                    f"(pid {holder}); wait for it to finish or use another "
-                                   f"--out") from None
+                                   f"`out_dir`") from None
                 if not blocking:
                     os.ftruncate(fd, 0)
                     os.pwrite(fd, str(os.getpid()).encode(), 0)

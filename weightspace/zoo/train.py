@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-import warnings
 from typing import Callable
 
 import torch
@@ -27,19 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-# vmap runs ops without a batching rule (e.g. CPU flash attention) one model at a time and
-# says so in a UserWarning; the zoo already times batched against sequential and says which
-# it uses in one line (choose_path), so the raw warning is noise in a verb's output.
-warnings.filterwarnings("ignore", category=UserWarning,
-                        message="There is a performance drop because we have not yet "
-                                "implemented the batching rule")
-
 from ..arch import build
-from ..functional import has_batchnorm, recalibrated
-from .hparams import HParams, TrainError
-from .stacked import Stack, unsupported
 
-TRAIN_EVAL_MAX = 10_000  # train metrics are measured on at most this many train examples
+from .hparams import HParams, TrainError
+from ..evaluation import (TRAIN_EVAL_MAX, eval_batched, evaluate, logits,  # noqa: F401
+                          metrics, quiet_vmap, recalibrate)
+from ..stacked import Stack, unsupported
+
 
 
 def make_optimizer(params: list[torch.Tensor], hp: HParams) -> torch.optim.Optimizer:
@@ -151,11 +144,12 @@ def _engine(arch: str, seeds: list[int], device, impl: str) -> _Engine:
 def _batched_step(engine: _Engine, opt, x: torch.Tensor, y: torch.Tensor,
                   idx: torch.Tensor) -> torch.Tensor:
     """One step for all models: the summed loss gives each model its own gradient."""
-    out = engine.forward(x[idx])
-    losses = F.cross_entropy(out.flatten(0, 1), y[idx].flatten(),
-                             reduction="none").view(engine.n, -1).mean(1)
-    opt.zero_grad(set_to_none=True)
-    losses.sum().backward()
+    with quiet_vmap():
+        out = engine.forward(x[idx])
+        losses = F.cross_entropy(out.flatten(0, 1), y[idx].flatten(),
+                                 reduction="none").view(engine.n, -1).mean(1)
+        opt.zero_grad(set_to_none=True)
+        losses.sum().backward()
     opt.step()
     return losses.detach()
 
@@ -311,132 +305,3 @@ def choose_path(arch: str, n: int, hp: HParams, x: torch.Tensor, y: torch.Tensor
             "sequential_step_s": round(t_s, 6),
             "reason": f"measured: one step of {n} models {t_b * 1e3:.1f} ms batched ({impl}) "
                       f"vs {t_s * 1e3:.1f} ms one at a time"}
-
-
-EVAL_ELEMENTS = 1 << 25  # cap on one stacked activation (floats) when evaluating many models
-
-
-def _eval_batch(base: nn.Module, n: int, x: torch.Tensor, batch: int) -> int:
-    """Examples per stacked forward: ``batch``, fewer when N models' widest activation
-    (first layer, ``N*C*H*W`` floats per example) would not fit :data:`EVAL_ELEMENTS`."""
-    first = next((m for m in base.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
-    width = first.out_channels * x[0, 0].numel() if isinstance(first, nn.Conv2d) else \
-        getattr(first, "out_features", 1)
-    return max(1, min(batch, EVAL_ELEMENTS // max(1, n * width)))
-
-
-def eval_batched(arch: str, states: list[dict], x: torch.Tensor) -> bool:
-    """Whether evaluation runs ``states`` together by default: on a GPU, where one model at
-    a time leaves it idle; not on a CPU, where a forward pass has no optimizer or autograd
-    work to share and the stacked layers measured slower than the loop
-    (``scripts/benchmarks/zoo_throughput.py --eval``, 2 cores: 64 ResNet-20 on the digits
-    test split 3.31 s stacked vs 0.80 s one at a time, 64 MLPs 0.020 s vs 0.012 s; a timed
-    probe on a small batch picked the wrong path, one on the real batch costs more than it
-    saves)."""
-    return len(states) > 1 and x.device.type == "cuda"
-
-
-def _forward_fn(arch: str, states: list[dict], x: torch.Tensor, batched: bool | None):
-    """All models on one batch, ``[n, b, C]``: with ``batched`` (None: :func:`eval_batched`)
-    stacked along channels (built-in architectures), else under vmap; else (or unbatched)
-    one model at a time. Returns the function and the largest batch it takes."""
-    if batched is None:
-        batched = eval_batched(arch, states, x)
-    device, n = x.device, len(states)
-    base = build(arch).to("meta").eval()
-    if batched and n > 1 and not unsupported(base):
-        stack = Stack(base, n)
-        tensors = stack.stack(states, device)
-        return (lambda xb: stack.forward(tensors, xb, False, shared=True)), \
-            _eval_batch(base, n, x, 2048)
-    if batched and n > 1:
-        try:
-            stacked = {k: torch.stack([s[k] for s in states]).to(device) for k in states[0]}
-            fwd = vmap(lambda s, xb: functional_call(base, s, (xb,)), in_dims=(0, None))
-            fwd(stacked, x[:1])
-            return (lambda xb: fwd(stacked, xb)), 2048
-        except Exception:  # noqa: BLE001 - fall back to one model at a time
-            pass
-    on_device = [{k: v.to(device) for k, v in s.items()} for s in states]
-    return (lambda xb: torch.stack([functional_call(base, s, (xb,)) for s in on_device])), 2048
-
-
-@torch.no_grad()
-def recalibrate(arch: str, states: list[dict], x: torch.Tensor, batch_size: int = 256
-                ) -> list[dict]:
-    """``states`` with every BatchNorm's running statistics recomputed on ``x`` (a train
-    sample, never test), as :func:`~weightspace.functional.recalibrated` does one model at
-    a time (cumulative average over batches of ``batch_size``), for many models of a
-    built-in architecture in one stacked forward per batch where evaluation runs models
-    together (:func:`eval_batched`). Models without BatchNorm come back as they are."""
-    base = build(arch).to("meta")
-    if not states or not has_batchnorm(base):
-        return list(states)
-    if unsupported(base) or not eval_batched(arch, states, x):
-        net = build(arch)
-        return [recalibrated(net, s, x) for s in states]
-    # models per stacked pass: as many as keep one activation under EVAL_ELEMENTS floats
-    chunk = _eval_batch(base, 1, x, EVAL_ELEMENTS) // batch_size or 1
-    out = []
-    for lo in range(0, len(states), chunk):
-        part = states[lo:lo + chunk]
-        stack = Stack(base, len(part))
-        p = stack.stack(part, x.device)
-        for k, v in p.items():  # reset_running_stats
-            if k.endswith("running_mean") or k.endswith("num_batches_tracked"):
-                v.zero_()
-            elif k.endswith("running_var"):
-                v.fill_(1.0)
-        for i, b in enumerate(range(0, len(x), batch_size), 1):  # momentum None: 1 / i
-            stack.forward(p, x[b:b + batch_size], True, shared=True, momentum=1.0 / i)
-        out += stack.unstack(p)
-    return out
-
-
-@torch.no_grad()
-def logits(arch: str, states: list[dict], x: torch.Tensor, batch: int = 2048) -> torch.Tensor:
-    """``[models, examples, classes]``: every model's outputs on ``x`` (eval mode), run as
-    :func:`evaluate` runs them (stacked, else vmap, else one at a time)."""
-    fwd, cap = _forward_fn(arch, states, x, None)
-    batch = min(batch, cap)
-    return torch.cat([fwd(x[lo:lo + batch]) for lo in range(0, len(x), batch)], 1)
-
-
-@torch.no_grad()
-def evaluate(arch: str, states: list[dict], x: torch.Tensor, y: torch.Tensor,
-             batch: int = 2048, batched: bool | None = None
-             ) -> tuple[list[float], list[float]]:
-    """Loss and accuracy of each model (eval mode) on (x, y).
-
-    ``batched`` True: all models at once (built-in architectures stacked along channels,
-    one grouped layer for all models; others under ``vmap`` if it can); False: one model
-    at a time; None: the default of :func:`eval_batched` (together on a GPU only).
-    """
-    n = len(states)
-    fwd, cap = _forward_fn(arch, states, x, batched)
-    batch = min(batch, cap)
-    loss_sum = torch.zeros(n, dtype=torch.float64)
-    correct = torch.zeros(n, dtype=torch.long)
-    for lo in range(0, len(y), batch):
-        xb, yb = x[lo:lo + batch], y[lo:lo + batch]
-        out = fwd(xb)                                                # [n, b, C]
-        ce = F.cross_entropy(out.flatten(0, 1).float(), yb.repeat(n), reduction="none")
-        loss_sum += ce.view(n, -1).sum(1).double().cpu()
-        correct += (out.argmax(-1) == yb).sum(1).cpu()
-    m = max(len(y), 1)
-    return (loss_sum / m).tolist(), (correct.double() / m).tolist()
-
-
-def metrics(arch: str, states: list[dict], data, device, splits=("train", "val", "test"),
-            batched: bool | None = None) -> list[dict]:
-    """Per-model ``{split}_loss`` / ``{split}_acc`` (train on its first TRAIN_EVAL_MAX)."""
-    out = [{} for _ in states]
-    for split in splits:
-        x, y = data[split]
-        if split == "train":
-            x, y = x[:TRAIN_EVAL_MAX], y[:TRAIN_EVAL_MAX]
-        losses, accs = evaluate(arch, states, x.to(device), y.to(device), batched=batched)
-        for o, lo, a in zip(out, losses, accs):
-            o[f"{split}_loss"] = lo if math.isfinite(lo) else None
-            o[f"{split}_acc"] = a
-    return out

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models import ACTIVATIONS, MLP, VGG, BasicBlock, LayerNorm2d, ResNet20
+from .models import ACTIVATIONS, MLP, VGG, BasicBlock, LayerNorm2d, ResNet20
 
 _PLAIN = (nn.Flatten, nn.Identity, nn.Dropout, nn.MaxPool2d, nn.Sequential, BasicBlock,
           nn.Linear, *ACTIVATIONS.values())
