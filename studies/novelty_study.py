@@ -1,19 +1,19 @@
 """Novelty study: sampling / fitting knobs that move generated networks away from single zoo
 models, every knob chosen on the validation split (test only reported).
 
-Stages (families as in scripts/generate_families.py, same directory layout):
+Stages (families as in studies/generate_families.py, same directory layout):
 
     # zoo + canonical zoo (wm, barycenter) + the README generator, reused when present
-    .venv/bin/python scripts/novelty_study.py prepare --family resnet20
+    .venv/bin/python studies/novelty_study.py prepare --family resnet20
     # the README recipe through sample_zoo + audit: reference row and the noise curve
-    .venv/bin/python scripts/novelty_study.py baseline --family resnet20
+    .venv/bin/python studies/novelty_study.py baseline --family resnet20
     # the knob sweep (val acc / val novelty / test acc / test novelty / margin / eff. models)
-    .venv/bin/python scripts/novelty_study.py sweep --family resnet20 [--n 64]
+    .venv/bin/python studies/novelty_study.py sweep --family resnet20 [--n 64]
     # sampling within 20 passes per network: ODE solver and steps x guidance x mix
-    .venv/bin/python scripts/novelty_study.py sweep --family resnet20 --tag budget
+    .venv/bin/python studies/novelty_study.py sweep --family resnet20 --tag budget
     # another generator of the family (e.g. fitted with condition="train_loss"), recipes
     # given as JSON ("target": "min" asks a loss condition for the zoo's best)
-    .venv/bin/python scripts/novelty_study.py sweep --family resnet20 --gen gen_wm_trainloss \
+    .venv/bin/python studies/novelty_study.py sweep --family resnet20 --gen gen_wm_trainloss \
         --tag trainloss --recipes '[{"ode": "euler", "steps": 1, "w": 2.0, "target": "min"}]'
 
 Every row also has novelty on noisy copies of 1024 train inputs (``aug0.5`` / ``aug1``:

@@ -2,8 +2,8 @@
 pairs of independently trained 3x512 digits MLPs (the issue's target: with --restarts 5 the
 test-loss barrier is at most 0.01 on at least 4 of 5 pairs).
 
-    .venv/bin/python scripts/restarts_study.py [--pairs 5] [--restarts 5] [--epochs 10]
-    .venv/bin/python scripts/restarts_study.py --methods am ste   # other methods, same pairs
+    .venv/bin/python studies/restarts_study.py [--pairs 5] [--restarts 5] [--epochs 10]
+    .venv/bin/python studies/restarts_study.py --methods am ste   # other methods, same pairs
 
 The restart is chosen on a train subset (lowest midpoint loss); the test barrier of every
 restart is printed as well, to show how much the random group order matters. rebasin (the

@@ -2,7 +2,7 @@
 the ensemble (averaged logits) of the same models. Test accuracy on the dataset's test
 split; everything the merges select on uses train / validation only.
 
-    .venv/bin/python scripts/merge_many_study.py --out runs/merge_many
+    .venv/bin/python studies/merge_many_study.py --out runs/merge_many
 """
 from __future__ import annotations
 

@@ -5,8 +5,8 @@ dataset, then the test-loss barrier of their linear interpolation is measured wi
 alignment, after weight matching and after STE. Writes a table, ``width_sweep.json`` and
 ``width_sweep.png`` to ``--out``.
 
-    .venv/bin/python scripts/lmc_width_sweep.py --out runs/width_sweep
-    .venv/bin/python scripts/lmc_width_sweep.py --dataset 'fashion-mnist?train_size=10000'
+    .venv/bin/python studies/lmc_width_sweep.py --out runs/width_sweep
+    .venv/bin/python studies/lmc_width_sweep.py --dataset 'fashion-mnist?train_size=10000'
 """
 from __future__ import annotations
 

@@ -5,8 +5,8 @@ version (conditioned on validation accuracy), samples without guidance and with 
 towards the zoo's best validation accuracy (weight chosen on validation), and audits each
 sample zoo against its training zoo on test. Prints one table.
 
-    .venv/bin/python scripts/generate_study.py --out runs/generate_study
-    .venv/bin/python scripts/generate_study.py --arch mlp:784-128-128-10 \\
+    .venv/bin/python studies/generate_study.py --out runs/generate_study
+    .venv/bin/python studies/generate_study.py --arch mlp:784-128-128-10 \\
         --dataset 'fashion-mnist?train_size=10000' --out runs/generate_fashion
 """
 from __future__ import annotations

@@ -10,8 +10,8 @@ accuracy, novelty (mean max IoU; the zoo's leave-one-out), the margin above the 
 for generated models and for the zoo, L2 to the nearest zoo model, the effective number of
 zoo models a sample mixes, and seconds to fit and to sample 100.
 
-    .venv/bin/python scripts/generate_families.py --family resnet20 --out runs/families
-    .venv/bin/python scripts/generate_families.py --family all --out runs/families
+    .venv/bin/python studies/generate_families.py --family resnet20 --out runs/families
+    .venv/bin/python studies/generate_families.py --family all --out runs/families
 """
 from __future__ import annotations
 
