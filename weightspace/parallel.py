@@ -98,9 +98,11 @@ class Progress:
     def step(self, models: int, steps: int, losses: torch.Tensor):
         if self.bar is None:
             return
+        # float steps of models / steps can sum past the total; tqdm then warns (clamping)
+        step = max(0.0, min(models / steps, self.bar.total - self.bar.n))
         self.done += models / steps
         self.calls += 1
-        self.bar.update(models / steps)
+        self.bar.update(step)
         if self.calls % 25 == 1:  # reading the loss syncs a GPU: not every step
             rate = 60 * self.done / max(time.perf_counter() - self.start, 1e-9)
             self.bar.set_postfix_str(f"loss {float(losses.float().nanmean()):.4f}, "

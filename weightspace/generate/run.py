@@ -118,6 +118,131 @@ class RunResult(Result):
     seconds: float
 
 
+class _Stages:
+    """The run directory's stages and their notes: each stage says what it does, is
+    skipped when its outputs are complete (checked against the inputs), and clears the
+    out-of-date outputs of later stages when it runs again."""
+
+    def __init__(self, out: Path, log):
+        self.out, self.log, self.notes, self.stale = out, log, {}, False
+        self.canon, self.gen = out / "canonical", out / "generator"
+        self.smp, self.rep = out / "samples", out / "report"
+
+    def note(self, i: int, name: str, text: str) -> None:
+        self.notes[name] = text
+        self.log(f"[{i}/{len(STAGES)}] {name}: {text}")
+
+    def begin(self, i: int, name: str, text: str) -> None:
+        """A stage starts: say so, and make sure the run directory exists."""
+        self.log(f"[{i}/{len(STAGES)}] {name}: {text}")
+        make_dir(self.out)
+
+    def done(self, i: int, name: str, t: float, details: str = "") -> None:
+        """A stage finished: its time and ``details``; later stages are now out of date."""
+        self.note(i, name, f"done in {time.perf_counter() - t:.1f} s{details}")
+        self.stale = True
+
+    def fresh(self, path: Path, why: str) -> float:
+        """A stage's clock; its outputs go when an earlier stage has just run again."""
+        if self.stale:
+            self.clear(path, why)
+        return time.perf_counter()
+
+    def clear(self, path: Path, why: str) -> None:
+        if path.exists():
+            shutil.rmtree(path)
+            self.log(f"      removed out-of-date {path} ({why})")
+
+
+def _canonicalize(st: _Stages, zoo_dir, manifest: dict, seed: int, data_root, progress):
+    """Stage 1: the zoo as it is when its manifest records a canonicalization, else weight
+    matching to the barycenter into ``canonical/``. Returns the canonicalize report (None
+    when skipped)."""
+    record = manifest.get("canonicalization")
+    if isinstance(record, dict):
+        st.canon = Path(zoo_dir)
+        st.note(1, "canonicalize", f"skipped: {zoo_dir} is canonical already "
+                                   f"({record.get('method')} to {record.get('reference')})")
+        return None
+    if Zoo(st.canon).exists():
+        rec = Zoo(st.canon).read().get("canonicalization") or {}
+        if not isinstance(rec.get("source"), str) or not _same_dir(rec["source"], zoo_dir):
+            raise ZooError(f"{st.canon} holds the canonical zoo of {rec.get('source')!r}, not "
+                           f"of {zoo_dir}; use another output directory or remove {st.canon}")
+        st.note(1, "canonicalize", f"skipped: {st.canon} is done (wm to the barycenter)")
+        return None
+    t = time.perf_counter()
+    st.begin(1, "canonicalize", f"weight matching to the barycenter -> {st.canon}")
+    from ..canonicalize.zoo import canonicalize_zoo
+    rep = canonicalize_zoo(zoo_dir, st.canon, "wm", "barycenter", data_root=data_root,
+                           seed=seed, progress=progress)
+    st.done(1, "canonicalize", t, f" (RMS L2 to the barycenter "
+                                  f"{rep['l2_to_barycenter_before']:.3f} -> "
+                                  f"{rep['l2_to_barycenter_after']:.3f})")
+    return rep
+
+
+def _fit(st: _Stages, s: FlowSettings, pca, condition, progress) -> FitResult:
+    """Stage 2: the generator in ``generator/`` (resumed when interrupted)."""
+    t = st.fresh(st.gen, "the canonical zoo was rebuilt")
+    cfg = _finished_fit(st.gen, st.canon, s, pca, condition)
+    if cfg is not None:
+        st.note(2, "fit", f"skipped: {st.gen} is fitted ({s.steps} steps)")
+        return FitResult(out=str(st.gen), models=cfg.get("models"),
+                         dim=(cfg.get("encoding") or {}).get("dim"),
+                         train_seconds=cfg.get("train_seconds"),
+                         defaults=cfg.get("defaults", {}), skipped=True)
+    st.begin(2, "fit", f"{s.steps} steps on {st.canon} -> {st.gen}")
+    fit = fit_generator(st.canon, st.gen, s, pca=pca, condition=condition, progress=progress)
+    resumed = f", resumed from step {fit.resumed_from}" if fit.resumed_from else ""
+    st.done(2, "fit", t, f" ({fit.models} models, code dim {fit.dim}{resumed}); "
+                         f"{describe_defaults(fit.defaults)}")
+    return fit
+
+
+def _sample(st: _Stages, n: int, seed: int, ss: SampleSettings, data_root) -> SampleResult:
+    """Stage 3: ``n`` networks in ``samples/``."""
+    t = st.fresh(st.smp, "the generator was refitted")
+    m = _finished_samples(st.smp, st.gen, n, seed, ss)
+    if m is not None:
+        sm, g = m["settings"], m.get("generation") or {}
+        st.note(3, "sample", f"skipped: {st.smp} holds {n} samples")
+        return SampleResult(out=str(st.smp), n=n, condition=sm.get("condition"),
+                            method=sm.get("method"), steps=sm.get("steps"),
+                            guidance=sm.get("guidance"), mix=sm.get("mix", 1),
+                            guidance_val_acc=sm.get("guidance_val_acc"),
+                            guidance_choice=sm.get("guidance_choice"),
+                            defaults=sm.get("defaults", {}), nfe=g.get("nfe"),
+                            network_passes=g.get("network_passes"), seconds=g.get("seconds"),
+                            seconds_per_model=g.get("seconds_per_model"), skipped=True)
+    st.clear(st.smp, "left unfinished")  # model files of an interrupted sampling
+    st.begin(3, "sample", f"{n} networks -> {st.smp}")
+    res = sample_zoo(st.gen, st.smp, n, seed=seed, data_root=data_root, settings=ss)
+    st.done(3, "sample", t, f" ({solver_name(res.method, res.steps)}, guidance "
+                            f"{res.guidance:g}, mix {res.mix}, mean test acc "
+                            f"{res.mean_test_acc:.4f}); {describe_defaults(res.defaults)}")
+    return res
+
+
+def _audit(st: _Stages, ensemble: int, seed: int, data_root) -> dict:
+    """Stage 4: the audit in ``report/``."""
+    t = st.fresh(st.rep, "the samples were redrawn")
+    if (st.rep / "report.md").is_file() and (st.rep / "report.json").is_file():
+        try:
+            report = json.loads((st.rep / "report.json").read_text())
+        except ValueError as e:
+            raise ZooError(f"{st.rep / 'report.json'}: not valid JSON ({e}); remove "
+                           f"{st.rep} to audit again") from None
+        st.note(4, "audit", f"skipped: {st.rep} is written")
+        return report
+    st.begin(4, "audit", f"{st.smp} against {st.canon} -> {st.rep}")
+    from .audit import audit
+    report = audit(st.smp, st.canon, ensemble, seed=seed, data_root=data_root,
+                   out_dir=st.rep).to_json()
+    st.done(4, "audit", t)
+    return report
+
+
 def run_generation(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
                    sampling: SampleSettings | None = None, pca: bool | None = None,
                    condition: str | None = AUTO, n: int = 100, seed: int = 0,
@@ -130,7 +255,7 @@ def run_generation(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
     :func:`fit_generator`'s, ``sampling`` :func:`sample_zoo`'s, ``ensemble`` the audit's.
     Unset, each follows the measured recipe (the defaults of each stage, printed and
     recorded). ``log`` gets one line per stage (default: stderr when ``progress``). The
-    parameters are the stages' own, passed through; they are validated before any work."""
+    parameters are the stages' own, passed through; all are validated before any work."""
     t0 = time.perf_counter()
     out = check_output(out_dir, "dir")
     ss = _sampling(sampling, overrides)
@@ -149,117 +274,15 @@ def run_generation(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
         raise ZooError(f"{zoo_dir}: the zoo has no finished models")
     first = src.model_path(entries[0]["id"])
     state, arch, _ = read_checkpoint(first)
-    check_state(build(arch), state, str(first))  # user code only with --allow-code
-    canon, gen, smp, rep = out / "canonical", out / "generator", out / "samples", out / "report"
-    stages, stale = {}, False
-
-    def note(i, name, text):
-        stages[name] = text
-        log(f"[{i}/{len(STAGES)}] {name}: {text}")
-
-    def done(i, name, t, details=""):
-        """A stage finished: its time and ``details``; later stages are now out of date."""
-        note(i, name, f"done in {time.perf_counter() - t:.1f} s{details}")
-        return True
-
-    def fresh(path: Path, why: str) -> float:
-        """A stage's clock; its outputs go when an earlier stage has just run again."""
-        if stale:
-            clear(path, why)
-        return time.perf_counter()
-
-    def begin(i, name, text):
-        """A stage starts: say so, and make sure the run directory exists."""
-        log(f"[{i}/{len(STAGES)}] {name}: {text}")
-        make_dir(out)
-
-    def clear(path: Path, why: str):
-        if path.exists():
-            shutil.rmtree(path)
-            log(f"      removed out-of-date {path} ({why})")
-
-    # 1. canonicalize -------------------------------------------------------------------
-    t = time.perf_counter()
-    record = manifest.get("canonicalization")
-    canon_rep = None
-    if isinstance(record, dict):
-        canon = Path(zoo_dir)
-        note(1, "canonicalize", f"skipped: {zoo_dir} is canonical already "
-                                f"({record.get('method')} to {record.get('reference')})")
-    elif Zoo(canon).exists():
-        rec = Zoo(canon).read().get("canonicalization") or {}
-        if not isinstance(rec.get("source"), str) or not _same_dir(rec["source"], zoo_dir):
-            raise ZooError(f"{canon} holds the canonical zoo of {rec.get('source')!r}, not of "
-                           f"{zoo_dir}; use another output directory or remove {canon}")
-        note(1, "canonicalize", f"skipped: {canon} is done (wm to the barycenter)")
-    else:
-        begin(1, "canonicalize", f"weight matching to the barycenter -> {canon}")
-        from ..canonicalize.zoo import canonicalize_zoo
-        canon_rep = canonicalize_zoo(zoo_dir, canon, "wm", "barycenter", data_root=data_root,
-                                     seed=seed, progress=progress)
-        stale = done(1, "canonicalize", t, f" (RMS L2 to the barycenter "
-                                           f"{canon_rep['l2_to_barycenter_before']:.3f} -> "
-                                           f"{canon_rep['l2_to_barycenter_after']:.3f})")
-
-    # 2. fit ----------------------------------------------------------------------------
-    t = fresh(gen, "the canonical zoo was rebuilt")
-    cfg = _finished_fit(gen, canon, s, pca, condition)
-    if cfg is not None:
-        fit = FitResult(out=str(gen), models=cfg.get("models"),
-                        dim=(cfg.get("encoding") or {}).get("dim"),
-                        train_seconds=cfg.get("train_seconds"),
-                        defaults=cfg.get("defaults", {}), skipped=True)
-        note(2, "fit", f"skipped: {gen} is fitted ({s.steps} steps)")
-    else:
-        begin(2, "fit", f"{s.steps} steps on {canon} -> {gen}")
-        fit = fit_generator(canon, gen, s, pca=pca, condition=condition, progress=progress)
-        resumed = f", resumed from step {fit['resumed_from']}" if fit["resumed_from"] else ""
-        stale = done(2, "fit", t, f" ({fit['models']} models, code dim {fit['dim']}{resumed}); "
-                                  f"{describe_defaults(fit['defaults'])}")
-
-    # 3. sample -------------------------------------------------------------------------
-    t = fresh(smp, "the generator was refitted")
-    m = _finished_samples(smp, gen, n, seed, ss)
-    if m is not None:
-        st, g = m["settings"], m.get("generation") or {}
-        smp_res = SampleResult(out=str(smp), n=n, condition=st.get("condition"),
-                               method=st.get("method"), steps=st.get("steps"),
-                               guidance=st.get("guidance"), mix=st.get("mix", 1),
-                               guidance_val_acc=st.get("guidance_val_acc"),
-                               guidance_choice=st.get("guidance_choice"),
-                               defaults=st.get("defaults", {}), nfe=g.get("nfe"),
-                               network_passes=g.get("network_passes"),
-                               seconds=g.get("seconds"),
-                               seconds_per_model=g.get("seconds_per_model"), skipped=True)
-        note(3, "sample", f"skipped: {smp} holds {n} samples")
-    else:
-        clear(smp, "left unfinished")  # model files of an interrupted sampling
-        begin(3, "sample", f"{n} networks -> {smp}")
-        smp_res = sample_zoo(gen, smp, n, seed=seed, data_root=data_root, settings=ss)
-        stale = done(3, "sample", t, f" ({solver_name(smp_res['method'], smp_res['steps'])}, "
-                                     f"guidance {smp_res['guidance']:g}, "
-                                     f"mix {smp_res['mix']}, mean test acc "
-                                     f"{smp_res['mean_test_acc']:.4f}); "
-                                     f"{describe_defaults(smp_res['defaults'])}")
-
-    # 4. audit --------------------------------------------------------------------------
-    t = fresh(rep, "the samples were redrawn")
-    if (rep / "report.md").is_file() and (rep / "report.json").is_file():
-        try:
-            report = json.loads((rep / "report.json").read_text())
-        except ValueError as e:
-            raise ZooError(f"{rep / 'report.json'}: not valid JSON ({e}); remove {rep} to "
-                           f"audit again") from None
-        note(4, "audit", f"skipped: {rep} is written")
-    else:
-        begin(4, "audit", f"{smp} against {canon} -> {rep}")
-        from .audit import audit
-        report = audit(smp, canon, ensemble, seed=seed, data_root=data_root, out_dir=rep)
-        done(4, "audit", t)
-    return RunResult(out=str(out), canonical=str(canon), generator=str(gen),
-                     samples=str(smp), report=str(rep / "report.md"), stages=stages,
-                     canonicalize=canon_rep, fit=fit, sample=smp_res,
-                     audit=report.to_json() if hasattr(report, "to_json") else report,
+    check_state(build(arch), state, str(first))  # user code only with allow_code
+    st = _Stages(out, log)
+    canon_rep = _canonicalize(st, zoo_dir, manifest, seed, data_root, progress)
+    fit = _fit(st, s, pca, condition, progress)
+    smp = _sample(st, n, seed, ss, data_root)
+    report = _audit(st, ensemble, seed, data_root)
+    return RunResult(out=str(out), canonical=str(st.canon), generator=str(st.gen),
+                     samples=str(st.smp), report=str(st.rep / "report.md"), stages=st.notes,
+                     canonicalize=canon_rep, fit=fit, sample=smp, audit=report,
                      seconds=time.perf_counter() - t0)
 
 

@@ -113,6 +113,21 @@ def _write(zoo: Zoo, codes, enc, arch, data, record: dict) -> tuple[list[dict], 
     return entries, seconds
 
 
+def _choose(options: list[Setting], draw, enc, arch: str, data, n: int, guided: bool,
+            zoo_err):
+    """(chosen, validation accuracy by option, record): the only option, or the one
+    :func:`~.choose.sweep` picks on the validation split."""
+    if len(options) == 1:
+        return options[0], None, None
+
+    def measure(codes):
+        drawn = recalibrated_states([enc.decode(x) for x in codes], arch, data,
+                                    SWEEP_CALIBRATION)
+        return errors(arch, drawn, *data["val"])
+    n_sweep = sweep_samples(n, sum(math.prod(sh) for sh in enc.shapes))
+    return sweep(options, lambda st, k: draw(st, k)[0], measure, n_sweep, guided, zoo_err)
+
+
 def sample_zoo(gen_dir, out_dir, n: int, steps: int | None = None, method: str | None = None,
                seed: int = 0, data_root=None, condition: float | str | None = AUTO,
                guidance: float | str | None = None, mix: int | str | None = None, *,
@@ -128,7 +143,9 @@ def sample_zoo(gen_dir, out_dir, n: int, steps: int | None = None, method: str |
     on :func:`~.choose.sweep_samples` networks per setting. The test split never chooses.
     ``condition`` steers a conditional generator (a value, ``"max"`` / ``"min"`` /
     ``"mean"``, or ``"none"``); not passed: the zoo's best value. Each default taken is in
-    the result's and the manifest's ``defaults``, with the value chosen."""
+    the result's and the manifest's ``defaults``, with the value chosen. (The settings are
+    also separate parameters, as before :class:`~.config.SampleSettings`, so that existing
+    callers keep working; that is why this function takes so many.)"""
     check_n(n)
     ss = settings or SampleSettings(method=method, steps=steps, guidance=guidance, mix=mix,
                                     condition=condition)
@@ -150,20 +167,11 @@ def sample_zoo(gen_dir, out_dir, n: int, steps: int | None = None, method: str |
         return sample(model, count, st.steps, st.method, seed=seed, cond=c,
                       guidance=st.guidance)
 
-    def measure(codes):
-        drawn = recalibrated_states([enc.decode(x) for x in codes], arch, data,
-                                    SWEEP_CALIBRATION)
-        return errors(arch, drawn, *data["val"])
-
     options = candidates(SOLVER_GRID if ss.solver_auto else (ss.solver,),
                          GUIDANCE_GRID if guidance == AUTO else (guidance,),
                          MIX_GRID if mix == AUTO else (mix,), c is not None)
-    chosen, val_acc, choice = options[0], None, None
-    if len(options) > 1:
-        n_sweep = sweep_samples(n, sum(math.prod(sh) for sh in enc.shapes))
-        chosen, val_acc, choice = sweep(
-            options, lambda st, k: draw(st, k)[0], measure, n_sweep, c is not None,
-            load_zoo_errors(Path(gen_dir), len(data["val"][1])))
+    chosen, val_acc, choice = _choose(options, draw, enc, arch, data, n, c is not None,
+                                      load_zoo_errors(Path(gen_dir), len(data["val"][1])))
     method, steps, guidance, mix = chosen
     for name, value in (("guidance", guidance), ("mix", mix),
                         ("solver", solver_name(method, steps))):
