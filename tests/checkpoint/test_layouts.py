@@ -193,6 +193,21 @@ def test_bad_inputs_give_one_line_and_write_nothing(tmp_path, state):
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
 
+def test_half_precision_is_kept_and_dtype_overrides(tmp_path, state):
+    from weightspace.canonicalize.files import align_checkpoints
+    half = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
+    a, b = tmp_path / "a.safetensors", tmp_path / "b"
+    save_checkpoint(a, half, REF)
+    save_checkpoint(b, half, REF)
+    align_checkpoints(a, b, tmp_path / "o.safetensors")
+    with open_checkpoint(tmp_path / "o.safetensors") as ck:
+        assert {ck.dtype(k) for k in ck.keys()} == {torch.bfloat16, torch.int64}
+    align_checkpoints(a, b, tmp_path / "o32", dtype=torch.float32)
+    with open_checkpoint(tmp_path / "o32") as ck:
+        assert {ck.dtype(k) for k in ck.keys()} == {torch.float32, torch.int64}
+        assert ck.arch == REF and (tmp_path / "o32" / "README.md").is_file()
+
+
 def test_writer_leaves_nothing_on_error_and_keeps_foreign_directories(tmp_path):
     out = tmp_path / "o"
     with pytest.raises(RuntimeError):

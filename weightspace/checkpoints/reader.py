@@ -290,8 +290,9 @@ def _prefix_candidates(keys: list[str]) -> list[str]:
 _EXPECTED: dict[str, dict] = {}
 
 
-def expected_keys(ref: str, allow_code: bool = False) -> dict:
-    """Name -> dtype of the state dict ``ref`` builds (built on the meta device: no memory)."""
+def expected_shapes(ref: str, allow_code: bool = False) -> dict:
+    """Name -> (shape, dtype) of the state dict ``ref`` builds, in the model's order (built
+    on the meta device: no memory for the weights)."""
     if ref not in _EXPECTED:
         from ..arch import build
         try:
@@ -299,8 +300,13 @@ def expected_keys(ref: str, allow_code: bool = False) -> dict:
                 model = build(ref, allow_code=allow_code)
         except (RuntimeError, NotImplementedError):  # an init that needs real data
             model = build(ref, allow_code=allow_code)
-        _EXPECTED[ref] = {k: v.dtype for k, v in model.state_dict().items()}
+        _EXPECTED[ref] = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
     return _EXPECTED[ref]
+
+
+def expected_keys(ref: str, allow_code: bool = False) -> dict:
+    """Name -> dtype of the state dict ``ref`` builds."""
+    return {k: dt for k, (_, dt) in expected_shapes(ref, allow_code).items()}
 
 
 def arch_from_config(cfg: dict | None, path) -> str | None:
