@@ -88,11 +88,16 @@ def canonical_safetensors(blob: bytes) -> bytes:
     return len(text).to_bytes(8, "little") + text + blob[8 + n:]
 
 
-def read_checkpoint(path: str | Path, arch: str | None = None):
+def read_checkpoint(path: str | Path, arch: str | None = None, float32: bool = True):
     """``(state_dict, arch, meta)`` from a checkpoint in any layout (:func:`open_checkpoint`);
-    ``arch`` for files that carry none (or to override the one they carry)."""
+    ``arch`` for files that carry none (or to override the one they carry). Floating
+    tensors come as float32 (arithmetic runs in float32; :func:`open_checkpoint` gives the
+    stored precision) unless ``float32`` is false."""
     with open_checkpoint(path, arch) as ck:
-        return _state_of(ck), ck.arch, ck.meta
+        state = _state_of(ck)
+        if float32:
+            state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+        return state, ck.arch, ck.meta
 
 
 def _state_of(ck: LazyCheckpoint) -> dict:

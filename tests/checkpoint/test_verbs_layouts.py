@@ -93,3 +93,22 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path):
     r = _cli("merge", good, good, "--method", "mean", "--out", tmp_path / "o",
              "--max-shard-size", "lots", cwd=tmp_path)
     assert r.returncode == 2 and "max_shard_size" in r.stderr and not (tmp_path / "o").exists()
+
+
+def test_zoo_import_and_eval_from_hub_dirs_and_lightning_keep_precision(tmp_path):
+    from weightspace.zoo.evaluation import evaluate_zoo
+    from weightspace.zoo.importer import import_zoo
+    ref = "mlp:64-32-10"
+    torch.manual_seed(0)
+    s0 = {k: v.to(torch.float16) for k, v in build(ref).state_dict().items()}
+    save_checkpoint(tmp_path / "hub", s0, ref, max_shard_size="5KB")
+    torch.save({"state_dict": {f"model.{k}": v for k, v in build(ref).state_dict().items()},
+                "epoch": 2}, tmp_path / "run.ckpt")
+    res = import_zoo([tmp_path / "hub", tmp_path / "run.ckpt"], tmp_path / "zoo", arch=ref,
+                     dataset="digits")
+    assert res["models"] == 2 and any("'model.'" in n for n in res["notes"])
+    with open_checkpoint(tmp_path / "zoo" / "models" / "hub.safetensors") as ck:
+        assert ck.dtype("1.weight") == torch.float16 and torch.equal(ck.get("1.weight"),
+                                                                     s0["1.weight"])
+    ev = evaluate_zoo(tmp_path / "zoo")
+    assert len(ev["models"]) == 2 and 0 <= ev["mean_test_acc"] <= 1
