@@ -357,5 +357,6 @@ def arch_from_config(cfg: dict | None, path) -> str | None:
         if not isinstance(v, (bool, int, float, str)):
             raise CheckpointError(f"{path}: config.json model_args {k!r} = {v!r} cannot be "
                                   f"written as an architecture option; pass --arch")
-        query.append(f"{quote(k, safe='')}={quote(str(v).lower() if isinstance(v, bool) else str(v), safe='')}")
+        text = str(v).lower() if isinstance(v, bool) else str(v)
+        query.append(f"{quote(k, safe='')}={quote(text, safe='')}")
     return f"timm:{name}" + ("?" + "&".join(query) if query else "")

@@ -19,8 +19,8 @@ def add_parser(sub) -> None:
     p.add_argument("--reference", default="barycenter",
                    help="a model id, or 'barycenter' (default; wm / transfusion)")
     p.add_argument("--out", required=True,
-                   help="the canonical zoo directory (new): models/ID.safetensors in the "
-                        "inputs' precision, perms/ID.safetensors, a manifest")
+                   help="the canonical zoo directory (new): models/ID.safetensors "
+                        "(float32), perms/ID.safetensors, a manifest")
     p.add_argument("--max-rounds", type=POSITIVE, default=20, help="barycenter rounds (20)")
     p.add_argument("--tol", type=float_range(0, 1), default=1e-3,
                    help="barycenter: stop when the RMS distance improves by less (1e-3)")
