@@ -64,14 +64,16 @@ def checkpoint_metadata(arch: str, meta: dict | None = None) -> dict:
 
 def save_checkpoint(path: str | Path, model: nn.Module | dict, arch: str,
                     meta: dict | None = None, dtypes: dict | None = None, **layout) -> None:
-    """Write a model (or state dict) with its architecture reference and metadata;
+    """Write a model (or state dict, or ``(name, tensor)`` pairs: streamed) with its
+    architecture reference and metadata;
     ``dtypes``: name -> dtype each floating tensor is cast to on write (kept: the inputs'
     precision), ``layout``: ``dtype`` (overrides), ``max_shard_size``, ``config``, ``card``
     for a directory ``path``."""
     state = model.state_dict() if isinstance(model, nn.Module) else model
+    pairs = state.items() if hasattr(state, "items") else state  # or (name, tensor) pairs
     dtypes = dtypes or {}
     with CheckpointWriter(path, checkpoint_metadata(arch, meta), **layout) as w:
-        for k, v in state.items():
+        for k, v in pairs:
             w.add(k, v, dtype=dtypes.get(k))
 
 

@@ -219,4 +219,5 @@ def test_writer_leaves_nothing_on_error_and_keeps_foreign_directories(tmp_path):
         CheckpointWriter(out)
     save_tensors(tmp_path / "p", {"a": torch.ones(2)}, max_shard_size="1GB")
     save_tensors(tmp_path / "p", {"a": torch.zeros(2)}, max_shard_size="1GB")  # replaced
-    assert torch.equal(open_checkpoint(tmp_path / "p").get("a"), torch.zeros(2))
+    with open_checkpoint(tmp_path / "p") as ck:
+        assert torch.equal(ck.get("a"), torch.zeros(2))

@@ -112,3 +112,16 @@ def test_zoo_import_and_eval_from_hub_dirs_and_lightning_keep_precision(tmp_path
                                                                      s0["1.weight"])
     ev = evaluate_zoo(tmp_path / "zoo")
     assert len(ev["models"]) == 2 and 0 <= ev["mean_test_acc"] <= 1
+
+
+def test_permuted_tensors_stream_what_apply_returns():
+    from weightspace.symmetry import apply, random_perms, symmetry_of
+    from weightspace.symmetry.structure import permuted_tensors
+    model = build(REF).eval()
+    spec = symmetry_of(model, torch.randn(1, 3, 32, 32), check=False)
+    perms = random_perms(spec, seed=3)
+    whole = apply(spec, perms, model.state_dict())
+    streamed = dict(permuted_tensors(spec, perms, model.state_dict()))
+    assert whole.keys() == streamed.keys()
+    assert all(torch.equal(whole[k], streamed[k]) for k in whole)
+    assert not all(torch.equal(whole[k], model.state_dict()[k]) for k in whole)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from ..checkpoint import check_checkpoint_out, load_models, peak_rss_mb, write_model
 from ..device import resolve_device
-from ..symmetry import apply, spec as discover_spec
+from ..symmetry import spec as discover_spec
+from ..symmetry.structure import permuted_tensors
 from ..zoo.datasets import dataset_of
 from .registry import get_align_method
 from .restarts import align_with_restarts
@@ -35,7 +36,7 @@ def align_checkpoints(a, b, out, method: str = "wm", arch: str | None = None,
     meta = {**mb.weightspace_meta, "aligned": {"to": str(a), "method": method,
                                               "l2_before": rep.l2_before,
                                               "l2_after": rep.l2_after}}
-    written = write_model(out, apply(spec, perms, B), mb, meta, dtype, max_shard_size,
+    written = write_model(out, permuted_tensors(spec, perms, B), mb, meta, dtype, max_shard_size,
                           card=f"B ({b}) permuted into the basin of A ({a}) by `{method}` "
                                f"alignment.")
     notes = [n for m in (ma, mb) for n in m.weightspace_notes]
