@@ -8,8 +8,8 @@ from pathlib import Path
 from ..canonicalize.methods import ALIGN_METHODS
 from ..merge.methods import MERGE_METHODS
 from ..merge.registry import BN_MODES, MergeError, get_merge_method
-from .options import (SEED, allow_code, arch_override, device, int_range, method_flags,
-                      method_options, restarts)
+from .options import (SEED, allow_code, arch_override, checkpoint_output, device, int_range,
+                      method_flags, method_options, reads_help, restarts, verbose)
 
 MAX_POINTS = 1001
 
@@ -20,12 +20,16 @@ def _pairs(text: str):
     return int_range(1, 10**7)(text)
 
 
-def _common(p, out_help: str) -> None:
+def _common(p, out_help: str | None) -> None:
     """The flags lmc and merge share: seed, restarts, output, JSON, --arch, --allow-code."""
     p.add_argument("--seed", type=SEED, default=0)
     restarts(p)
     device(p)
-    p.add_argument("--out", required=True, help=out_help)
+    if out_help is None:
+        checkpoint_output(p, "the merged checkpoint, in the first input's precision")
+    else:
+        p.add_argument("--out", required=True, help=out_help)
+        verbose(p)
     p.add_argument("--json", action="store_true")
     arch_override(p)
     allow_code(p)
@@ -36,8 +40,9 @@ def add_parser(sub) -> None:
                        description="Interpolate A and B (or every pair of a zoo), report loss "
                                    "and accuracy barriers on train and test before and after "
                                    "alignment, with diagnostics and plots.")
-    p.add_argument("models", nargs="*", metavar="CKPT", help="two checkpoints A B")
-    p.add_argument("--zoo", help="a zoo: pairwise barrier matrix instead of one pair")
+    p.add_argument("models", nargs="*", metavar="CKPT", help=reads_help("two checkpoints A B"))
+    p.add_argument("--zoo", help="a zoo (its .safetensors models): pairwise barrier matrix "
+                                 "instead of one pair")
     p.add_argument("--pairs", type=_pairs, default="all",
                    help="with --zoo: 'all' or a number of random pairs (default all)")
     p.add_argument("--dataset", help="default: the dataset in A's metadata")
@@ -53,15 +58,18 @@ def add_parser(sub) -> None:
     m = sub.add_parser("merge", help="merge several checkpoints into one",
                        description="Merge checkpoints of one architecture: plain mean, "
                                    "MergeMany or multi-model STE, optionally with REPAIR or a "
-                                   "BatchNorm reset on the train split.")
-    m.add_argument("models", nargs="+", metavar="CKPT")
+                                   "BatchNorm reset on the train split. --method mean "
+                                   "without post-processing streams: one tensor per input "
+                                   "in memory at a time.")
+    m.add_argument("models", nargs="+", metavar="CKPT",
+                   help=reads_help("checkpoints of one architecture"))
     method_flags(m, MERGE_METHODS, get_merge_method, "mergemany")
     post = m.add_mutually_exclusive_group()
     post.add_argument("--repair", action="store_true", help="REPAIR the merged model")
     post.add_argument("--bn-reset", action="store_true", help="recompute BN statistics")
     m.add_argument("--dataset", help="default: the dataset in the first checkpoint's metadata")
     m.add_argument("--data-root")
-    _common(m, "merged checkpoint (.safetensors)")
+    _common(m, None)
 
 
 def _notes(res: dict) -> None:
@@ -81,6 +89,8 @@ def run_lmc(args) -> int:
                           arch=args.arch, dataset=args.dataset, data_root=args.data_root,
                           seed=args.seed, restarts=args.restarts, device=args.device)
     _notes(res)
+    if args.verbose:
+        print(f"peak memory (RSS): {res['peak_rss_mb']:.0f} MB", file=sys.stderr)
     if args.json:
         print(json.dumps(res, indent=1))
         return 0
@@ -118,6 +128,8 @@ def _pairwise(args) -> int:
     result = barrier_matrix(args.zoo, args.out, args.align, args.points, args.bn, args.pairs,
                             dataset=args.dataset, data_root=args.data_root, seed=args.seed,
                             restarts=args.restarts, device=args.device)
+    if args.verbose:
+        print(f"peak memory (RSS): {result['peak_rss_mb']:.0f} MB", file=sys.stderr)
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
@@ -138,9 +150,12 @@ def run_merge(args) -> int:
     from ..merge.files import merge_checkpoints
     rep = merge_checkpoints(args.models, args.out, args.method, post, arch=args.arch,
                             dataset=args.dataset, data_root=args.data_root, seed=args.seed,
-                            restarts=args.restarts, device=args.device,
+                            restarts=args.restarts, device=args.device, dtype=args.dtype,
+                            max_shard_size=args.max_shard_size,
                             **method_options(args, get_merge_method))
     _notes(rep)
+    from .align_cmd import print_written
+    print_written(rep, args)
     if args.json:
         print(json.dumps(rep, indent=1))
         return 0
