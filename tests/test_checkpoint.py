@@ -67,7 +67,7 @@ def test_not_safetensors_is_a_clear_error(tmp_path, model):
 def test_pt_state_dicts_need_arch_and_load_without_unpickling_code(tmp_path, model):
     pt = tmp_path / "m.pt"
     torch.save(model.state_dict(), pt)
-    with pytest.raises(CheckpointError, match="--arch"):
+    with pytest.raises(CheckpointError, match="`arch`"):
         load_model(pt)
     again = load_model(pt, arch=REF)
     assert torch.equal(again.fc.weight, model.fc.weight)
@@ -85,7 +85,7 @@ def test_pt_state_dicts_need_arch_and_load_without_unpickling_code(tmp_path, mod
 def test_metadata_without_arch_needs_arch(tmp_path, model):
     path = tmp_path / "noarch.safetensors"
     save_file(dict(model.state_dict()), str(path))
-    with pytest.raises(CheckpointError, match="--arch"):
+    with pytest.raises(CheckpointError, match="`arch`"):
         load_model(path)
     assert load_model(path, arch=REF) is not None
 
