@@ -14,6 +14,7 @@ from weightspace.generate import (Encoding, EncodingError, TokenVelocity, Veloci
 from weightspace.generate.config import EVIDENCE, GenerateError
 from weightspace.generate.config import GUIDANCE_GRID, PASS_BUDGET, SOLVER_GRID, solver_name
 from weightspace.generate import pipeline
+from weightspace.generate.choose import choose_by_bound
 from weightspace.generate.pipeline import (MIX_GRID, candidates, choose_guidance,
                                            load_zoo_states)
 from weightspace.generate.run import run_generation
@@ -230,12 +231,12 @@ def test_conditional_generator_pipeline(tiny_zoo, tmp_path, monkeypatch):
     assert all(g["passes"] <= PASS_BUDGET for g in choice["grid"])
     assert choice["networks_per_setting"] == pipeline.sweep_samples(int(
         m["n"]), 1) == min(int(m["n"]), pipeline.SWEEP_SAMPLES)
-    sweep = {key: g["val_acc"] for key, g in grid.items()}
+    diff = {key: g["val_acc_vs_zoo"] for key, g in grid.items()}
+    lower = {key: g["val_acc_lower_bound"] for key, g in grid.items()}
     novelty = {key: g["val_novelty"] for key, g in grid.items()}
-    novelty = None if None in novelty.values() else novelty
     passes = {key: g["passes"] for key, g in grid.items()}
-    assert (m["method"], m["steps"], m["guidance"], m["mix"]) == choose_guidance(
-        sweep, novelty, choice["novelty_limit"],
+    assert (m["method"], m["steps"], m["guidance"], m["mix"]) == choose_by_bound(
+        diff, lower, novelty, choice["novelty_limit"],
         cost=lambda k: (passes[k], k[2], k[3]))[0]
     assert m["defaults"]["mix"]["chosen"] == m["mix"]
     assert m["defaults"]["solver"]["chosen"] == solver_name(m["method"], m["steps"])

@@ -1,14 +1,16 @@
 """The sampling settings chosen on the validation split: every combination of ODE solver,
 guidance weight and mix within the pass budget (:func:`candidates`), each measured on a
 few networks (:func:`sweep_samples`) for validation accuracy and novelty, and the rule that
-picks one (:func:`choose_setting`). The test split never chooses."""
+picks one (:func:`choose_by_bound`: the most novel setting whose accuracy is within the
+target of the zoo's with confidence; :func:`choose_setting` without the zoo's errors). The
+test split never chooses."""
 from __future__ import annotations
 
 from typing import NamedTuple
 
 import torch
 
-from .config import ACC_TOLERANCE, PASS_BUDGET, passes
+from .config import ACC_TARGET, ACC_TOLERANCE, CONFIDENCE_Z, PASS_BUDGET, passes
 
 NOVELTY_SLACK = 0.05  # samples may be this much less novel than independently trained nets
 
@@ -41,6 +43,46 @@ def choose_setting(acc: dict, novelty: dict | None, limit: float | None, cost=No
              f"accuracy ({best:.4f}) among those with validation novelty <= {limit:.3f}")
     return min(acc, key=lambda k: (novelty[k], pos(k))), \
         f"nothing reached validation novelty <= {limit:.3f}: the most novel"
+
+
+def accuracy_bound(wrong: torch.Tensor, zoo_wrong: torch.Tensor,
+                   z: float = CONFIDENCE_Z) -> tuple[float, float]:
+    """(difference, lower bound): the mean accuracy of the networks of ``wrong`` [M, n]
+    minus the zoo's (``zoo_wrong`` [N, n]) on the same n examples, and its one-sided lower
+    confidence bound. Paired by example (both err on the hard ones), so the bound is
+    ``mean(d) - z * std(d) / sqrt(n)`` with ``d`` the per-example difference of the share
+    of networks that are right."""
+    d = (1 - wrong.double().mean(0)) - (1 - zoo_wrong.double().mean(0))
+    n = d.numel()
+    se = float(d.std(unbiased=True)) / n ** 0.5 if n > 1 else float("inf")
+    return float(d.mean()), float(d.mean()) - z * se
+
+
+def choose_by_bound(diff: dict, lower: dict, novelty: dict, limit: float,
+                    target: float = ACC_TARGET, cost=None):
+    """The setting to sample with, from validation measurements: ``diff[k]`` / ``lower[k]``
+    the accuracy difference with the zoo and its lower confidence bound
+    (:func:`accuracy_bound`), ``novelty[k]`` the mean max IoU of the samples' errors with
+    the zoo's, ``limit`` the zoo's leave-one-out novelty plus :data:`NOVELTY_SLACK`.
+
+    Accurate means ``lower >= -target``. Among the accurate settings that are novel enough
+    (``novelty <= limit``), the most novel; if none is novel enough, the most novel
+    accurate one; if none is accurate, the one with the highest lower bound. Ties go to the
+    smaller ``cost(key)``. Returns ``(key, rule)``."""
+    pos = cost or (lambda k: k)
+    accurate = [k for k in diff if lower[k] >= -target]
+    both = [k for k in accurate if novelty[k] <= limit]
+    if both:
+        return min(both, key=lambda k: (novelty[k], -lower[k], pos(k))), \
+            (f"the most novel on validation among those accurate (accuracy lower bound "
+             f"within {target:g} of the zoo's) and novel enough (novelty <= {limit:.3f})")
+    if accurate:
+        return min(accurate, key=lambda k: (novelty[k], -lower[k], pos(k))), \
+            (f"nothing both accurate and novel enough (novelty <= {limit:.3f}): the most "
+             f"novel accurate one")
+    return min(diff, key=lambda k: (-lower[k], novelty[k], pos(k))), \
+        (f"nothing accurate (accuracy lower bound within {target:g} of the zoo's): the "
+         f"highest lower bound")
 
 
 class Setting(NamedTuple):
@@ -104,7 +146,7 @@ def sweep(options: list[Setting], draw, measure, n_sweep: int, guided: bool,
     decoded networks. ``zoo_err`` [N, n_val] is where each zoo model errs (None: no
     novelty, the best accuracy wins). Returns ``(chosen, val_acc by option, record)``."""
     from .novelty import max_iou
-    acc, novelty, groups = {}, {}, {}
+    acc, novelty, diff, lower, groups = {}, {}, {}, {}, {}
     for o in options:
         groups.setdefault(o._replace(mix=1), []).append(o.mix)
     for base, ks in groups.items():
@@ -115,14 +157,23 @@ def sweep(options: list[Setting], draw, measure, n_sweep: int, guided: bool,
             acc[o] = 1.0 - float(wrong.float().mean())
             if zoo_err is not None:
                 novelty[o] = float(max_iou(wrong, zoo_err).mean())
-    limit = None if zoo_err is None else \
-        float(max_iou(zoo_err, zoo_err, leave_one_out=True).mean()) + NOVELTY_SLACK
-    chosen, rule = choose_setting(acc, novelty or None, limit,
-                                  cost=lambda o: (o.passes(guided) or 0, o.guidance, o.mix))
+                diff[o], lower[o] = accuracy_bound(wrong, zoo_err)
+
+    def cost(o):
+        return (o.passes(guided) or 0, o.guidance, o.mix)
+    if zoo_err is None:
+        limit = None
+        chosen, rule = choose_setting(acc, None, None, cost=cost)
+    else:
+        limit = float(max_iou(zoo_err, zoo_err, leave_one_out=True).mean()) + NOVELTY_SLACK
+        chosen, rule = choose_by_bound(diff, lower, novelty, limit, cost=cost)
     record = {"rule": rule, "novelty_limit": limit, "pass_budget": PASS_BUDGET,
-              "accuracy_tolerance": ACC_TOLERANCE, "networks_per_setting": n_sweep,
+              "accuracy_target": ACC_TARGET, "confidence_z": CONFIDENCE_Z,
+              "networks_per_setting": n_sweep,
+              "zoo_val_acc": None if zoo_err is None else 1 - float(zoo_err.float().mean()),
               "grid": [{"method": o.method, "steps": o.steps, "guidance": o.guidance,
                         "mix": o.mix, "passes": o.passes(guided), "val_acc": a,
+                        "val_acc_vs_zoo": diff.get(o), "val_acc_lower_bound": lower.get(o),
                         "val_novelty": novelty.get(o)} for o, a in acc.items()]}
     return chosen, acc, record
 

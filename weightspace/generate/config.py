@@ -39,6 +39,13 @@ PASS_BUDGET = 20  # velocity-network passes per generated network, for settings 
 # Validation accuracies this close count as equal when choosing, and the more novel setting
 # wins (docs/results.md, "Sampling settings").
 ACC_TOLERANCE = 0.005
+# The accuracy target of a generator: its samples' mean accuracy within this of the zoo's.
+# The choice on validation accepts a setting when the one-sided lower confidence bound
+# (z below) of its paired accuracy difference with the zoo, over the validation examples,
+# is within the target: on a small validation split one example is a large step, and a
+# setting that only looks accurate by that noise is not taken.
+ACC_TARGET = 0.01
+CONFIDENCE_Z = 1.645  # one-sided 95%
 
 
 class GenerateError(WeightspaceError):
