@@ -108,10 +108,8 @@ def eval_batched(arch: str, states: list[dict], x: torch.Tensor) -> bool:
     """Whether evaluation runs ``states`` together by default: on a GPU, where one model at
     a time leaves it idle; not on a CPU, where a forward pass has no optimizer or autograd
     work to share and the stacked layers measured slower than the loop
-    (``scripts/benchmarks/zoo_throughput.py --eval``, 2 cores: 64 ResNet-20 on the digits
-    test split 3.31 s stacked vs 0.80 s one at a time, 64 MLPs 0.020 s vs 0.012 s; a timed
-    probe on a small batch picked the wrong path, one on the real batch costs more than it
-    saves)."""
+    (``scripts/benchmarks/zoo_throughput.py --eval``; docs/results.md). A timed probe on a
+    small batch picked the wrong path, and one on the real batch costs more than it saves."""
     return len(states) > 1 and x.device.type == "cuda"
 
 

@@ -1,8 +1,7 @@
 """The verified spec a zoo already carries, instead of discovering it again.
 
-Discovery traces the model and verification runs it under random permutations: 0.45 s for
-``resnet20``, 1.9 s for timm's ``resnet18`` on this machine, paid by every verb that reads
-a zoo. A canonical zoo keeps the verified spec it was canonicalized with (``spec.json``,
+Discovery traces the model and verification runs it under random permutations, a cost
+every verb that reads a zoo would pay (docs/results.md). A canonical zoo keeps the verified spec it was canonicalized with (``spec.json``,
 written by ``canonicalize``); :func:`zoo_spec` reads it back when it is for the same
 architecture, was written by this weightspace version (the canonicalization record's),
 passed verification and fits the models' parameter shapes, and discovers the spec
