@@ -9,7 +9,7 @@ PY=${PY:-.venv/bin/python}
 [ -x "$PY" ] || PY=python
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
 # tests that exercise a device (the CUDA parameters run only where CUDA is)
-timeout 900 "$PY" -m pytest -q -x tests/test_device.py tests/test_stacked.py \
+timeout 900 "$PY" -m pytest -q -x tests/core/test_device.py tests/zoo/test_stacked.py \
     > "$OUT/tests.txt" 2>&1; echo "tests rc=$?" | tee -a "$OUT/tests.txt"
 # zoo training throughput on the GPU (in-process cases), and alignment costs on the GPU
 timeout 900 "$PY" scripts/benchmarks/zoo_throughput.py --device cuda --case mlp --case resnet \

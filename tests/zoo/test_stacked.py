@@ -15,7 +15,7 @@ from weightspace.stacked import Stack, unsupported
 from weightspace.functional import recalibrated
 from weightspace.zoo.train import batched_impl, choose_path, evaluate, init_model, recalibrate
 
-from .conftest import rel_diff
+from ..conftest import rel_diff
 
 BN = "resnet20?width=1&in_chans=1"
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

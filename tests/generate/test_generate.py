@@ -9,7 +9,7 @@ import torch
 
 from weightspace.checkpoint import load_model
 from weightspace.cli.main import main
-from weightspace.generate import (Encoding, EncodingError, TokenVelocity, Velocity, audit,
+from weightspace.generate import (Encoding, TokenVelocity, Velocity, audit,
                                   fit_generator, sample, sample_zoo, train_flow)
 from weightspace.generate.config import EVIDENCE, GenerateError
 from weightspace.generate.config import GUIDANCE_GRID, PASS_BUDGET, SOLVER_GRID, solver_name
@@ -299,7 +299,7 @@ def test_fit_under_accelerate_with_two_processes(tiny_zoo, tmp_path):
            "--dynamo_backend", "no", "--main_process_port", str(port),
            "-m", "weightspace.cli.main", "generate", "fit", str(tiny_zoo), "--out", str(gen),
            "--steps", "20", "--pca", "--width", "16", "--depth", "1", "--no-progress"]
-    run = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env=env,
+    run = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[2], env=env,
                          capture_output=True, text=True, timeout=1800)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("fitted a generator on 6 models") == 2  # one line per rank

@@ -16,9 +16,9 @@ from weightspace.cli.main import main
 from weightspace.zoo import (HParams, TrainError, Zoo, ZooError, load_dataset, metrics,
                              train_batched, train_sequential, train_zoo)
 
-from .conftest import rel_diff
+from ..conftest import rel_diff
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
 MLP = "mlp:64-16-10"
 BN = "resnet20?width=1&in_chans=1"

@@ -10,7 +10,7 @@ from weightspace.symmetry import (Spec, SpecError, apply, invert, load_spec, ran
                                   symmetry_of, verify, verify_and_repair)
 from weightspace.symmetry.axes import STRUCTURAL
 
-from .conftest import rel_diff
+from ..conftest import rel_diff
 
 # (reference, input shape, expected permutable fraction of hidden units, feature checks)
 BUILTINS = [

@@ -20,7 +20,7 @@ from weightspace import __version__
 from weightspace.merge.files import barrier_matrix
 from weightspace.zoo import HParams, Zoo, ZooError, load_dataset, train_zoo
 
-from .conftest import rel_diff
+from ..conftest import rel_diff
 
 VIT = "timm:vit_tiny_patch16_224?img_size=32&patch_size=4&depth=2"
 DEIT = "timm:deit_tiny_patch16_224?img_size=32&patch_size=4&depth=2"
@@ -270,7 +270,7 @@ def test_accelerate_two_processes_identical_to_one(digits_zoo, tmp_path):
     import subprocess
     import sys
 
-    from .test_zoo import ROOT, _free_port, files
+    from ..zoo.test_zoo import ROOT, _free_port, files
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     args = ["canonicalize", str(digits_zoo), "--no-progress", "--max-rounds", "3"]
     one = subprocess.run([sys.executable, "-m", "weightspace.cli.main", *args, "--out",
