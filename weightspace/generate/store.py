@@ -63,32 +63,6 @@ def load_zoo_states(zoo_dir) -> tuple[dict, list[dict], list[dict], str]:
     return m, entries, states, arch
 
 
-def _flat(prefix: str, d: dict, out: dict, meta: dict) -> None:
-    """Optimizer state dict -> tensors + JSON (no pickling)."""
-    for k, v in d.items():
-        key = f"{prefix}/{k}"
-        if isinstance(v, torch.Tensor):
-            out[key] = v
-        elif isinstance(v, dict):
-            _flat(key, v, out, meta)
-        else:
-            meta[key] = v
-
-
-def _unflat(prefix: str, tensors: dict, meta: dict) -> dict:
-    out: dict = {}
-    for src in (tensors, meta):
-        for k, v in src.items():
-            if not k.startswith(prefix + "/"):
-                continue
-            parts = k[len(prefix) + 1:].split("/")
-            d = out
-            for p in parts[:-1]:
-                d = d.setdefault(int(p) if p.isdigit() else p, {})
-            d[int(parts[-1]) if parts[-1].isdigit() else parts[-1]] = v
-    return out
-
-
 def flatten_state(prefix: str, d: dict, out: dict, meta: dict) -> None:
     """Optimizer state dict -> tensors + JSON (no pickling)."""
     for k, v in d.items():

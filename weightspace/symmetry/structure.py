@@ -275,22 +275,7 @@ def layout_index(layout, perms: Perms, parents: dict[str, str | None]) -> torch.
 
 def apply(spec: Spec, perms: Perms, state_dict: dict) -> dict:
     """A new state dict with every group's permutation applied to its members."""
-    _check_perms(spec, perms)
-    parents = {g.name: g.parent for g in spec.groups}
-    sizes = spec.group_sizes
-    out = dict(state_dict)
-    cache: dict = {}
-    for member, layout in spec.layouts.items():
-        key, axis = parse_member(member)
-        if key not in out:
-            raise SpecError(f"state dict has no tensor {key!r} (spec member {member!r})")
-        t = out[key]
-        if t.dim() <= axis or t.shape[axis] != layout_size(layout, sizes):
-            raise SpecError(f"{key}: shape {list(t.shape)} does not fit spec member {member!r}")
-        if layout not in cache:
-            cache[layout] = layout_index(layout, perms, parents)
-        out[key] = t.index_select(axis, cache[layout].to(t.device))
-    return out
+    return dict(permuted_tensors(spec, perms, state_dict))
 
 
 def permuted_tensors(spec: Spec, perms: Perms, state_dict: dict):
