@@ -162,7 +162,7 @@ def build(ref: str, allow_code: bool = False) -> nn.Module:
             return torchvision.models.get_model(r.name, weights=None, **r.kwargs)
         if not allow_code:
             raise ArchError(f"{ref!r} names user code; refusing to import it (pass "
-                            "--allow-code, or allow_code=True in Python, if you trust it)")
+                            "`allow_code=True` if you trust it)")
         module, _, factory = r.name.partition(":")
         try:
             fn = getattr(importlib.import_module(module), factory)

@@ -219,7 +219,7 @@ def check_checkpoint_out(out, dtype=None, max_shard_size=None) -> Path:
         return check_output(out, "file")
     p = check_output(out, "dir")
     if p.exists() and not _replaceable(p):
-        raise CheckpointError(f"--out {out}: exists and holds files other than a "
+        raise CheckpointError(f"`out` {out}: exists and holds files other than a "
                               f"checkpoint's; choose a new directory")
     return p
 

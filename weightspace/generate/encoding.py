@@ -22,6 +22,10 @@ time, so a decode touches the basis once and never holds it (or the zoo) in memo
 ``mix`` [N, k] (the Gram eigenvectors ``U``) expresses a code as a combination of the
 zoo models: ``w = 1/N + mix @ code / sqrt(N - 1)`` (sum 1), and the zoo's own codes are
 ``sqrt(N - 1) * mix``.
+
+This module is the codec alone (about 400 lines: the two fits, encode / decode and the
+file format belong together); the basis on disk is :mod:`.pca`, the hand-written
+safetensors I/O :mod:`.rawio`.
 """
 from __future__ import annotations
 
@@ -46,6 +50,8 @@ _CHUNK = 1 << 18             # elements per model read at once when streaming th
 class Encoding:
     def __init__(self, arch: str, keys, shapes, mean, std, ints, center=None, basis=None,
                  scale=None, mix=None):
+        """The fields of a saved encoding, one parameter each (``load`` and the fits build
+        it; users call those)."""
         self.arch, self.keys, self.shapes = arch, list(keys), [tuple(s) for s in shapes]
         self.mean, self.std = mean.double(), std.double()      # [tensors]
         self.ints = ints                                        # key -> int tensor

@@ -227,7 +227,8 @@ def train_flow(codes: torch.Tensor, settings: FlowSettings | None = None, *,
     drops it with probability ``p_uncond`` so the same network also learns the
     unconditional field (classifier-free guidance). Each step: draw data, noise and times,
     couple noise to data (minibatch OT), regress the straight path's velocity, update the
-    EMA.
+    EMA. (One loop with its resume state and callbacks: splitting it would pass the same
+    nine things between the pieces.)
 
     Returns ``(ema_model, training_state)`` where the state holds the raw and EMA weights,
     optimizer state and step, for :func:`train_flow` to resume from. ``until`` stops after

@@ -4,6 +4,9 @@ A rule receives the op's concrete arguments (tensors, ints), the axis labels of 
 arguments (same nesting, ``None`` for non-tensors) and the concrete result, and returns the
 labels of the result. Rules *unify* axes that must move together and *fix* axes the op does
 not allow to move. An op without a rule is opaque: everything it touches is fixed.
+
+(Long by design: one small rule function per modelled op, the registry the CLI lists with
+``spec --ops``; a rule is found by its op's name, not by reading the file.)
 """
 from __future__ import annotations
 
