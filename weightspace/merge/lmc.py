@@ -23,7 +23,7 @@ from ..features import feature_stats
 from ..functional import has_batchnorm, lerp_states, loss_acc, recalibrated, scratch
 from ..symmetry.structure import Spec, apply
 from .registry import BN_MODES, LMCError
-from .repair import repair, repairable
+from .repair import BN_ONLY_NOTE, bn_only, repair, repairable
 
 TRAIN_EVAL = 2048   # train examples the curve is measured on
 CALIB = 2048        # train examples BN reset / REPAIR calibrate on
@@ -124,6 +124,8 @@ def lmc(spec: Spec, model: nn.Module, A: dict, B: dict, data, align_method: str 
     model, A, B, data = placed(device, model, A, B, data)
     out = {"points": points, "bn": bn, "align": align_method,
            "unaligned": curve(spec, model, A, B, data, points, bn)}
+    if bn == "repair" and bn_only(spec, model):
+        out["notes"] = [BN_ONLY_NOTE]
     if align_method != "none":
         perms, rep, runs, candidates = align_with_restarts(
             spec, A, B, align_method, restarts, model=model, data=data, seed=seed, **align_kw)

@@ -21,7 +21,7 @@ from .lmc import CALIB
 from .mergemany import mergemany_perms
 from .methods import METHODS
 from .registry import POST, LMCError, get_merge_method
-from .repair import repair, repairable
+from .repair import BN_ONLY_NOTE, bn_only, repair, repairable
 from .ste import ste_perms
 
 
@@ -54,6 +54,8 @@ def merge(spec: Spec, model: nn.Module, states: list[dict], method: str = "merge
     runs = []
     for k in range(restarts):
         report = {"method": method, "post": post, "models": len(states)}
+        if post == "repair" and bn_only(spec, model):
+            report["notes"] = [BN_ONLY_NOTE]
         perms = m.fn(spec, model, states, data, seed + k, report, **options)
         aligned = [apply(spec, p, s) for p, s in zip(perms, states)]
         merged = _post(spec, model, aligned, post, data)
