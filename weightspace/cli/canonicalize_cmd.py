@@ -15,7 +15,8 @@ def add_parser(sub) -> None:
                                    "permutations are stored so each original is recoverable.")
     p.add_argument("zoo", metavar="ZOO_DIR")
     p.add_argument("--reference", default="barycenter",
-                   help="a model id, or 'barycenter' (default; wm / transfusion)")
+                   help="a model id, or 'barycenter' (default; for am / ste: the mean of the "
+                        "aligned zoo, BatchNorm recalibrated, until no permutation changes)")
     p.add_argument("--out", required=True, help="the canonical zoo directory (new)")
     p.add_argument("--max-rounds", type=POSITIVE, default=20, help="barycenter rounds (20)")
     p.add_argument("--tol", type=float_range(0, 1), default=1e-3,
