@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -63,12 +64,48 @@ def canonicalize_zoo(zoo_dir, out_dir, method: str = "wm", reference: str = "bar
     distance kept; with ``reference=ID`` each model's match is the best of that many (lowest
     train midpoint loss when the method reads data, else lowest L2). ``device``: where
     the matching runs (:mod:`weightspace.device`; ``"auto"``: CUDA when there is one)."""
-    t0 = time.perf_counter()
-    if method not in METHODS:
-        raise ZooError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
     src, dst = Zoo(zoo_dir), Zoo(out_dir)
     if Path(out_dir).resolve() == Path(zoo_dir).resolve():
         raise ZooError("--out must differ from the input zoo (the input is never modified)")
+    if dst.exists() and not force:
+        raise ZooError(f"{out_dir} already holds a zoo; pass --force to replace it")
+    c = canonical_states(zoo_dir, method, reference, data_root, seed, max_rounds, tol,
+                         progress, restarts, device, **method_kw)
+    if c.report["main_process"]:
+        _write(src, dst, c.manifest, c.entries, c.loaded, c.states, c.perms, c.spec,
+               c.report, force)
+    current_shard().wait()
+    return c.report
+
+
+@dataclass
+class Canonical:
+    """A zoo canonicalized in memory: its manifest and finished entries, the checkpoints as
+    read (``loaded``: state, arch, meta), the aligned ``states`` (on the device), the
+    permutation of each model, the spec, the model and data the method used (None when it
+    reads none), and the report."""
+
+    manifest: dict
+    entries: list[dict]
+    loaded: list
+    states: list[dict]
+    perms: dict
+    spec: Spec
+    model: object
+    data: object
+    report: dict
+
+
+def canonical_states(zoo_dir, method: str = "wm", reference: str = "barycenter",
+                     data_root=None, seed: int = 0, max_rounds: int = 20, tol: float = 1e-3,
+                     progress: bool = True, restarts: int = 1, device="auto",
+                     **method_kw) -> Canonical:
+    """:func:`canonicalize_zoo` without writing: the zoo's finished models permuted into
+    one basin, in memory (the mixability probe reads them)."""
+    t0 = time.perf_counter()
+    if method not in METHODS:
+        raise ZooError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
+    src = Zoo(zoo_dir)
     manifest = src.read()
     entries = finished(manifest)
     if len(entries) < 2:
@@ -77,8 +114,6 @@ def canonicalize_zoo(zoo_dir, out_dir, method: str = "wm", reference: str = "bar
     if reference != "barycenter" and reference not in ids:
         raise ZooError(f"--reference {reference!r}: no finished model with that id in "
                        f"{zoo_dir} (ids: {', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})")
-    if dst.exists() and not force:
-        raise ZooError(f"{out_dir} already holds a zoo; pass --force to replace it")
     dev = resolve_device(device)
     loaded = [read_checkpoint(src.model_path(i)) for i in ids]
     states = [s for s, _, _ in loaded]
@@ -134,10 +169,7 @@ def canonicalize_zoo(zoo_dir, out_dir, method: str = "wm", reference: str = "bar
               "history": history, "seconds": time.perf_counter() - t0,
               "matching_seconds": t_match,
               "device": str(dev), "main_process": sh.is_main}
-    if sh.is_main:
-        _write(src, dst, manifest, entries, loaded, aligned, perms, spec, report, force)
-    sh.wait()
-    return report
+    return Canonical(manifest, entries, loaded, aligned, perms, spec, model, data, report)
 
 
 def _match_shard(spec: Spec, targets: dict[int, dict], states, method, inits: dict, seed: int,
@@ -279,4 +311,4 @@ def restore(canon_dir, model_id: str) -> dict:
     return apply(spec, invert(spec, perms), state)
 
 
-__all__ = ["barycenter_perms", "canonicalize_zoo", "data_barycenter_perms", "restore"]
+__all__ = ["Canonical", "barycenter_perms", "canonical_states", "canonicalize_zoo", "data_barycenter_perms", "restore"]

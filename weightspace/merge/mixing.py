@@ -165,9 +165,13 @@ class MixabilityReport:
         """Mean validation accuracy of the mixtures (all sizes): higher is more mixable."""
         return statistics.fmean(self.mixture_mean(k) for k in self.mixtures)
 
+    def to_dict(self) -> dict:
+        """The fields and the derived numbers (singles' mean / min, loss, score)."""
+        return {**asdict(self), "single_mean": self.single_mean, "single_min": self.single_min,
+                "loss": self.loss, "score": self.score}
+
     def to_json(self) -> str:
-        return json.dumps({**asdict(self), "single_mean": self.single_mean,
-                           "single_min": self.single_min, "loss": self.loss}, indent=1)
+        return json.dumps(self.to_dict(), indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> "MixabilityReport":
@@ -216,6 +220,19 @@ def levers(method: str, correction: str, model: nn.Module, spec: Spec | None,
     return out or ["a zoo spawned later in training (zoo train --spawn-epoch K)"]
 
 
+def _subsets(n: int, k: int, draws: int, gen: torch.Generator) -> list[list[int]]:
+    """``draws`` random k-subsets of range(n), distinct while there are enough of them."""
+    out, seen = [], set()
+    total = math.comb(n, k)
+    while len(out) < draws:
+        idx = sorted(torch.randperm(n, generator=gen)[:k].tolist())
+        if tuple(idx) in seen and len(seen) < total:
+            continue
+        seen.add(tuple(idx))
+        out.append(idx)
+    return out
+
+
 @torch.no_grad()
 def mixability(states: list[dict], model: nn.Module, spec: Spec | None, data_val,
                data_train, correction: str = "auto", draws: int = DRAWS, seed: int = 0,
@@ -250,8 +267,7 @@ def mixability(states: list[dict], model: nn.Module, spec: Spec | None, data_val
             notes.append(f"mean of {k} skipped: the zoo has {n} models")
             continue
         accs = []
-        for _ in range(draws):
-            idx = torch.randperm(n, generator=gen)[:k].tolist()
+        for idx in _subsets(n, k, draws, gen):
             mixed = mix([states[i] for i in idx], [1.0 / k] * k, spec, how, x, net,
                         [stats[i] for i in idx] if stats is not None else None)
             accs.append(loss_acc(net, xv, yv, state=mixed)[1])
