@@ -169,3 +169,12 @@ def test_vgg_on_small_inputs_names_the_pools_option(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "pools=3" in err and "Output size" not in err and len(err.splitlines()) == 1
     assert not (tmp_path / "v").exists()
+
+
+def test_imported_untrained_model_is_recorded_as_failed(tmp_path, capsys):
+    from weightspace.checkpoint import save_checkpoint
+    p = tmp_path / "init.safetensors"
+    save_checkpoint(p, init_model(MLP, 0).state_dict(), MLP, {"dataset": "digits"})
+    assert main(["zoo", "import", str(p), "--out", str(tmp_path / "z")]) == 0
+    assert Zoo(tmp_path / "z").read()["models"][0]["status"] == "failed"
+    assert "1 of 1 model(s) ended near chance accuracy" in capsys.readouterr().err
