@@ -2,7 +2,7 @@
 
 :func:`probe_zoo` canonicalizes a zoo in memory (or takes a canonical zoo as it is) and
 runs :func:`.mixing.mixability` on its validation split; :func:`choose_canonicalization`
-does so for each candidate alignment method (wm, am, ste; TransFusion where the spec has
+does so for each candidate (the zoo as it is, wm, am, ste; TransFusion where the spec has
 attention heads) with the same draws and keeps the one whose mixtures are most accurate
 on validation data (never test), with every candidate's numbers recorded.
 """
@@ -19,7 +19,10 @@ from ..zoo.datasets import load_dataset
 from ..zoo.store import Zoo, ZooError, finished
 from .mixing import DRAWS, MIX_TARGET, SIZES, MixabilityReport, mixability
 
-CANDIDATES = ("wm", "am", "ste")  # + transfusion where the spec has attention heads
+# "none": the zoo as it is. Models that share an initialisation can be linearly connected as
+# they are while every alignment method permutes them out of that basin (units that moved
+# far from the shared start no longer look alike), so the unaligned zoo is a candidate too.
+CANDIDATES = ("none", "wm", "am", "ste")  # + transfusion where the spec has heads
 
 
 def _init_kind(manifest: dict) -> str | None:
@@ -91,7 +94,8 @@ def choose_canonicalization(zoo_dir, candidates: tuple[str, ...] | None = None,
     same draws, and pick the one whose mixtures reach the highest mean validation accuracy
     (ties: the earlier candidate, cheaper first). Returns the record a generator keeps:
     ``{"chosen", "rule", "candidates", "reports": {method: report dict}, "seconds"}``.
-    ``candidates`` default: wm, am, ste, and transfusion where the spec has heads;
+    ``candidates`` default: none (the zoo as it is), wm, am, ste, and transfusion where
+    the spec has heads;
     ``options``: a method's own options by method name (e.g. ``{"ste": {"steps": 100}}``)."""
     t0 = time.perf_counter()
     if candidates is None:
