@@ -51,6 +51,9 @@ def test_cli_probe_prints_the_table_and_writes_json(zoos, tmp_path, capsys):
     rep = json.loads(out.read_text())
     assert rep["method"] == "wm" and set(rep["mixtures"]) == {"2", "4"}
     assert not (zoos / "indep" / "probe.json").exists()
+    assert main(["canonicalize", str(zoos / "shared"), "--probe", "--as-is", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["method"] == "none" and rep["verdict"] == "mixable"
     assert main(["canonicalize", str(zoos / "indep")]) == 2
     assert "needs --out" in capsys.readouterr().err
 

@@ -26,6 +26,9 @@ def add_parser(sub) -> None:
                         "and 4 canonical models (corrected as generated samples are) "
                         "against single models, and say whether the zoo is mixable enough "
                         "to generate from; a canonical ZOO_DIR is probed as it is")
+    p.add_argument("--as-is", action="store_true",
+                   help="--probe: the models as they are, not aligned (e.g. a "
+                        "shared-initialisation zoo)")
     p.add_argument("--correction", choices=CORRECTIONS, default="auto",
                    help="--probe: the statistic correction of mixtures (auto: BN reset for "
                         "BatchNorm nets, REPAIR for LayerNorm / GroupNorm / no-norm nets)")
@@ -74,8 +77,8 @@ def _probe(args) -> int:
     if args.out is not None:
         check_output(args.out, "file")
     canonical = "canonicalization" in Zoo(args.zoo).read()
-    method = None if canonical else args.method
-    if canonical:
+    method = None if canonical else "none" if args.as_is else args.method
+    if canonical and not args.as_is:
         print("note: ZOO_DIR is canonical: probed as it is (--method not used)",
               file=sys.stderr)
     rep = probe_zoo(args.zoo, method, args.reference, args.correction, args.draws, args.seed,
