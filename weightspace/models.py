@@ -85,6 +85,20 @@ class VGG(nn.Module):
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c, num_classes)
+        self.pools = pools
+
+    def input_problem(self, shape: tuple[int, ...]) -> str | None:
+        """None if inputs of ``shape`` (``(C, H, W)``) fit; else why, naming the ``pools``
+        option that fixes it (each max-pool halves the input; torch's own error, "Output
+        size is too small", names neither)."""
+        side = min(shape[-2:])
+        if side >= 2 ** self.pools:
+            return None
+        fit = max(0, side.bit_length() - 1)  # the most halvings that leave >= 1 pixel
+        return (f"vgg11 with pools={self.pools} halves its input {self.pools} times and needs "
+                f"inputs of at least {2 ** self.pools}x{2 ** self.pools}, got "
+                f"{shape[-2]}x{shape[-1]}: pass the architecture option pools={fit} "
+                f"(e.g. vgg11?pools={fit})")
 
     def forward(self, x):
         return self.classifier(self.pool(self.features(x)).flatten(1))

@@ -290,5 +290,8 @@ def test_accelerate_two_processes_identical_to_one(tmp_path):
     assert "trained 4 model(s)" in two.stdout
     assert files(tmp_path / "one") == files(tmp_path / "two")
     m = Zoo(tmp_path / "two").read()
-    assert [e["status"] for e in m["models"]] == ["done"] * 4
+    # ten steps of a ResNet-20 may end near chance (recorded failed): finished either way
+    assert [e["status"] for e in m["models"]] == \
+        [e["status"] for e in Zoo(tmp_path / "one").read()["models"]]
+    assert all(e["status"] in ("done", "failed") for e in m["models"])
     assert [e["process"] for e in m["models"]] == [0, 1, 0, 1]  # chunk i -> process i % 2

@@ -15,5 +15,6 @@ lazy_package(__name__, {
     **dict.fromkeys(["ALIGN_METHODS", "METHODS", "AlignError", "activation_matching", "align",
                      "residual_families", "ste_matching", "transfusion_matching"], "methods"),
     "align_with_restarts": "restarts",
-    **dict.fromkeys(["canonicalize_zoo", "restore"], "zoo"),
+    **dict.fromkeys(["canonical_states", "canonicalize_zoo", "data_barycenter_perms",
+                     "restore"], "zoo"),
 })

@@ -3,14 +3,14 @@
 Weight matching is coordinate descent: the basin it ends in depends on the order in which
 it visits the groups. ``restarts=K`` runs seeds ``seed .. seed + K - 1`` and keeps, when
 data is given, the permutation whose midpoint ``(A + P(B)) / 2`` has the lowest loss on a
-*train* subset (BatchNorm recalibrated on the same subset), else the one with the highest
+*train* subset (BatchNorm recalibrate_state on the same subset), else the one with the highest
 matching objective (equivalently the lowest L2 distance to A). Validation and test are
 never used to choose.
 """
 from __future__ import annotations
 
 from ..device import placed
-from ..functional import lerp_states, loss_acc, recalibrated, scratch
+from ..functional import lerp_states, loss_acc, recalibrate_state, scratch
 from ..symmetry.structure import Perms, Spec, apply
 from .matching import MatchReport
 from .registry import AlignError, align
@@ -22,7 +22,7 @@ def midpoint_train_loss(spec: Spec, model, A: dict, B: dict, perms: Perms, data)
     """Loss of ``(A + P(B)) / 2`` on the first examples of the train split."""
     x, y = (t[:TRAIN_SUBSET] for t in data["train"])
     net = scratch(model)
-    mid = recalibrated(net, lerp_states(A, apply(spec, perms, B), 0.5), x)
+    mid = recalibrate_state(net, lerp_states(A, apply(spec, perms, B), 0.5), x)
     return loss_acc(net, x, y, state=mid)[0]
 
 

@@ -18,12 +18,12 @@ if TYPE_CHECKING:  # method files import torch only when they run (see registry.
 
 
 def _midpoint_loss(model, spec, A, B, perms, x, y, calib) -> float:
-    from ..functional import loss_acc, recalibrated
+    from ..functional import loss_acc, recalibrate_state
     from ..symmetry.structure import apply
     mid = {k: (v + w) / 2 if v.is_floating_point() else v
            for (k, v), w in zip(A.items(), apply(spec, perms, B).values())}
     if calib is not None:
-        mid = recalibrated(model, mid, calib)
+        mid = recalibrate_state(model, mid, calib)
     return loss_acc(model, x, y, state=mid)[0]
 
 

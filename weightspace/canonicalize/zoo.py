@@ -1,6 +1,12 @@
 """Canonicalize a whole zoo: every model into one basin, stored so each original is recoverable.
 
 * ``reference=ID`` aligns every model to that model (any method).
+* ``reference="barycenter"`` with a method that reads data (``am``, ``ste``): the
+  barycenter is a model one can run only once BatchNorm is recalibrated, so each round
+  takes the mean of the currently aligned zoo, recalibrates its BatchNorm on train data
+  (:func:`data_barycenter_perms`), and aligns every model to that mean model by the
+  method (activations of the mean model on train data); repeat until no permutation
+  changes (at most ``max_rounds``).
 * ``reference="barycenter"`` (MergeMany-style, weight-space methods): starting from every
   model aligned to the first one, every model is matched to the mean of all the *others*
   (given the current aligned zoo); repeat until the
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -57,12 +64,48 @@ def canonicalize_zoo(zoo_dir, out_dir, method: str = "wm", reference: str = "bar
     distance kept; with ``reference=ID`` each model's match is the best of that many (lowest
     train midpoint loss when the method reads data, else lowest L2). ``device``: where
     the matching runs (:mod:`weightspace.device`; ``"auto"``: CUDA when there is one)."""
-    t0 = time.perf_counter()
-    if method not in METHODS:
-        raise ZooError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
     src, dst = Zoo(zoo_dir), Zoo(out_dir)
     if Path(out_dir).resolve() == Path(zoo_dir).resolve():
         raise ZooError("`out_dir` must differ from the input zoo (the input is never modified)")
+    if dst.exists() and not force:
+        raise ZooError(f"{out_dir} already holds a zoo; pass `force=True` to replace it")
+    c = canonical_states(zoo_dir, method, reference, data_root, seed, max_rounds, tol,
+                         progress, restarts, device, **method_kw)
+    if c.report["main_process"]:
+        _write(src, dst, c.manifest, c.entries, c.loaded, c.states, c.perms, c.spec,
+               c.report, force)
+    current_shard().wait()
+    return c.report
+
+
+@dataclass
+class Canonical:
+    """A zoo canonicalized in memory: its manifest and finished entries, the checkpoints as
+    read (``loaded``: state, arch, meta), the aligned ``states`` (on the device), the
+    permutation of each model, the spec, the model and data the method used (None when it
+    reads none), and the report."""
+
+    manifest: dict
+    entries: list[dict]
+    loaded: list
+    states: list[dict]
+    perms: dict
+    spec: Spec
+    model: object
+    data: object
+    report: dict
+
+
+def canonical_states(zoo_dir, method: str = "wm", reference: str = "barycenter",
+                     data_root=None, seed: int = 0, max_rounds: int = 20, tol: float = 1e-3,
+                     progress: bool = True, restarts: int = 1, device="auto",
+                     **method_kw) -> Canonical:
+    """:func:`canonicalize_zoo` without writing: the zoo's finished models permuted into
+    one basin, in memory (the mixability probe reads them)."""
+    t0 = time.perf_counter()
+    if method not in METHODS:
+        raise ZooError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
+    src = Zoo(zoo_dir)
     manifest = src.read()
     entries = finished(manifest)
     if len(entries) < 2:
@@ -71,11 +114,6 @@ def canonicalize_zoo(zoo_dir, out_dir, method: str = "wm", reference: str = "bar
     if reference != "barycenter" and reference not in ids:
         raise ZooError(f"`reference` {reference!r}: no finished model with that id in "
                        f"{zoo_dir} (ids: {', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})")
-    if reference == "barycenter" and method not in WEIGHT_SPACE_METHODS:
-        raise ZooError(f"`reference` 'barycenter' needs a weight-space method "
-                       f"({', '.join(WEIGHT_SPACE_METHODS)}); use a model id as `reference` with {method}")
-    if dst.exists() and not force:
-        raise ZooError(f"{out_dir} already holds a zoo; pass `force=True` to replace it")
     dev = resolve_device(device)
     loaded = [read_checkpoint(src.model_path(i)) for i in ids]
     states = [s for s, _, _ in loaded]
@@ -93,7 +131,14 @@ def canonicalize_zoo(zoo_dir, out_dir, method: str = "wm", reference: str = "bar
     before_center = mean_states(states)
     l2_before = _sq_to(states, before_center)
     t_match = time.perf_counter()
-    if reference == "barycenter":
+    if reference == "barycenter" and method not in WEIGHT_SPACE_METHODS:
+        runs = [data_barycenter_perms(spec, model, states, data, method, seed + 7919 * k,
+                                      max_rounds, progress, sh, **method_kw)
+                for k in range(restarts)]
+        perms, rounds, history = min(runs, key=lambda r: min(r[2]))
+        if restarts > 1:
+            history = {"kept": history, "restart_rms": [min(r[2]) for r in runs]}
+    elif reference == "barycenter":
         runs = [barycenter_perms(spec, states, method, seed + 7919 * k, max_rounds, tol,
                                  progress, sh, **method_kw) for k in range(restarts)]
         perms, rounds, history = min(runs, key=lambda r: min(r[2]))
@@ -124,10 +169,7 @@ def canonicalize_zoo(zoo_dir, out_dir, method: str = "wm", reference: str = "bar
               "history": history, "seconds": time.perf_counter() - t0,
               "matching_seconds": t_match,
               "device": str(dev), "main_process": sh.is_main}
-    if sh.is_main:
-        _write(src, dst, manifest, entries, loaded, aligned, perms, spec, report, force)
-    sh.wait()
-    return report
+    return Canonical(manifest, entries, loaded, aligned, perms, spec, model, data, report)
 
 
 def _match_shard(spec: Spec, targets: dict[int, dict], states, method, inits: dict, seed: int,
@@ -192,6 +234,54 @@ def barycenter_perms(spec: Spec, states: list[dict], method: str = "wm", seed: i
     return best[1], rounds, history
 
 
+def _same(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[g], b[g]) for g in a)
+
+
+def data_barycenter_perms(spec: Spec, model, states: list[dict], data, method: str = "am",
+                          seed: int = 0, max_rounds: int = 20, progress: bool = False,
+                          shard: Shard = LOCAL, **kw):
+    """Permutations of every model to the zoo's barycenter by a method that reads data
+    (``am``, ``ste``): (perms by model index, rounds, RMS distance to the barycenter per
+    round). Every model is first aligned to model 0; then each round takes the mean of the
+    aligned zoo, recalibrates its BatchNorm statistics on train data (a runnable mean
+    model whose features are the mean's), and aligns every model to it, until no model's
+    permutations change (a fixed point) or after ``max_rounds`` rounds; the last round's
+    permutations are kept."""
+    from ..evaluation import recalibrate_state
+    from ..functional import scratch
+    n = len(states)
+    items = shard.mine(n)
+    calib = data["train"][0][:2048]
+    net = scratch(model)
+    bar = Progress(n * (max_rounds + 1), progress and shard.is_main, desc="barycenter")
+
+    def match(targets: dict[int, dict], round_seed: int) -> dict:
+        mine = {}
+        for i in sorted(targets):
+            mine[i], _ = align(spec, targets[i], states[i], method, model=model, data=data,
+                               seed=round_seed + i, **kw)
+            bar.step(1, 1, torch.tensor(0.0))
+        return gather_perms(shard, mine)
+
+    perms = match({i: states[0] for i in items if i > 0}, seed)
+    perms[0] = identity_perms(spec)
+    history, rounds = [], 0
+    for rounds in range(1, max_rounds + 1):
+        aligned = [apply(spec, perms[i], s) for i, s in enumerate(states)]
+        center = mean_states(aligned)
+        history.append((_sq_to(aligned, center) / n) ** 0.5)
+        if rounds == max_rounds:
+            break
+        center = recalibrate_state(net, center, calib)
+        new = match({i: center for i in items}, seed + 1000 * rounds)
+        if all(_same(new[i], perms[i]) for i in range(n)):
+            break  # a fixed point: the next round would give the same permutations
+        perms = new
+    bar.close()
+    return perms, rounds, history
+
+
 def _write(src: Zoo, dst: Zoo, manifest, entries, loaded, aligned, perms, spec, report, force):
     with dst.writer_lock():
         if force and dst.exists():
@@ -222,4 +312,4 @@ def restore(canon_dir, model_id: str) -> dict:
     return apply(spec, invert(spec, perms), state)
 
 
-__all__ = ["barycenter_perms", "canonicalize_zoo", "restore"]
+__all__ = ["Canonical", "barycenter_perms", "canonical_states", "canonicalize_zoo", "data_barycenter_perms", "restore"]

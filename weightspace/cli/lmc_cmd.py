@@ -73,7 +73,7 @@ def add_parser(sub) -> None:
 
 
 def _notes(res: dict) -> None:
-    for n in res.get("load_notes", ()):
+    for n in (*res.get("load_notes", ()), *res.get("notes", ())):
         print(f"note: {n}", file=sys.stderr)
 
 

@@ -52,6 +52,16 @@ def add_parser(sub) -> None:
                    help="force batched training (--batched) or one model at a time "
                         "(--no-batched); default: time one step of each on this machine "
                         "and use the faster (recorded in the manifest)")
+    t.add_argument("--shared-init", nargs="?", const=-1, default=None, metavar="SEED",
+                   type=int_range(0, 2**31 - 1),
+                   help="every model starts from one initialisation (seed SEED, default "
+                        "--seed0) and keeps its own data order and dropout: mixtures of "
+                        "such models are accurate, which generation needs")
+    t.add_argument("--spawn-epoch", type=int_range(1, 100_000), default=None, metavar="K",
+                   help="every model branches from one parent trained K epochs (weights "
+                        "and optimizer state; initialised from --shared-init's seed, "
+                        "default --seed0) and trains the rest of the recipe with its own "
+                        "data order")
     t.add_argument("--out", required=True, help="zoo directory")
     t.add_argument("--force", action="store_true",
                    help="discard an existing zoo in --out made with other settings")
@@ -118,12 +128,19 @@ def _train(args) -> int:
                  optimizer=args.optimizer, weight_decay=args.weight_decay,
                  momentum=args.momentum, schedule=args.schedule)
     grid = load_grid(args.grid) if args.grid else None
+    shared = None if args.shared_init is None else \
+        args.seed0 if args.shared_init == -1 else args.shared_init
+    if args.shared_init == -1 or (args.spawn_epoch is not None and shared is None):
+        print(f"note: the shared initialisation is seed {args.seed0} (default: --seed0)",
+              file=sys.stderr)
+        shared = args.seed0
     res = train_zoo(args.out, args.arch, args.dataset, hp, models=args.models,
                     seed0=args.seed0, grid=grid, checkpoints_per_model=args.checkpoints_per_model,
                     chunk_size=args.chunk_size, batched=args.batched, force=args.force,
                     data_root=args.data_root, allow_code=args.allow_code,
                     progress=not args.no_progress and not args.json,
-                    log=lambda m: print(m, file=sys.stderr))
+                    log=lambda m: print(m, file=sys.stderr), shared_init=shared,
+                    spawn_epoch=args.spawn_epoch)
     if res.get("skipped") is None:  # not the main process of a multi-process run
         return 0
     if args.json:
@@ -139,7 +156,19 @@ def _train(args) -> int:
     if res.get("diverged"):
         line += f", {res['diverged']} diverged"
     print(line)
+    _say_failed(args.out, res)
     return 0
+
+
+def _say_failed(zoo_dir, summary: dict) -> None:
+    """One line when models of the zoo ended near chance accuracy (:mod:`..zoo.health`)."""
+    from ..zoo.health import failed_line
+    from ..zoo.store import Zoo
+    if not summary.get("failed"):
+        return
+    classes = Zoo(zoo_dir).read().get("dataset", {}).get("num_classes")
+    print(failed_line(summary["failed"], summary.get("total", 0),
+                      classes if isinstance(classes, int) else None))
 
 
 def _fmt(v) -> str:
@@ -172,6 +201,7 @@ def _list(args) -> int:
     if "mean_test_acc" in s:
         print(f"mean val acc {s['mean_val_acc']:.4f}, mean test acc {s['mean_test_acc']:.4f} "
               f"+- {s['std_test_acc']:.4f} over {s['done']} model(s)")
+    _say_failed(args.zoo, s)
     return 0
 
 

@@ -10,5 +10,8 @@ lazy_package(__name__, {
     **dict.fromkeys(["BN_MODES", "MergeError", "barrier", "curve", "diagnostics", "heatmap",
                      "lmc", "plot", "singular_alignment"], "lmc"),
     **dict.fromkeys(["MERGE_METHODS", "METHODS", "POST", "merge", "mergemany_perms", "ste_perms"], "merging"),
-    **dict.fromkeys(["repair", "repairable"], "repair"),
+    **dict.fromkeys(["repair", "repairable", "bn_only"], "repair"),
+    **dict.fromkeys(["CORRECTIONS", "MIX_TARGET", "MixError", "MixabilityReport", "mix",
+                     "mixability"], "mixing"),
+    **dict.fromkeys(["choose_canonicalization", "probe_zoo"], "probe"),
 })

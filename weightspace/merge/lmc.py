@@ -20,13 +20,13 @@ from ..canonicalize import l2_distance
 from ..canonicalize.restarts import align_with_restarts
 from ..device import placed
 from ..features import feature_stats
-from ..functional import has_batchnorm, lerp_states, loss_acc, recalibrated, scratch
+from ..functional import has_batchnorm, lerp_states, loss_acc, recalibrate_state, scratch
 from ..symmetry.structure import Spec, apply
+from ..evaluation import CALIBRATION_EXAMPLES
 from .registry import BN_MODES, MergeError
-from .repair import repair, repairable
+from .repair import BN_ONLY_NOTE, bn_only, repair, repairable
 
 TRAIN_EVAL = 2048   # train examples the curve is measured on
-CALIB = 2048        # train examples BN reset / REPAIR calibrate on
 
 
 def curve(spec: Spec, model: nn.Module, A: dict, B: dict, data, points: int = 25,
@@ -39,7 +39,7 @@ def curve(spec: Spec, model: nn.Module, A: dict, B: dict, data, points: int = 25
         raise MergeError(f"`bn` must be one of {', '.join(BN_MODES)}, got {bn!r}")
     xtr, ytr = (t[:TRAIN_EVAL] for t in data["train"])
     xte, yte = data["test"]
-    calib = data["train"][0][:CALIB]
+    calib = data["train"][0][:CALIBRATION_EXAMPLES]
     stats = None
     if bn == "repair":
         targets = repairable(spec, model)
@@ -55,7 +55,7 @@ def curve(spec: Spec, model: nn.Module, A: dict, B: dict, data, points: int = 25
             if bn == "repair":
                 state = repair(spec, model, state, stats, [1 - t, t], calib)
             elif bn == "reset":
-                state = recalibrated(model, state, calib)
+                state = recalibrate_state(model, state, calib)
         for split, (x, y) in (("train", (xtr, ytr)), ("test", (xte, yte))):
             loss, acc = loss_acc(model, x, y, state=state)
             out[f"{split}_loss"].append(loss)
@@ -124,6 +124,8 @@ def lmc(spec: Spec, model: nn.Module, A: dict, B: dict, data, align_method: str 
     model, A, B, data = placed(device, model, A, B, data)
     out = {"points": points, "bn": bn, "align": align_method,
            "unaligned": curve(spec, model, A, B, data, points, bn)}
+    if bn == "repair" and bn_only(spec, model):
+        out["notes"] = [BN_ONLY_NOTE]
     if align_method != "none":
         perms, rep, runs, candidates = align_with_restarts(
             spec, A, B, align_method, restarts, model=model, data=data, seed=seed, **align_kw)

@@ -15,13 +15,13 @@ from torch import nn
 from ..device import placed
 from ..features import feature_stats
 from ..canonicalize import l2_distance
-from ..functional import check_compatible, loss_acc, mean_states, recalibrated, scratch
+from ..functional import check_compatible, loss_acc, mean_states, recalibrate_state, scratch
 from ..symmetry.structure import Spec, apply
-from .lmc import CALIB
+from ..evaluation import CALIBRATION_EXAMPLES
 from .mergemany import mergemany_perms
 from .methods import MERGE_METHODS, METHODS  # noqa: F401 (METHODS: the old name)
 from .registry import POST, MergeError, get_merge_method
-from .repair import repair, repairable
+from .repair import BN_ONLY_NOTE, bn_only, repair, repairable
 from .ste import ste_perms
 
 
@@ -54,6 +54,8 @@ def merge(spec: Spec, model: nn.Module, states: list[dict], method: str = "merge
     runs = []
     for k in range(restarts):
         report = {"method": method, "post": post, "models": len(states)}
+        if post == "repair" and bn_only(spec, model):
+            report["notes"] = [BN_ONLY_NOTE]
         perms = m.fn(spec, model, states, data, seed + k, report, **options)
         aligned = [apply(spec, p, s) for p, s in zip(perms, states)]
         merged = _post(spec, model, aligned, post, data)
@@ -73,22 +75,22 @@ def _post(spec: Spec, model, aligned: list[dict], post: str, data) -> dict:
     """The mean of the aligned models, then REPAIR or a BN reset on the train split."""
     merged = mean_states(aligned)
     if post == "repair":
-        calib = data["train"][0][:CALIB]
+        calib = data["train"][0][:CALIBRATION_EXAMPLES]
         targets = repairable(spec, model)
         stats = [feature_stats(model, s, targets, calib) for s in aligned]
         return repair(spec, model, merged, stats, [1 / len(aligned)] * len(aligned), calib)
     if post == "reset":
-        return recalibrated(model, merged, data["train"][0][:CALIB])
+        return recalibrate_state(model, merged, data["train"][0][:CALIBRATION_EXAMPLES])
     return merged
 
 
 def _score(model, merged: dict, aligned: list[dict], data) -> float:
-    """Lower is better: the merged model's loss on a train subset (BN recalibrated there
+    """Lower is better: the merged model's loss on a train subset (BN recalibrate_state there
     when it has BN and no post-processing did it), else the aligned models' summed squared
     distance to their mean (never validation or test)."""
     if data is not None:
-        x, y = (t[:CALIB] for t in data["train"])
-        return loss_acc(model, x, y, state=recalibrated(model, merged, x))[0]
+        x, y = (t[:CALIBRATION_EXAMPLES] for t in data["train"])
+        return loss_acc(model, x, y, state=recalibrate_state(model, merged, x))[0]
     return sum(l2_distance(s, merged) ** 2 for s in aligned)
 
 

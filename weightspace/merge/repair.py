@@ -39,6 +39,20 @@ def repairable(spec: Spec, model: nn.Module) -> list[tuple[str, int]]:
     return sorted(set(found), key=lambda x: order[x[0]])
 
 
+BN_ONLY_NOTE = ("every module REPAIR corrects here is a BatchNorm, so REPAIR equals the BN "
+                "reset (recalibrated statistics already give each unit the mix of the "
+                "endpoints' mean and std)")
+
+
+def bn_only(spec: Spec, model: nn.Module) -> bool:
+    """Whether every module REPAIR would correct is a BatchNorm (then REPAIR is, up to the
+    endpoints' statistics matching their own affine parameters, the BN reset)."""
+    mods = dict(model.named_modules())
+    found = repairable(spec, model)
+    return bool(found) and all(isinstance(mods[n], nn.modules.batchnorm._BatchNorm)
+                               for n, _ in found)
+
+
 @torch.no_grad()
 def repair(spec: Spec, model: nn.Module, state: dict, endpoint_stats: list[dict],
            weights: list[float], x: torch.Tensor) -> dict:

@@ -24,14 +24,14 @@ def ste_perms(spec: Spec, model: nn.Module, states: list[dict], data, init, step
     import torch
 
     from ..canonicalize.matching import WeightMatcher, families
-    from ..functional import (has_batchnorm, loss_acc, mean_states, recalibrated, scratch,
+    from ..functional import (has_batchnorm, loss_acc, mean_states, recalibrate_state, scratch,
                               train_step)
     from ..symmetry.structure import apply
-    from .lmc import CALIB
+    from ..evaluation import CALIBRATION_EXAMPLES
     model = scratch(model)
     x, y = data["train"]
     gen = torch.Generator().manual_seed(seed)
-    calib = x[:CALIB] if has_batchnorm(model) else None
+    calib = x[:CALIBRATION_EXAMPLES] if has_batchnorm(model) else None
     params = {k for k, _ in model.named_parameters()}
     ref, others = states[0], states[1:]
     perms = list(init)
@@ -39,7 +39,7 @@ def ste_perms(spec: Spec, model: nn.Module, states: list[dict], data, init, step
     def val_loss(ps):
         merged = mean_states([apply(spec, p, s) for p, s in zip(ps, states)])
         if calib is not None:
-            merged = recalibrated(model, merged, calib)
+            merged = recalibrate_state(model, merged, calib)
         return loss_acc(model, *data["val"], state=merged)[0]
 
     best = (val_loss(perms), [dict(p) for p in perms], 0)

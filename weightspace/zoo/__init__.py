@@ -11,5 +11,8 @@ lazy_package(__name__, {
     **dict.fromkeys(["chunks", "load_grid", "make_settings", "plan", "train_zoo"], "runner"),
     **dict.fromkeys(["Zoo", "ZooError"], "store"),
     **dict.fromkeys(["HParams", "TrainError", "OPTIMIZERS", "SCHEDULES"], "hparams"),
-    **dict.fromkeys(["evaluate", "metrics", "train_batched", "train_sequential"], "train"),
+    **dict.fromkeys(["Start", "evaluate", "metrics", "train_batched", "train_sequential"],
+                    "train"),
+    **dict.fromkeys(["continue_training", "load_start", "save_start"], "spawn"),
+    **dict.fromkeys(["chance_threshold", "trained_status"], "health"),
 })

@@ -286,6 +286,11 @@ def check_fits(model: torch.nn.Module, data: Dataset, arch: str = "") -> None:
     """Refuse, before training, a model whose input or output does not fit the dataset."""
     x = data["train"][0][:2]
     what = f"architecture {arch!r}" if arch else "the model"
+    problem = getattr(model, "input_problem", None)  # a built-in's own, clearer message
+    why = problem(tuple(x.shape[1:])) if callable(problem) else None
+    if why:
+        raise DatasetError(f"{what} does not accept {data.name} inputs of shape "
+                           f"{tuple(data.input_shape)}: {why}")
     was_training = model.training
     model.eval()
     try:

@@ -19,6 +19,7 @@ from ..checkpoint import load_model, save_checkpoint
 from ..errors import check_output
 from ..functional import check_compatible
 from .datasets import check_fits, load_dataset
+from .health import failed_line, trained_status
 from .store import FORMAT, FORMAT_VERSION, Zoo, ZooError, summarise
 from .train import metrics
 
@@ -68,7 +69,8 @@ def import_zoo(paths, out, arch: str | None = None, dataset: str | None = None,
                     "imported_from": str(path)}
             save_checkpoint(zoo.model_path(mid), state, ref, meta,
                             dtypes=getattr(model, "weightspace_dtypes", None))
-            entries.append({"id": mid, "status": "done", "file": f"models/{mid}.safetensors",
+            status = trained_status(m, data.num_classes if data is not None else None)
+            entries.append({"id": mid, "status": status, "file": f"models/{mid}.safetensors",
                             "source": str(path), "metrics": m,
                             **({"seed": model.weightspace_meta["seed"]}
                                if isinstance(model.weightspace_meta.get("seed"), int) else {})})
@@ -81,6 +83,9 @@ def import_zoo(paths, out, arch: str | None = None, dataset: str | None = None,
                     "summary": summarise(entries)}
         zoo.write(manifest)
     notes = [n for m in models for n in getattr(m, "weightspace_notes", ())]
+    failed = failed_line(manifest["summary"]["failed"], len(entries),
+                         data.num_classes if data is not None else None)
+    notes += [failed] if failed else []
     return {"out": str(out), "models": len(entries), "arch": ref,
             "dataset": data.name if data is not None else None, "notes": notes,
             **manifest["summary"]}

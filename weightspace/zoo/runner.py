@@ -39,11 +39,13 @@ from ..arch import build, with_options
 from ..checkpoint import save_checkpoint
 from ..parallel import Progress, dist_state, shard
 from .datasets import Dataset, check_fits, load_dataset
+from .health import trained_status
+from .spawn import check_spawn, init_setting, parent_start, shared_start
 from .store import FORMAT, FORMAT_VERSION, Zoo, ZooError, summarise
-from .train import (HParams, TrainError, can_batch, choose_path, metrics, snapshot_epochs,
-                    train_batched, train_sequential)
+from .train import (HParams, Start, TrainError, can_batch, choose_path, metrics,
+                    snapshot_epochs, train_batched, train_sequential)
 
-FINISHED = ("done", "diverged")
+FINISHED = ("done", "diverged", "failed")  # failed: trained, but near chance (.health)
 
 
 # ---------------------------------------------------------------------- grid and plan
@@ -80,13 +82,19 @@ def check_grid(grid, source: str = "grid") -> dict:
 
 
 def make_settings(arch: str, dataset: str, hp: HParams, grid: dict | None = None,
-                  seed0: int = 0, checkpoints_per_model: int = 1) -> dict:
-    """What defines a zoo's population (its identity; the model count may grow later)."""
+                  seed0: int = 0, checkpoints_per_model: int = 1,
+                  init: dict | None = None) -> dict:
+    """What defines a zoo's population (its identity; the model count may grow later).
+    ``init``: where models begin (:func:`.spawn.init_setting`; None: independent seeds,
+    recorded only when given so that older zoos keep their settings hash)."""
     if checkpoints_per_model < 1:
         raise ZooError(f"`checkpoints_per_model` must be >= 1, got {checkpoints_per_model}")
-    return {"arch": arch, "dataset": dataset, "hparams": hp.to_dict(),
-            "grid": check_grid(grid) if grid else {}, "seed0": int(seed0),
-            "checkpoints_per_model": int(checkpoints_per_model)}
+    out = {"arch": arch, "dataset": dataset, "hparams": hp.to_dict(),
+           "grid": check_grid(grid) if grid else {}, "seed0": int(seed0),
+           "checkpoints_per_model": int(checkpoints_per_model)}
+    if init:
+        out["init"] = dict(init)
+    return out
 
 
 def settings_hash(settings: dict) -> str:
@@ -122,7 +130,8 @@ def plan(settings: dict, models: int) -> list[dict]:
             mid = f"s{seed:04d}" if len(cfgs) == 1 else f"c{ci:02d}-s{seed:04d}"
             entries.append({"id": mid, "seed": seed, "config": ci, "arch": arch,
                             "hparams": recorded, "status": "pending",
-                            "file": f"models/{mid}.safetensors"})
+                            "file": f"models/{mid}.safetensors",
+                            **({"init": settings["init"]} if settings.get("init") else {})})
     return entries
 
 
@@ -185,18 +194,25 @@ def decide_batching(settings: dict, entries: list[dict], finished: set, cached: 
 def train_zoo(out, arch: str, dataset: str, hp: HParams, *, models: int, seed0: int = 0,
               grid: dict | None = None, checkpoints_per_model: int = 1, chunk_size: int = 32,
               batched: bool | None = None, force: bool = False, data_root=None,
-              allow_code: bool = False, progress: bool = True, log=None) -> dict:
+              allow_code: bool = False, progress: bool = True, log=None,
+              shared_init: int | None = None, spawn_epoch: int | None = None) -> dict:
     """Train (or finish) the zoo in ``out``; returns a summary of this run.
 
     ``batched``: None measures which path is faster (cached in the manifest), True forces
     batched training (where the architecture allows), False one model at a time. ``log``
     receives notes (default: standard error, never the standard output a --json reads).
+    ``shared_init``: every model starts from this seed's initialisation (own data order
+    and dropout); ``spawn_epoch`` K: every model branches from one parent trained K epochs
+    (initialised from ``shared_init``, default ``seed0``). See :mod:`.spawn`.
     """
     if chunk_size < 1:
         raise ZooError(f"`chunk_size` must be >= 1, got {chunk_size}")
     t0 = time.perf_counter()
-    settings = make_settings(arch, dataset, hp, grid, seed0, checkpoints_per_model)
+    init = init_setting(seed0, shared_init, spawn_epoch)
+    settings = make_settings(arch, dataset, hp, grid, seed0, checkpoints_per_model, init)
     entries = plan(settings, models)
+    for ci, (_, chp, rec) in enumerate(configs(settings)):
+        check_spawn(init, chp, f"configuration {ci} ({rec})" if settings["grid"] else "zoo")
     data = load_dataset(dataset, data_root)
     archs = sorted({e["arch"] for e in entries})
     for a in archs:  # every configuration builds and fits the data before anything is written
@@ -230,6 +246,9 @@ def train_zoo(out, arch: str, dataset: str, hp: HParams, *, models: int, seed0: 
         every = chunks(entries, sizes)
         work = [every[i] for i in sh.mine(len(every))
                 if not all(e["id"] in finished for e in every[i])]
+        starts = _starts(zoo, settings, h, cfgs, data, x, y, sh,
+                         {c[0]["config"] for c in every
+                          if not all(e["id"] in finished for e in c)})
         bar = Progress(sum(len(c) for c in work), progress and sh.is_main,
                        desc="zoo" if sh.count == 1 else f"zoo [process 0 of {sh.count}]")
         trained = 0
@@ -238,7 +257,7 @@ def train_zoo(out, arch: str, dataset: str, hp: HParams, *, models: int, seed0: 
                 ci = chunk[0]["config"]
                 _train_chunk(zoo, h, chunk, cfgs[ci][1], data, x, y, device,
                              path[ci] == "batched", finished, checkpoints_per_model, bar,
-                             sh.index)
+                             sh.index, starts.get(ci))
                 trained += sum(e["id"] not in finished for e in chunk)
         finally:
             bar.close()
@@ -269,7 +288,8 @@ def _prepare(zoo: Zoo, settings: dict, h: str, entries: list[dict], data: Datase
         if e.get("status") not in FINISHED:
             meta = zoo.recover(e["id"], h)
             if meta is not None:  # the file landed, the manifest update did not
-                e.update(status="done", metrics=meta.get("metrics", {}))
+                m = meta.get("metrics", {})
+                e.update(status=trained_status(m, data.num_classes), metrics=m)
     zoo.write({"format": FORMAT, "version": FORMAT_VERSION, "weightspace_version": __version__,
                "settings": settings, "settings_hash": h, "arch": settings["arch"],
                "dataset": {**data.describe(), **({"data_root": str(data_root)} if data_root else {})},
@@ -297,14 +317,37 @@ def _wipe(zoo: Zoo) -> None:
     for p in (zoo.root / "models").glob("*.safetensors"):
         p.unlink()
     shutil.rmtree(zoo.root / "checkpoints", ignore_errors=True)
+    shutil.rmtree(zoo.root / "parents", ignore_errors=True)
     zoo.manifest_path.unlink(missing_ok=True)
+
+
+def _starts(zoo: Zoo, settings: dict, h: str, cfgs, data: Dataset, x, y, sh,
+            todo: set[int]) -> dict[int, Start]:
+    """Where the models of each configuration with work left begin, by the zoo's ``init``
+    setting (none: every seed its own initialisation). Spawn parents are trained (or read
+    back) by the main process first; the others read them from disk."""
+    init = settings.get("init")
+    if not init:
+        return {}
+    if init["kind"] == "shared":
+        return {ci: shared_start(cfgs[ci][0], init) for ci in todo}
+    out = {}
+    if sh.is_main:
+        out = {ci: parent_start(zoo, ci, cfgs[ci][0], cfgs[ci][1], init, h, data.name, x, y)
+               for ci in sorted(todo)}
+    sh.wait()
+    if not sh.is_main:
+        out = {ci: parent_start(zoo, ci, cfgs[ci][0], cfgs[ci][1], init, h, data.name, x, y)
+               for ci in sorted(todo)}
+    return out
 
 
 def _train_chunk(zoo: Zoo, h: str, chunk: list[dict], hp: HParams, data: Dataset, x, y,
                  device, batched: bool, finished: set, k: int, bar: Progress,
-                 process: int = 0) -> None:
+                 process: int = 0, start: Start | None = None) -> None:
     arch, seeds = chunk[0]["arch"], [e["seed"] for e in chunk]
-    steps = hp.epochs * math.ceil(len(y) / hp.batch_size)
+    first = start.epoch if start is not None else 0
+    steps = (hp.epochs - first) * math.ceil(len(y) / hp.batch_size)
     snaps: dict[str, list[dict]] = {e["id"]: [] for e in chunk}
 
     def on_snapshot(epoch, states):
@@ -321,9 +364,11 @@ def _train_chunk(zoo: Zoo, h: str, chunk: list[dict], hp: HParams, data: Dataset
     kw = dict(on_step=lambda losses: bar.step(len(chunk) if batched else 1, steps, losses),
               on_snapshot=on_snapshot, snapshots=snapshot_epochs(hp.epochs, k))
     if batched:
-        states = train_batched(arch, seeds, hp, x, y, **kw)
+        states = train_batched(arch, seeds, hp, x, y, **kw,
+                               starts=None if start is None else [start] * len(seeds))
     else:
-        states = [s for seed in seeds for s in train_sequential(arch, seed, hp, x, y, **kw)]
+        states = [s for seed in seeds
+                  for s in train_sequential(arch, seed, hp, x, y, **kw, start=start)]
     ms = metrics(arch, states, data, device)
     seconds = (time.perf_counter() - t) / len(chunk)
     results = {}
@@ -334,7 +379,8 @@ def _train_chunk(zoo: Zoo, h: str, chunk: list[dict], hp: HParams, data: Dataset
         if ok:
             save_checkpoint(zoo.model_path(e["id"]), s, arch,
                             _meta(e, h, data, hp, m, hp.epochs))
-        results[e["id"]] = {"status": "done" if ok else "diverged", "metrics": m,
+        status = trained_status(m, data.num_classes) if ok else "diverged"
+        results[e["id"]] = {"status": status, "metrics": m,
                             "checkpoints": snaps[e["id"]], "batched": batched,
                             "process": process, "seconds": round(seconds, 4)}
 
@@ -349,7 +395,8 @@ def _meta(entry: dict, h: str, data: Dataset, hp: HParams, m: dict, epoch: int) 
     """Checkpoint metadata: deterministic (no times), enough to recover the manifest entry."""
     return {"seed": entry["seed"], "dataset": data.name, "metrics": m,
             "zoo": {"id": entry["id"], "settings_hash": h, "hparams": entry["hparams"],
-                    "epoch": epoch, "of_epochs": hp.epochs}}
+                    "epoch": epoch, "of_epochs": hp.epochs,
+                    **({"init": entry["init"]} if entry.get("init") else {})}}
 
 
 def _summarise(manifest: dict) -> None:

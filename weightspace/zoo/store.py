@@ -91,7 +91,8 @@ def summarise(entries: list[dict]) -> dict:
     """The manifest's summary: counts and mean / std accuracy per split of finished models."""
     done = finished({"models": entries})
     s = {"total": len(entries), "done": len(done),
-         "diverged": sum(e.get("status") == "diverged" for e in entries)}
+         "diverged": sum(e.get("status") == "diverged" for e in entries),
+         "failed": sum(e.get("status") == "failed" for e in entries)}  # near chance
     for split in ("train", "val", "test"):
         accs = [e["metrics"][f"{split}_acc"] for e in done
                 if f"{split}_acc" in e.get("metrics", {})]

@@ -16,15 +16,15 @@ sequential twin differ only by floating-point summation order (and dropout masks
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, stack_module_state, vmap
+from torch.func import functional_call, vmap
 
 from ..arch import build
 
@@ -43,10 +43,12 @@ def make_optimizer(params: list[torch.Tensor], hp: HParams) -> torch.optim.Optim
     return cls[hp.optimizer](params, lr=hp.lr, weight_decay=hp.weight_decay, **extra, **impl)
 
 
-def make_schedule(opt, hp: HParams, total_steps: int):
+def make_schedule(opt, hp: HParams, total_steps: int, done_steps: int = 0):
+    """The per-step learning-rate schedule, ``done_steps`` into it (training continued)."""
     if hp.schedule == "cosine":
         return torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
+            opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s + done_steps, total_steps)
+                                               / total_steps)))
     return None
 
 
@@ -54,6 +56,57 @@ def init_model(arch: str, seed: int) -> nn.Module:
     """The model a seed names: built right after ``torch.manual_seed(seed)``."""
     torch.manual_seed(seed)
     return build(arch)
+
+
+OptState = dict  # parameter name -> {field: tensor} (Adam's step / exp_avg / ..., SGD's momentum)
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where a model's training begins: its weights (a full state dict), the ``epoch`` of
+    the recipe already done (its data order and learning-rate schedule continue from
+    there), and the optimizer's state by parameter name (None: a fresh optimizer).
+
+    ``Start(init_model(arch, s).state_dict())`` is training from scratch; a zoo model's
+    checkpoint after K epochs (with its optimizer state) continues it (:mod:`.spawn`)."""
+
+    state: dict
+    epoch: int = 0
+    optimizer: OptState | None = None
+
+
+def _opt_export(opt: torch.optim.Optimizer, params: list[torch.Tensor], names: list[str],
+                n: int) -> list[OptState]:
+    """Each of ``n`` stacked models' optimizer state by parameter name (CPU copies)."""
+    out: list[OptState] = [{} for _ in range(n)]
+    for p, name in zip(params, names):
+        for field, v in opt.state.get(p, {}).items():
+            if not isinstance(v, torch.Tensor):
+                continue
+            for i in range(n):
+                # one model: its own shape; stacked: model i's part, flat (any layout)
+                part = v if v.dim() == 0 or n == 1 else v.detach().reshape(n, -1)[i]
+                out[i].setdefault(name, {})[field] = part.to("cpu").clone()
+    return out
+
+
+def _opt_import(opt: torch.optim.Optimizer, params: list[torch.Tensor], names: list[str],
+                states: list[OptState]) -> None:
+    """Load per-model optimizer states (by parameter name) into ``opt`` over the stacked
+    ``params`` (``[N * ...]`` in any layout that is a reshape of ``[N, *shape]``)."""
+    full = opt.state_dict()
+    for j, (p, name) in enumerate(zip(params, names)):
+        fields = states[0].get(name, {})
+        rec = {}
+        for field, v in fields.items():
+            if v.dim() == 0:
+                rec[field] = v.clone()
+            else:
+                rec[field] = torch.stack([s[name][field].reshape(-1) for s in states]).reshape(
+                    p.shape).to(p.device, p.dtype)
+        if rec:
+            full["state"][j] = rec
+    opt.load_state_dict(full)
 
 
 def snapshot_epochs(epochs: int, k: int) -> list[int]:
@@ -69,9 +122,11 @@ StepFn = Callable[[torch.Tensor], None]
 class _Order:
     """Per-model data order: one generator per seed, a fresh permutation per epoch."""
 
-    def __init__(self, seeds: list[int], n: int, batch_size: int):
+    def __init__(self, seeds: list[int], n: int, batch_size: int, skip: int = 0):
         self.gens = [torch.Generator().manual_seed(s) for s in seeds]
         self.n, self.bs = n, batch_size
+        for _ in range(skip):  # epochs already trained: their orders are drawn, not used
+            self.epoch()
 
     @property
     def steps_per_epoch(self) -> int:
@@ -90,37 +145,43 @@ class _Engine:
 
     def __init__(self, params: list[torch.Tensor], forward: Callable, states: Callable, n: int):
         self.params, self.forward, self.states, self.n = params, forward, states, n
+        self.names: list[str] = []  # the parameter name of each of ``params``
 
 
-def _stacked_engine(arch: str, seeds: list[int], device) -> _Engine:
+def _stacked_engine(arch: str, states: list[dict], device) -> _Engine:
     """Models stacked along channels (:mod:`.stacked`): one grouped conv per layer."""
-    models = [init_model(arch, s) for s in seeds]
-    stack = Stack(copy.deepcopy(models[0]).to("meta"), len(seeds))
-    tensors = stack.stack([m.state_dict() for m in models], device)
-    trainable = {name for name, _ in models[0].named_parameters()}
-    del models
-    for k in trainable:
+    base = build(arch).to("meta")
+    stack = Stack(base, len(states))
+    tensors = stack.stack(states, device)
+    names = [name for name, _ in base.named_parameters()]
+    for k in names:
         tensors[k] = tensors[k].detach().requires_grad_()
-    return _Engine([tensors[k] for k in stack.shapes if k in trainable],
-                   lambda xb: stack.forward(tensors, xb, True),
-                   lambda: stack.unstack(tensors), len(seeds))
+    engine = _Engine([tensors[k] for k in stack.shapes if k in set(names)],
+                     lambda xb: stack.forward(tensors, xb, True),
+                     lambda: stack.unstack(tensors), len(states))
+    engine.names = [k for k in stack.shapes if k in set(names)]
+    return engine
 
 
-def _vmap_engine(arch: str, seeds: list[int], device) -> _Engine:
+def _vmap_engine(arch: str, states: list[dict], device) -> _Engine:
     """Any architecture ``functional_call`` can run: ``vmap`` over stacked module states."""
-    models = [init_model(arch, s) for s in seeds]
-    params, buffers = stack_module_state(models)
-    params = {k: v.detach().to(device).requires_grad_() for k, v in params.items()}
-    buffers = {k: v.to(device) for k, v in buffers.items()}
-    base = copy.deepcopy(models[0]).to("meta").train()
-    del models
+    base = build(arch).to("meta").train()
+    names = [k for k, _ in base.named_parameters()]
+    params = {k: torch.stack([s[k] for s in states]).detach().to(device).requires_grad_()
+              for k in names}
+    extra = [k for k, _ in base.named_buffers() if k not in states[0]]
+    own = dict(build(arch).named_buffers()) if extra else {}  # non-persistent buffers
+    buffers = {k: torch.stack([s[k] if k in s else own[k] for s in states]).to(device)
+               for k, _ in base.named_buffers()}
 
     def f(p, b, xb):
         return functional_call(base, (p, b), (xb,))
 
     fwd = vmap(f, randomness="different")
-    return _Engine(list(params.values()), lambda xb: fwd(params, buffers, xb),
-                   lambda: _unstack(params, buffers, len(seeds)), len(seeds))
+    engine = _Engine(list(params.values()), lambda xb: fwd(params, buffers, xb),
+                     lambda: _unstack(params, buffers, len(states)), len(states))
+    engine.names = names
+    return engine
 
 
 def batched_impl(arch: str) -> str:
@@ -131,14 +192,28 @@ def batched_impl(arch: str) -> str:
         return "vmap"
 
 
-def _engine(arch: str, seeds: list[int], device, impl: str) -> _Engine:
+def _engine(arch: str, states: list[dict], device, impl: str) -> _Engine:
+    """The engine of models starting from ``states`` (one state dict per model)."""
     if impl == "auto":
         impl = batched_impl(arch)
     if impl == "stacked":
-        return _stacked_engine(arch, seeds, device)
+        return _stacked_engine(arch, states, device)
     if impl == "vmap":
-        return _vmap_engine(arch, seeds, device)
+        return _vmap_engine(arch, states, device)
     raise TrainError(f"batched implementation must be auto, stacked or vmap, got {impl!r}")
+
+
+def _starts(arch: str, seeds: list[int], starts: list[Start] | None) -> list[Start]:
+    """Where each model begins: ``starts`` as given (checked: one per model, one epoch),
+    else every seed's own initialisation."""
+    if starts is None:
+        return [Start(init_model(arch, s).state_dict()) for s in seeds]
+    if len(starts) != len(seeds):
+        raise TrainError(f"starts must be one per seed ({len(seeds)}), got {len(starts)}")
+    if len({s.epoch for s in starts}) > 1 or len({s.optimizer is None for s in starts}) > 1:
+        raise TrainError("starts trained together must share their epoch and all have (or "
+                         "all lack) an optimizer state")
+    return list(starts)
 
 
 def _batched_step(engine: _Engine, opt, x: torch.Tensor, y: torch.Tensor,
@@ -156,30 +231,54 @@ def _batched_step(engine: _Engine, opt, x: torch.Tensor, y: torch.Tensor,
 
 def train_batched(arch: str, seeds: list[int], hp: HParams, x: torch.Tensor, y: torch.Tensor,
                   on_step: StepFn | None = None, on_snapshot: SnapshotFn | None = None,
-                  snapshots: list[int] = (), impl: str = "auto") -> list[dict]:
+                  snapshots: list[int] = (), impl: str = "auto",
+                  starts: list[Start] | None = None) -> list[dict]:
     """Train ``len(seeds)`` models together; returns their state dicts.
 
     ``impl``: ``stacked`` (models along channels, built-in architectures: no per-layer
     transposes), ``vmap`` (any architecture ``functional_call`` runs), or ``auto``: stacked
     where supported, else vmap. (Channels-last memory was tried for the stacked layout: a
     few percent faster at 28x28 on a CPU, but its results drifted from the other paths.)
+    ``starts``: where each model begins (:class:`Start`; default: seed ``s`` initialises
+    model ``s``); the seeds still name each model's data order and dropout.
     """
+    return train_batched_from(arch, seeds, hp, x, y, on_step, on_snapshot, snapshots, impl,
+                              starts)[0]
+
+
+def train_batched_from(arch: str, seeds: list[int], hp: HParams, x: torch.Tensor,
+                       y: torch.Tensor, on_step: StepFn | None = None,
+                       on_snapshot: SnapshotFn | None = None, snapshots: list[int] = (),
+                       impl: str = "auto", starts: list[Start] | None = None,
+                       until: int | None = None) -> tuple[list[dict], list[OptState]]:
+    """:func:`train_batched` up to epoch ``until`` (default: the recipe's last), also
+    returning each model's optimizer state by parameter name (to continue it later)."""
     device = x.device
-    engine = _engine(arch, seeds, device, impl)
-    order = _Order(seeds, len(y), hp.batch_size)
+    starts = _starts(arch, seeds, starts)
+    engine = _engine(arch, [s.state for s in starts], device, impl)
+    order = _Order(seeds, len(y), hp.batch_size, skip=starts[0].epoch)
     opt = make_optimizer(engine.params, hp)
-    sched = make_schedule(opt, hp, hp.epochs * order.steps_per_epoch)
+    if starts[0].optimizer is not None:
+        _opt_import(opt, engine.params, engine.names, [s.optimizer for s in starts])
+    sched = make_schedule(opt, hp, hp.epochs * order.steps_per_epoch,
+                          starts[0].epoch * order.steps_per_epoch)
     torch.manual_seed(seeds[0])  # the stream dropout draws from
-    return _epochs(hp, lambda: order.epoch().to(device).split(hp.batch_size, dim=1),
-                   lambda idx: _batched_step(engine, opt, x, y, idx), sched, engine.states,
-                   on_step, on_snapshot, snapshots)
+    states = _epochs(hp, lambda: order.epoch().to(device).split(hp.batch_size, dim=1),
+                     lambda idx: _batched_step(engine, opt, x, y, idx), sched, engine.states,
+                     on_step, on_snapshot, snapshots, starts[0].epoch, until)
+    return states, _opt_export(opt, engine.params, engine.names, len(seeds))
 
 
-def _epochs(hp: HParams, batches, step, sched, states, on_step, on_snapshot, snapshots):
-    """The loop both paths share: per epoch, ``step`` every index batch of ``batches()``
-    (one new data order per call), advance the schedule, report, snapshot; returns
-    ``states()``."""
-    for epoch in range(1, hp.epochs + 1):
+def _epochs(hp: HParams, batches, step, sched, states, on_step, on_snapshot, snapshots,
+            first: int = 0, until: int | None = None):
+    """The loop both paths share: per epoch after ``first`` up to ``until`` (default: the
+    last), ``step`` every index batch of ``batches()`` (one new data order per call),
+    advance the schedule, report, snapshot; returns ``states()``."""
+    last = hp.epochs if until is None else until
+    if not first <= last <= hp.epochs:
+        raise TrainError(f"cannot train from epoch {first} to epoch {last} of a recipe of "
+                         f"{hp.epochs} epochs")
+    for epoch in range(first + 1, last + 1):
         for idx in batches():
             losses = step(idx)
             if sched is not None:
@@ -207,20 +306,41 @@ def _sequential_step(model: nn.Module, opt, x: torch.Tensor, y: torch.Tensor,
 
 def train_sequential(arch: str, seed: int, hp: HParams, x: torch.Tensor, y: torch.Tensor,
                      on_step: StepFn | None = None, on_snapshot: SnapshotFn | None = None,
-                     snapshots: list[int] = ()) -> list[dict]:
-    """Train one model as a plain ``nn.Module`` (same recipe as the batched path)."""
-    model = init_model(arch, seed).to(x.device).train()
-    order = _Order([seed], len(y), hp.batch_size)
-    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], hp)
-    sched = make_schedule(opt, hp, hp.epochs * order.steps_per_epoch)
+                     snapshots: list[int] = (), start: Start | None = None) -> list[dict]:
+    """Train one model as a plain ``nn.Module`` (same recipe as the batched path);
+    ``start``: where it begins (default: seed ``seed``'s initialisation)."""
+    return train_sequential_from(arch, seed, hp, x, y, on_step, on_snapshot, snapshots,
+                                 start)[0]
+
+
+def train_sequential_from(arch: str, seed: int, hp: HParams, x: torch.Tensor,
+                          y: torch.Tensor, on_step: StepFn | None = None,
+                          on_snapshot: SnapshotFn | None = None, snapshots: list[int] = (),
+                          start: Start | None = None, until: int | None = None
+                          ) -> tuple[list[dict], list[OptState]]:
+    """:func:`train_sequential` up to epoch ``until`` (default: the last), also returning
+    the optimizer state by parameter name (to continue it later: :class:`Start`)."""
+    start = _starts(arch, [seed], None if start is None else [start])[0]
+    model = build(arch)
+    model.load_state_dict(start.state)
+    model = model.to(x.device).train()
+    order = _Order([seed], len(y), hp.batch_size, skip=start.epoch)
+    names = [k for k, p in model.named_parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(params, hp)
+    if start.optimizer is not None:
+        _opt_import(opt, params, names, [start.optimizer])
+    sched = make_schedule(opt, hp, hp.epochs * order.steps_per_epoch,
+                          start.epoch * order.steps_per_epoch)
     torch.manual_seed(seed)
 
     def state():
         return [{k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}]
 
-    return _epochs(hp, lambda: order.epoch()[0].to(x.device).split(hp.batch_size),
-                   lambda idx: _sequential_step(model, opt, x, y, idx), sched, state,
-                   on_step, on_snapshot, snapshots)
+    states = _epochs(hp, lambda: order.epoch()[0].to(x.device).split(hp.batch_size),
+                     lambda idx: _sequential_step(model, opt, x, y, idx), sched, state,
+                     on_step, on_snapshot, snapshots, start.epoch, until)
+    return states, _opt_export(opt, params, names, 1)
 
 
 def can_batch(arch: str, x: torch.Tensor, y: torch.Tensor) -> str | None:
@@ -274,7 +394,7 @@ def step_seconds(arch: str, n: int, hp: HParams, x: torch.Tensor, y: torch.Tenso
         opt = make_optimizer([p for p in model.parameters() if p.requires_grad], hp1)
         return n * _time_steps(lambda idx: _sequential_step(model, opt, x, y, idx[0]),
                                batches, warmup, budget_s / n)
-    engine = _engine(arch, seeds, x.device, path)
+    engine = _engine(arch, [init_model(arch, s).state_dict() for s in seeds], x.device, path)
     opt = make_optimizer(engine.params, hp1)
     return _time_steps(lambda idx: _batched_step(engine, opt, x, y, idx), batches, warmup,
                        budget_s)
