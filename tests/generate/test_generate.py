@@ -378,6 +378,10 @@ def _files(root: Path) -> dict:
             if p.is_file()}
 
 
+def canon_models(zoo):
+    return len(finished(json.loads((zoo / "manifest.json").read_text())))
+
+
 def test_generate_run_end_to_end_and_skips_finished_stages(raw_zoo, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["generate", "run", str(raw_zoo), "--out", str(out), *RUN_ARGS]) == 0
@@ -385,11 +389,19 @@ def test_generate_run_end_to_end_and_skips_finished_stages(raw_zoo, tmp_path, ca
     assert "| generated |" in o and "| zoo (leave-one-out) |" in o  # the audit table
     for i, stage in enumerate(("canonicalize", "fit", "sample", "audit"), 1):
         assert f"[{i}/4] {stage}: done" in err
+    # the canonicalization the mixability probe chose on validation, kept for reruns
+    choice = json.loads((out / "canonicalization.json").read_text())
+    assert set(choice["reports"]) == {"none", "wm", "am"} and choice["chosen"] != "none"
+    best = max(r["score"] for r in choice["reports"].values())
+    assert choice["reports"][choice["chosen"]]["score"] == best
     canon = json.loads((out / "canonical" / "manifest.json").read_text())
-    assert canon["canonicalization"]["method"] == "wm"
+    assert canon["canonicalization"]["method"] == choice["chosen"]
     assert canon["canonicalization"]["reference"] == "barycenter"
     cfg = json.loads((out / "generator" / "config.json").read_text())
     assert set(cfg["defaults"]) == {"pca", "condition"}
+    # the probe ran before the fit and is recorded with the generator
+    assert cfg["mixability"]["verdict"] in ("mixable", "not mixable")
+    assert len(cfg["mixability"]["singles"]) == canon_models(out / "canonical")
     st = json.loads((out / "samples" / "manifest.json").read_text())["settings"]
     assert set(st["defaults"]) == {"condition", "guidance", "mix"} and st["n"] == 3
     assert (out / "report" / "report.md").is_file()

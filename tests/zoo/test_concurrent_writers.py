@@ -12,7 +12,7 @@ def _train(out):
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     return subprocess.Popen([sys.executable, "-m", "weightspace.cli.main", "zoo", "train",
                              "--arch", "mlp:64-8-10", "--dataset", "digits", "--models", "2",
-                             "--epochs", "1", "--no-progress", "--out", str(out)],
+                             "--epochs", "4", "--no-progress", "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 

@@ -55,6 +55,10 @@ def add_parser(sub) -> None:
     f.add_argument("--p-uncond", type=float_range(0, 1, hi_open=True), default=FS.p_uncond,
                    help="probability of dropping the condition in training (0.1)")
     f.add_argument("--no-ot", action="store_true", help="no minibatch OT coupling")
+    f.add_argument("--no-probe", action="store_true",
+                   help="skip the mixability probe before the fit (default: probe the zoo's "
+                        "mixtures on validation data, print and record the result, and say "
+                        "when samples would be near-copies or inaccurate)")
     f.add_argument("--seed", type=SEED, default=0)
     f.add_argument("--no-progress", action="store_true")
     f.add_argument("--json", action="store_true")
@@ -88,14 +92,20 @@ def add_parser(sub) -> None:
     allow_code(e)
     r = gs.add_parser("run", help="the whole path: canonicalize (if needed), fit, sample, "
                                   "audit; resumable stage by stage",
-                      description="Canonicalize ZOO (weight matching to the barycenter, only "
-                                  "if its manifest has no canonicalization record) into "
+                      description="Canonicalize ZOO (only if its manifest has no "
+                                  "canonicalization record; the method the mixability "
+                                  "probe measures best, see --canonicalize) into "
                                   "OUT/canonical, fit OUT/generator, sample OUT/samples and "
                                   "audit them into OUT/report. Rerunning skips finished "
                                   "stages and resumes an interrupted fit. Unset options "
                                   "follow the best measured recipe, as in fit and sample.")
     r.add_argument("zoo", metavar="ZOO_DIR")
     r.add_argument("--out", required=True, help="run directory")
+    r.add_argument("--canonicalize", default="auto", metavar="METHOD",
+                   help="how a zoo without a canonicalization record is canonicalized: auto "
+                        "(default: the method whose mixtures the probe measures most "
+                        "accurate on validation: none, wm or am), none (as it is), or an "
+                        "alignment method")
     _recipe_args(r)
     r.add_argument("--condition", metavar="NAME", default=AUTO,
                    help="fit condition: a metric or hyperparameter name, or none (default: "
@@ -161,7 +171,7 @@ def run(args) -> int:
     check_output(args.out, "dir", "--out")
     if args.gen_verb == "fit":
         res = fit_generator(args.zoo, args.out, _settings(args), pca=args.pca,
-                            condition=args.condition,
+                            condition=args.condition, probe=not args.no_probe,
                             progress=not args.no_progress and not args.json)
         print(describe_defaults(res["defaults"]), file=sys.stderr)
         print(json.dumps(res.to_json(), indent=1) if args.json else
@@ -182,6 +192,7 @@ def run(args) -> int:
                              condition=args.condition, n=args.n,
                              sampling=_sampling(args, args.sample_steps, args.target),
                              seed=args.seed, ensemble=args.ensemble, data_root=args.data_root,
+                             canonicalize=args.canonicalize,
                              progress=not args.no_progress and not args.json,
                              log=lambda line: print(line, file=sys.stderr, flush=True))
         if args.json:

@@ -41,7 +41,28 @@ class FitResult(Result):
     condition: str | None = None
     resumed_from: int | None = None
     defaults: dict = field(default_factory=dict)
+    mixability: dict | None = None
     skipped: bool = False
+
+
+def probe_mixability(zoo_dir, show: bool) -> dict:
+    """The zoo's mixability (:func:`~weightspace.merge.probe.probe_zoo`, the zoo as it is):
+    samples are affine mixtures of its models, so this says before the fit whether they
+    can be accurate. Printed to standard error when ``show``; the advice line (samples will
+    be near-copies or inaccurate, and the lever to use) always is. A zoo the probe cannot
+    measure (no dataset here, fewer than two models) gets ``{"skipped": why}``."""
+    import sys
+
+    from ..errors import WeightspaceError
+    from ..merge.probe import probe_zoo
+    try:
+        rep = probe_zoo(zoo_dir)
+    except WeightspaceError as e:
+        return {"skipped": str(e)}
+    lines = rep.table() if show else ([rep.advice] if rep.advice else [])
+    for line in lines:
+        print(line, file=sys.stderr, flush=True)
+    return rep.to_dict()
 
 
 def condition_values(entries: list[dict], name: str, where: str = "") -> torch.Tensor:
@@ -128,7 +149,7 @@ def _progress(total: int, initial: int, show: bool):
 def fit_generator(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
                   pca: bool | None = None, condition: str | None = AUTO,
                   progress: bool = True, checkpoint_every: int = 500,
-                  until: int | None = None, **overrides) -> FitResult:
+                  until: int | None = None, probe: bool = True, **overrides) -> FitResult:
     """Encode the zoo, train (or resume) the flow, save the generator.
 
     ``settings`` (or its fields as keyword ``overrides``: ``steps=``, ``width=``,
@@ -141,7 +162,9 @@ def fit_generator(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
     ``condition="auto"`` is ``val_acc`` when every finished model has it
     (:func:`~.config.default_condition`). ``pca=False`` / ``condition=None`` (or
     ``"none"``) turn them off. Each default taken is in the result's and ``config.json``'s
-    ``defaults`` (value and why)."""
+    ``defaults`` (value and why). ``probe`` measures the zoo's mixability first
+    (:func:`probe_mixability`; recorded as ``mixability``). The parameters are the recipe's
+    and the run's (resume, progress, checkpoints), validated together before any work."""
     t0 = time.perf_counter()
     out = check_output(out_dir, "dir")
     s = replace(settings or FlowSettings(), **overrides)
@@ -153,6 +176,7 @@ def fit_generator(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
     # (user code without allow_code) or does not fit the zoo's tensors
     check_state(build(arch), first, str(Zoo(zoo_dir).model_path(entries[0]["id"])))
     zoo_err = val_errors.result()
+    mixable = probe_mixability(zoo_dir, progress and shard().is_main) if probe else None
     pca, condition, defaults = fit_defaults(s, entries, first, pca, condition)
     cond = cn = None
     if condition is not None:
@@ -168,7 +192,7 @@ def fit_generator(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
            "canonicalization": (m.get("canonicalization") or {}).get("method"),
            "models": len(entries), "encoding": enc.signature_dict(),
            "train": s.to_dict(), "condition": cn and cn.to_dict(),
-           "max_roundtrip_error": err, "defaults": defaults}
+           "max_roundtrip_error": err, "defaults": defaults, "mixability": mixable}
     state = resume_state(out, cfg) if (out / "state.json").is_file() else None
     main = shard().is_main  # under accelerate: one writer, one progress bar
     if main:
@@ -188,4 +212,5 @@ def fit_generator(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
     return FitResult(out=str(out), models=len(entries), dim=int(codes.shape[1]),
                      train_seconds=cfg["train_seconds"], seconds=time.perf_counter() - t0,
                      max_roundtrip_error=err, pca=pca, condition=condition,
-                     resumed_from=state["step"] if state else None, defaults=defaults)
+                     resumed_from=state["step"] if state else None, defaults=defaults,
+                     mixability=mixable)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..arch import build
-from ..checkpoint import check_state, read_checkpoint
+from ..checkpoint import atomic_write_text, check_state, read_checkpoint
 from ..errors import check_output, make_dir
 from ..results import Result
 from ..zoo.store import Zoo, ZooError, finished
@@ -154,10 +154,58 @@ class _Stages:
             self.log(f"      removed out-of-date {path} ({why})")
 
 
-def _canonicalize(st: _Stages, zoo_dir, manifest: dict, seed: int, data_root, progress):
-    """Stage 1: the zoo as it is when its manifest records a canonicalization, else weight
-    matching to the barycenter into ``canonical/``. Returns the canonicalize report (None
-    when skipped)."""
+# The canonicalizations `generate run` chooses among by default (the mixability probe on
+# validation data, :func:`~weightspace.merge.probe.choose_canonicalization`): the zoo as it
+# is (a shared-initialisation zoo), weight matching and activation matching to the
+# barycenter (TransFusion too where the spec has attention heads). STE trains per pair and
+# is left to an explicit choice. The probe aligns with at most PROBE_ROUNDS rounds.
+RUN_CANDIDATES = ("none", "wm", "am")
+PROBE_ROUNDS = 3
+CHOICE = "canonicalization.json"
+
+
+def _choose_method(st: _Stages, zoo_dir, method: str, seed: int, data_root) -> dict:
+    """The canonicalization to use: ``method`` if given, else the probe's choice, kept in
+    ``canonicalization.json`` so that a rerun reuses it."""
+    path = st.out / CHOICE
+    if method != AUTO:
+        return {"chosen": method, "rule": "given"}
+    if path.is_file():
+        try:
+            rec = json.loads(path.read_text())
+            if isinstance(rec, dict) and isinstance(rec.get("chosen"), str) and \
+                    _same_dir(rec.get("zoo", ""), zoo_dir):
+                return rec
+        except ValueError:
+            pass
+    from ..canonicalize.methods import ALIGN_METHODS
+    from ..merge.probe import choose_canonicalization
+    st.begin(1, "canonicalize", "choosing the canonicalization by the mixability probe "
+                                f"({', '.join(RUN_CANDIDATES)}, on validation data)")
+    cands = RUN_CANDIDATES + (("transfusion",) if "transfusion" in ALIGN_METHODS and
+                              _has_heads(zoo_dir) else ())
+    rec = choose_canonicalization(zoo_dir, cands, seed=seed, data_root=data_root,
+                                  max_rounds=PROBE_ROUNDS, log=lambda s: st.log(f"      {s}"))
+    rec["zoo"] = str(zoo_dir)
+    atomic_write_text(path, json.dumps(rec, indent=1))
+    return rec
+
+
+def _has_heads(zoo_dir) -> bool:
+    from ..merge.probe import has_heads
+    from ..symmetry.cache import zoo_spec
+    zoo = Zoo(zoo_dir)
+    e = finished(zoo.read())[0]
+    state, arch, _ = read_checkpoint(zoo.model_path(e["id"]))
+    return has_heads(zoo_spec(zoo.root, arch, str(zoo.model_path(e["id"])), state))
+
+
+def _canonicalize(st: _Stages, zoo_dir, manifest: dict, seed: int, data_root, progress,
+                  method: str = AUTO):
+    """Stage 1: the zoo as it is when its manifest records a canonicalization; else the
+    canonicalization ``method`` (``auto``: the one the mixability probe measures best on
+    validation data; ``none``: the zoo as it is) to the barycenter into ``canonical/``.
+    Returns the canonicalize report (None when skipped), with the choice."""
     record = manifest.get("canonicalization")
     if isinstance(record, dict):
         st.canon = Path(zoo_dir)
@@ -169,17 +217,26 @@ def _canonicalize(st: _Stages, zoo_dir, manifest: dict, seed: int, data_root, pr
         if not isinstance(rec.get("source"), str) or not _same_dir(rec["source"], zoo_dir):
             raise ZooError(f"{st.canon} holds the canonical zoo of {rec.get('source')!r}, not "
                            f"of {zoo_dir}; use another output directory or remove {st.canon}")
-        st.note(1, "canonicalize", f"skipped: {st.canon} is done (wm to the barycenter)")
+        st.note(1, "canonicalize", f"skipped: {st.canon} is done ({rec.get('method')} to "
+                                   f"{rec.get('reference')})")
         return None
     t = time.perf_counter()
-    st.begin(1, "canonicalize", f"weight matching to the barycenter -> {st.canon}")
+    choice = _choose_method(st, zoo_dir, method, seed, data_root)
+    chosen = choice["chosen"]
+    if chosen == "none":
+        st.canon = Path(zoo_dir)
+        st.note(1, "canonicalize", f"the zoo as it is ({choice['rule']}: its mixtures are "
+                                   f"the most accurate unaligned)")
+        return {"choice": choice}
+    st.begin(1, "canonicalize", f"{chosen} to the barycenter -> {st.canon} "
+                                f"({choice['rule']})")
     from ..canonicalize.zoo import canonicalize_zoo
-    rep = canonicalize_zoo(zoo_dir, st.canon, "wm", "barycenter", data_root=data_root,
+    rep = canonicalize_zoo(zoo_dir, st.canon, chosen, "barycenter", data_root=data_root,
                            seed=seed, progress=progress)
     st.done(1, "canonicalize", t, f" (RMS L2 to the barycenter "
                                   f"{rep['l2_to_barycenter_before']:.3f} -> "
                                   f"{rep['l2_to_barycenter_after']:.3f})")
-    return rep
+    return {**rep, "choice": choice}
 
 
 def _fit(st: _Stages, s: FlowSettings, pca, condition, progress) -> FitResult:
@@ -247,14 +304,16 @@ def run_generation(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
                    sampling: SampleSettings | None = None, pca: bool | None = None,
                    condition: str | None = AUTO, n: int = 100, seed: int = 0,
                    ensemble: int = 10, data_root=None, progress: bool = True, log=None,
-                   **overrides) -> RunResult:
+                   canonicalize: str = AUTO, **overrides) -> RunResult:
     """Canonicalize (if needed), fit, sample ``n`` networks and audit them, under
     ``out_dir``; returns a :class:`RunResult`.
 
     ``settings`` / ``overrides`` (FlowSettings fields) / ``pca`` / ``condition`` are
     :func:`fit_generator`'s, ``sampling`` :func:`sample_zoo`'s, ``ensemble`` the audit's.
     Unset, each follows the measured recipe (the defaults of each stage, printed and
-    recorded). ``log`` gets one line per stage (default: stderr when ``progress``). The
+    recorded). ``canonicalize`` is how a zoo without a canonicalization record is
+    canonicalized: ``auto`` (the method whose mixtures the probe measures most accurate on
+    validation data, among :data:`RUN_CANDIDATES`), ``none`` (as it is) or a method. ``log`` gets one line per stage (default: stderr when ``progress``). The
     parameters are the stages' own, passed through; all are validated before any work."""
     t0 = time.perf_counter()
     out = check_output(out_dir, "dir")
@@ -264,6 +323,10 @@ def run_generation(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
     if isinstance(ensemble, bool) or not isinstance(ensemble, int) or ensemble < 1:
         raise GenerateError(f"`ensemble` must be >= 1, got {ensemble!r}")
     check_fit_args(s, pca, condition)
+    from ..canonicalize.methods import ALIGN_METHODS
+    if canonicalize not in (AUTO, "none", *ALIGN_METHODS):
+        raise GenerateError(f"`canonicalize` must be auto, none or one of "
+                            f"{', '.join(ALIGN_METHODS)}; got {canonicalize!r}")
     if log is None:
         log = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else \
             (lambda line: None)
@@ -276,7 +339,7 @@ def run_generation(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
     state, arch, _ = read_checkpoint(first)
     check_state(build(arch), state, str(first))  # user code only with allow_code
     st = _Stages(out, log)
-    canon_rep = _canonicalize(st, zoo_dir, manifest, seed, data_root, progress)
+    canon_rep = _canonicalize(st, zoo_dir, manifest, seed, data_root, progress, canonicalize)
     fit = _fit(st, s, pca, condition, progress)
     smp = _sample(st, n, seed, ss, data_root)
     report = _audit(st, ensemble, seed, data_root)
