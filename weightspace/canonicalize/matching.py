@@ -14,9 +14,9 @@ depends only on the permutations of the *other* groups acting on that parameter,
 cached with their version numbers and recomputed only when one of them changed. A sweep
 after convergence costs almost nothing, and late sweeps touch only the neighbourhood of
 what changed. Cost matrices are built with tensor ops on the models' device; the LAPs are
-solved with ``scipy.optimize.linear_sum_assignment`` on the CPU (see :mod:`.assignment`:
-a warm-started solver was measured and did not pay, since consecutive solves of one family
-move 20-50% of its rows). Consecutive families of a sweep that share no parameter do not
+solved on the CPU by :func:`.assignment.solve`, warm-started from the family's previous
+answer and column duals (a later sweep repairs the few rows that moved instead of solving
+from scratch; every answer is exact, certified or solved by scipy). Consecutive families of a sweep that share no parameter do not
 change each other's costs: their LAPs run side by side on torch's thread budget (scipy
 releases the GIL) and are accepted in order, so the steps are exactly the sequential ones.
 """
@@ -31,7 +31,7 @@ import torch
 
 from ..symmetry.structure import (Perms, Spec, apply, identity_perms, layout_groups,
                                   layout_index, parse_member)
-from .assignment import lap, parallel_map
+from .assignment import LapState, lap, parallel_map, solve
 
 
 @dataclass
@@ -189,6 +189,7 @@ class WeightMatcher:
         self._mat: dict = {}
         self._plain: dict = {}
         self._solved: dict = {}
+        self._lap: dict[str, LapState | None] = {}  # family -> warm start of its next LAP
         self.fam_keys = {f.top: sorted({o.key for o in f.occs}) for f in self.fams}
         self.quadratic = {f.top for f in self.fams if any(
             len({o.axis for o in f.occs if o.key == k}) > 1 for k in self.fam_keys[f.top])}
@@ -333,9 +334,11 @@ class WeightMatcher:
         return val
 
     def solve_family(self, fam: Family, plain, nested, block_pairing=None):
-        """The best permutations of a family given its costs (exact)."""
+        """The best permutations of a family given its costs (exact). A plain family's LAP
+        starts warm from the family's last one (its assignment and duals)."""
         if not nested:
-            return {fam.top: lap(plain)}
+            perm, self._lap[fam.top] = solve(plain, self._lap.get(fam.top))
+            return {fam.top: perm}
         h = next(iter(nested.values())).shape[0]
         outer = torch.zeros(h, h, dtype=torch.float64) if plain is None else \
             plain.detach().double().cpu().clone()
