@@ -219,9 +219,10 @@ def bench_pair(name, ref, A, B, repeat=3, port=True, rebasin=True):
 
 def bench_zoo(arch: str, models: int, hp: HParams, sequential: bool = True, root=None,
               repeat: int = 3):
-    """Canonicalize a trained zoo to its barycenter, batched and (optionally) one matching
-    per model, same rounds (the fastest of ``repeat`` runs each); prints models per second
-    and RMS L2 to the barycenter."""
+    """Canonicalize a trained zoo to its barycenter, batched (with the warm-started LAPs and
+    scipy-only) and (optionally) one matching per model, same rounds (the fastest of
+    ``repeat`` runs each); prints models per second, RMS L2 to the barycenter and the
+    matching's cost / LAP / other split."""
     from pathlib import Path
 
     from weightspace.canonicalize.zoo import canonicalize_zoo
@@ -230,26 +231,42 @@ def bench_zoo(arch: str, models: int, hp: HParams, sequential: bool = True, root
         zoo = Path(root or tmp) / f"zoo-{arch.replace(':', '_').replace('?', '_')}-{models}"
         if not (zoo / "manifest.json").exists():
             train_zoo(zoo, arch, "digits", hp, models=models, progress=False, log=lambda *a: None)
-        runs = [("batched", True)] + ([("sequential", False)] if sequential else [])
+        from safetensors.torch import load_file
+
+        from weightspace.canonicalize.assignment import STATS, scipy_only
+        runs = [("batched", True, False), ("scipy-only", True, True)] + \
+            ([("sequential", False, False)] if sequential else [])
         print(f"\nzoo: {models} x {arch} (digits, {hp.epochs} epochs) to the barycenter "
               f"(whole call, and the matching alone: no reading or writing of files)")
         print(f"  {'matching':<11} {'seconds':>8} {'models/s':>9} {'rounds':>6} "
               f"{'RMS L2 before':>13} {'after':>8} {'batched faster':>14} "
               f"{'matching s':>10} {'faster':>6}")
         first = None
-        for name, batched in runs:
+        perms = {}
+        for name, batched, scipy in runs:
             secs = match = float("inf")
+            STATS.reset()
+            SPLIT.reset()
             for r in range(repeat):  # the fastest of `repeat` runs: timings here are noisy
                 t = time.perf_counter()
-                rep = canonicalize_zoo(zoo, f"{tmp}/canon-{name}-{r}", "wm", "barycenter",
-                                       progress=False, batched=batched, device=DEVICE)
+                with scipy_only(scipy):
+                    rep = canonicalize_zoo(zoo, f"{tmp}/canon-{name}-{r}", "wm", "barycenter",
+                                           progress=False, batched=batched, device=DEVICE)
                 secs = min(secs, time.perf_counter() - t)
                 match = min(match, rep["matching_seconds"])
+            note = f"{split_note(match, repeat)}; {STATS.warm} warm + {STATS.cold} cold " \
+                   f"solves, {STATS.fallback} fallbacks"
+            out = Path(f"{tmp}/canon-{name}-0/perms")
+            perms[name] = {f.name: load_file(str(f)) for f in sorted(out.glob("*"))}
             first = first or (secs, match)
             print(f"  {name:<11} {secs:>8.2f} {models / secs:>9.2f} {rep['rounds']:>6} "
                   f"{rep['l2_to_barycenter_before']:>13.4f} "
                   f"{rep['l2_to_barycenter_after']:>8.4f} {secs / first[0]:>13.1f}x "
-                  f"{match:>10.2f} {match / first[1]:>5.1f}x")
+                  f"{match:>10.2f} {match / first[1]:>5.1f}x  {note}")
+        a, b = perms["batched"], perms["scipy-only"]
+        same = a.keys() == b.keys() and all(torch.equal(a[f][g], b[f][g]) for f in a for g in a[f])
+        print(f"  identical permutations to scipy-only: {same}")
+        assert same, "zoo: permutations differ from the scipy-only path"
 
 
 def main():

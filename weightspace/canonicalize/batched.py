@@ -20,7 +20,7 @@ is ``M`` with its columns put back in place (``C[:, p] = M``): no re-gathering o
 The small members of a group (biases, BatchNorm vectors) are stacked into one product.
 
 Every (model, group) LAP starts warm from that model's last answer and column duals for the
-group (:func:`~.assignment.lap_batch`); ``lap_states`` carries them from one call to the
+group (:func:`~.assignment.lap_batch`); a :class:`LapCarry` keeps them from one call to the
 next (the rounds of a barycenter), which changes how fast each LAP is solved, never its
 answer.
 """
@@ -210,11 +210,38 @@ class BatchedMatcher:
         return perms, {"iterations": iters, "objective": obj}
 
 
+class LapCarry:
+    """LAP warm starts per (model, group), kept from one batched call to the next (the
+    rounds of a barycenter match the same models again, to moving targets)."""
+
+    def __init__(self):
+        self.kept: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+    def stack(self, ids: list, sizes: dict[str, int]) -> dict:
+        """group -> (x, v) [len(ids), n] for the models ``ids`` (NaN duals: none kept)."""
+        out = {}
+        for g, n in sizes.items():
+            x = np.full((len(ids), n), -1, dtype=np.int64)
+            v = np.full((len(ids), n), np.nan)
+            for r, i in enumerate(ids):
+                if (i, g) in self.kept:
+                    x[r], v[r] = self.kept[(i, g)]
+            out[g] = (x, v)
+        return out
+
+    def keep(self, ids: list, states: dict) -> None:
+        for g, (x, v) in states.items():
+            for r, i in enumerate(ids):
+                self.kept[(i, g)] = (x[r].copy(), v[r].copy())
+
+
 def batched_weight_matching(spec: Spec, A: list[dict], B: list[dict],
                             init: list[Perms] | None = None, max_iter: int = 100,
-                            seed: int = 0, lap_states: dict | None = None) -> list[Perms]:
+                            seed: int = 0, carry: LapCarry | None = None,
+                            ids: list | None = None) -> list[Perms]:
     """Weight matching of ``B[b]`` to ``A[b]`` for every ``b`` at once (plain specs);
-    ``lap_states`` carries the LAPs' warm starts between calls on the same ``B``."""
+    ``carry`` keeps the LAPs' warm starts for the next call, by model id (``ids``, one per
+    pair; default the positions)."""
     keys = sorted({parse_member(m)[0] for m in spec.layouts})
 
     def stack(states: list[dict]) -> dict[str, torch.Tensor]:
@@ -223,7 +250,11 @@ def batched_weight_matching(spec: Spec, A: list[dict], B: list[dict],
     sizes = spec.group_sizes
     start = {g: torch.stack([p[g] for p in init]) if init else
              torch.arange(sizes[g]).expand(len(B), -1) for g in m.members}
-    perms, _ = m.run(start, max_iter=max_iter, seed=seed, lap_states=lap_states)
+    ids = list(range(len(B))) if ids is None else list(ids)
+    laps = carry.stack(ids, {g: sizes[g] for g in m.members}) if carry is not None else None
+    perms, _ = m.run(start, max_iter=max_iter, seed=seed, lap_states=laps)
+    if carry is not None:
+        carry.keep(ids, laps)
     out = []
     for b in range(len(B)):
         full = {g.name: torch.arange(g.size) for g in spec.groups}
@@ -232,4 +263,4 @@ def batched_weight_matching(spec: Spec, A: list[dict], B: list[dict],
     return out
 
 
-__all__ = ["BatchedMatcher", "batched_weight_matching", "supports"]
+__all__ = ["BatchedMatcher", "LapCarry", "batched_weight_matching", "supports"]

@@ -190,6 +190,7 @@ class WeightMatcher:
         self._plain: dict = {}
         self._solved: dict = {}
         self._lap: dict[str, LapState | None] = {}  # family -> warm start of its next LAP
+        self._total: dict = {}  # family -> (its plain contributions, their float64 sum)
         self.fam_keys = {f.top: sorted({o.key for o in f.occs}) for f in self.fams}
         self.quadratic = {f.top for f in self.fams if any(
             len({o.axis for o in f.occs if o.key == k}) > 1 for k in self.fam_keys[f.top])}
@@ -309,15 +310,37 @@ class WeightMatcher:
         return c
 
     def family_cost(self, fam: Family, perms: Perms):
-        """(plain [n, n] or None, {child: [H, H, d, d]}) summed over the family's params."""
-        plain, nested = None, {}
+        """(plain [n, n] float64 or None, {child: [H, H, d, d]}) summed over the family's
+        params. The plain sum is the family's own buffer: read it, do not change it."""
+        parts, nested = {}, {}
         for key in sorted({o.key for o in fam.occs}):
             p, ns = self._contribution(fam, key, perms)
-            if p is not None:  # one buffer, added into in place (contributions are cached)
-                plain = p.clone() if plain is None else plain.add_(p)
+            if p is not None:
+                parts[key] = p
             for c, s in ns.items():
                 nested[c] = s.clone() if c not in nested else nested[c].add_(s)
-        return plain, nested
+        return self._plain_total(fam.top, parts), nested
+
+    def _plain_total(self, top: str, parts: dict):
+        """The float64 sum of a family's plain contributions, kept per family and updated
+        only by those recomputed since its last call (a recomputed contribution is a new
+        tensor; a cached one is the same object). Most contributions of a family (biases,
+        norms, the layers beside a group that did not move) do not change from one sweep to
+        the next, and the LAP takes float64: one conversion, no re-summing."""
+        if not parts:
+            return None
+        prev = self._total.get(top)
+        if prev is None or prev[0].keys() != parts.keys():
+            total = None
+            for p in parts.values():
+                total = p.double() if total is None else total.add_(p)
+        else:
+            old, total = prev
+            for k, p in parts.items():
+                if p is not old[k]:
+                    total.add_(p).sub_(old[k])
+        self._total[top] = (parts, total)
+        return total
 
     @staticmethod
     def family_value(plain, nested, perms: Perms, fam: Family) -> float:
