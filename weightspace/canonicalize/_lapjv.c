@@ -198,10 +198,10 @@ static int certify(Lap *L, double tol) {
 }
 
 /* Solve one problem: 0 certified, 1 failed check, 2 a non-finite cost (not solved);
- * sets *freed (rows the start left free). The tolerance is rel * max(1, max |cost|). */
+ * sets *freed (rows the start left free). The tolerance is rel * max |cost|. */
 static int solve_one(Lap *L, int warm, double rel, Py_ssize_t *freed) {
     Py_ssize_t n = L->n;
-    double scale = 1.0;
+    double scale = 0.0;
     for (Py_ssize_t i = 0; i < n * n; i++) {
         double a = fabs(L->c[i]);
         if (!(a <= 1e300)) return 2;  /* also NaN */

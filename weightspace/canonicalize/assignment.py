@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-REL_TOL = 1e-10  # certificate: reduced costs >= -REL_TOL * max(1, max |cost|)
+REL_TOL = 1e-10  # certificate: reduced costs >= -REL_TOL * max |cost|
 
 
 @dataclass
