@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Sequence, TypeVar
@@ -53,6 +54,7 @@ class LapStats:
 
 
 STATS = LapStats()
+_STATS_LOCK = threading.Lock()  # solves run on several threads
 _EXT: list = []          # [module or None] once looked up
 _SCIPY_ONLY = [False]
 
@@ -96,7 +98,8 @@ def _as_f64(cost) -> np.ndarray:
 def _scipy(c: np.ndarray) -> np.ndarray:
     """scipy's maximising assignment of one [n, n] float64 matrix (as today: row and
     column reduced first)."""
-    STATS.scipy += 1
+    with _STATS_LOCK:
+        STATS.scipy += 1
     return linear_sum_assignment(_reduced(-c))[1].astype(np.int64)
 
 
@@ -111,13 +114,14 @@ def _solve_stack(c: np.ndarray, x: np.ndarray, v: np.ndarray, warm: bool) -> Non
         status[:] = -1
     else:
         ext.solve(c, x, v, status, freed, -1.0, warm, REL_TOL)
-        if warm:
-            STATS.warm += len(c)
-            STATS.freed_rows += int(freed.sum())
-        else:
-            STATS.cold += len(c)
-    for b in np.flatnonzero(status):
-        STATS.fallback += int(status[b] > 0)
+    bad = np.flatnonzero(status)
+    with _STATS_LOCK:
+        if ext is not None:
+            STATS.warm += len(c) if warm else 0
+            STATS.cold += 0 if warm else len(c)
+            STATS.freed_rows += int(freed.sum()) if warm else 0
+        STATS.fallback += int((status[bad] > 0).sum())
+    for b in bad:
         x[b] = _scipy(c[b])
         v[b] = np.nan
 
@@ -176,7 +180,8 @@ def lap(cost: torch.Tensor) -> torch.Tensor:
     """Maximising assignment (exact, cold): ``perm[i]`` is the column matched to row ``i``."""
     c = _as_f64(cost)
     if _ext() is None or c.shape[0] != c.shape[-1]:
-        STATS.scipy += 1
+        with _STATS_LOCK:
+            STATS.scipy += 1
         return torch.from_numpy(linear_sum_assignment(_reduced(-c))[1]).long()
     return solve(c)[0]
 
