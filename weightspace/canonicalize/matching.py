@@ -16,9 +16,10 @@ after convergence costs almost nothing, and late sweeps touch only the neighbour
 what changed. Cost matrices are built with tensor ops on the models' device; the LAPs are
 solved on the CPU by :func:`.assignment.solve`, warm-started from the family's previous
 answer and column duals (a later sweep repairs the few rows that moved instead of solving
-from scratch; every answer is exact, certified or solved by scipy). Consecutive families of a sweep that share no parameter do not
-change each other's costs: their LAPs run side by side on torch's thread budget (scipy
-releases the GIL) and are accepted in order, so the steps are exactly the sequential ones.
+from scratch; every answer is exact, certified or solved by scipy). Consecutive families
+of a sweep that share no parameter do not change each other's costs: their LAPs run side
+by side on torch's thread budget (the solvers release the GIL) and are accepted in order,
+so the steps are exactly the sequential ones.
 """
 from __future__ import annotations
 
@@ -333,7 +334,7 @@ class WeightMatcher:
         if prev is None or prev[0].keys() != parts.keys():
             total = None
             for p in parts.values():
-                total = p.double() if total is None else total.add_(p)
+                total = p.to(torch.float64, copy=True) if total is None else total.add_(p)
         else:
             old, total = prev
             for k, p in parts.items():
