@@ -1,5 +1,6 @@
 # Two commands: `make demo` and `make test`. Both create .venv if missing and (re)install
-# the package when pyproject.toml is newer than the last install.
+# the package when pyproject.toml, setup.py or the C extension's source is newer than the
+# last install (the install builds the extension).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,7 +11,7 @@ STAMP := $(VENV)/.installed
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(PY)
+$(STAMP): pyproject.toml setup.py weightspace/canonicalize/_lapjv.c | $(PY)
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 

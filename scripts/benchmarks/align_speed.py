@@ -7,6 +7,10 @@ Baselines:
   ``weight_matching``: every step re-permutes every member tensor and recomputes the whole
   cost), on specs whose layouts are all plain.
 
+* ``scipy-only`` — weightspace's own matching with every LAP solved cold by scipy (the
+  path before the warm-started solver): the same permutations are asserted, and the
+  time is split into cost matrices, LAPs and the rest for both.
+
 Pairs (the same pair for every method): two ``mlp:64-512-512-512-10`` and two
 ``resnet20?width=4`` (BatchNorm, one input channel) trained on digits; two independently
 initialised ``timm:resnet18`` and ``resnet20?width=16`` (69M parameters; not trained: too
@@ -14,6 +18,7 @@ slow on this CPU). Then zoos canonicalized to their barycenter, batched against 
 matching per model: 128 ``mlp:64-64-64-10`` and 48 ``resnet20?width=1&in_chans=1``.
 
     .venv/bin/python scripts/benchmarks/align_speed.py [--skip-zoo] [--skip-w16] [--only zoo]
+        [--no-baselines]
 """
 from __future__ import annotations
 
@@ -107,6 +112,49 @@ def init_pair(ref):
     return out
 
 
+class Split:
+    """Wall time inside the cost builders and the LAP solves of weightspace's matchers
+    (patched in for the benchmark: the library itself carries no timers)."""
+
+    def __init__(self):
+        self.cost = self.lap = 0.0
+        from weightspace.canonicalize import batched, matching
+        self._saved = []
+        for mod, name, slot in ((matching.WeightMatcher, "family_cost", "cost"),
+                                (matching, "parallel_map", "lap"),
+                                (batched.BatchedMatcher, "_cost", "cost"),
+                                (batched, "lap_batch", "lap")):
+            fn = getattr(mod, name)
+            self._saved.append((mod, name, fn))
+            setattr(mod, name, self._timed(fn, slot))
+
+    def _timed(self, fn, slot):
+        def wrapper(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                setattr(self, slot, getattr(self, slot) + time.perf_counter() - t)
+        return wrapper
+
+    def reset(self):
+        self.cost = self.lap = 0.0
+
+    def close(self):
+        for mod, name, fn in self._saved:
+            setattr(mod, name, fn)
+
+
+SPLIT: Split | None = None
+
+
+def split_note(total: float, runs: int) -> str:
+    """'cost a / LAP b / other c' seconds per run (the last ``runs`` runs)."""
+    cost, lp = SPLIT.cost / runs, SPLIT.lap / runs
+    SPLIT.reset()
+    return f"cost {cost:.3f} / LAP {lp:.3f} / other {total - cost - lp:.3f} s"
+
+
 def timed(fn, repeat):
     times, out = [], None
     for _ in range(repeat):
@@ -117,18 +165,32 @@ def timed(fn, repeat):
 
 
 DEVICE = "cpu"  # --device: where weightspace's cost matrices run (baselines stay on the CPU)
+BASELINES = True  # --no-baselines: only weightspace against its scipy-only path
 
 
 def bench_pair(name, ref, A, B, repeat=3, port=True, rebasin=True):
+    port, rebasin = port and BASELINES, rebasin and BASELINES
     model = build(ref).eval()
     x = torch.randn(input_shape(ref, model) if "in_chans=1" not in ref else (1, 1, 8, 8))
     t = time.perf_counter()
     spec = symmetry_of(model, x)
     t_spec = time.perf_counter() - t
     rows = []
+    from weightspace.canonicalize.assignment import STATS, scipy_only
+    STATS.reset()
+    SPLIT.reset()
     secs, (perms, rep) = timed(lambda: weight_matching(spec, A, B, device=DEVICE), repeat)
     ours = (secs, rep.l2_after)
-    rows.append(("weightspace wm", secs, rep.l2_after, f"{rep.iterations} sweeps"))
+    rows.append(("weightspace wm", secs, rep.l2_after,
+                 f"{rep.iterations} sweeps; {split_note(secs, repeat)}"))
+    stats = f"{STATS.warm} warm + {STATS.cold} cold solves, {STATS.fallback} fallbacks"
+    with scipy_only():
+        secs, (p_sc, rep_sc) = timed(lambda: weight_matching(spec, A, B, device=DEVICE),
+                                     repeat)
+    same = all(torch.equal(perms[g], p_sc[g]) for g in perms)
+    rows.append(("scipy-only wm", secs, rep_sc.l2_after,
+                 f"{rep_sc.iterations} sweeps; {split_note(secs, repeat)}"))
+    assert same and rep_sc.l2_after == rep.l2_after, f"{name}: permutations differ"
     if port:
         try:
             secs, p = timed(lambda: port_weight_matching(spec, A, B), 1)
@@ -145,7 +207,8 @@ def bench_pair(name, ref, A, B, repeat=3, port=True, rebasin=True):
             rows.append(("rebasin", None, None, f"failed: {type(e).__name__}: {e}"[:80]))
     n = sum(v.numel() for v in A.values())
     print(f"\n{name}: {ref} ({n / 1e6:.2f}M parameters; spec discovery {t_spec:.2f} s, "
-          f"not included); L2 before {rep.l2_before:.4f}")
+          f"not included); L2 before {rep.l2_before:.4f}; {stats}; identical "
+          f"permutations to scipy-only: {same}")
     print(f"  {'method':<16} {'seconds':>8} {'L2 after':>10} {'ours faster':>11}  note")
     for meth, secs, l2, note in rows:
         if secs is None:
@@ -156,9 +219,10 @@ def bench_pair(name, ref, A, B, repeat=3, port=True, rebasin=True):
 
 def bench_zoo(arch: str, models: int, hp: HParams, sequential: bool = True, root=None,
               repeat: int = 3):
-    """Canonicalize a trained zoo to its barycenter, batched and (optionally) one matching
-    per model, same rounds (the fastest of ``repeat`` runs each); prints models per second
-    and RMS L2 to the barycenter."""
+    """Canonicalize a trained zoo to its barycenter, batched (with the warm-started LAPs and
+    scipy-only) and (optionally) one matching per model, same rounds (the fastest of
+    ``repeat`` runs each); prints models per second, RMS L2 to the barycenter and the
+    matching's cost / LAP / other split."""
     from pathlib import Path
 
     from weightspace.canonicalize.zoo import canonicalize_zoo
@@ -167,26 +231,42 @@ def bench_zoo(arch: str, models: int, hp: HParams, sequential: bool = True, root
         zoo = Path(root or tmp) / f"zoo-{arch.replace(':', '_').replace('?', '_')}-{models}"
         if not (zoo / "manifest.json").exists():
             train_zoo(zoo, arch, "digits", hp, models=models, progress=False, log=lambda *a: None)
-        runs = [("batched", True)] + ([("sequential", False)] if sequential else [])
+        from safetensors.torch import load_file
+
+        from weightspace.canonicalize.assignment import STATS, scipy_only
+        runs = [("batched", True, False), ("scipy-only", True, True)] + \
+            ([("sequential", False, False)] if sequential else [])
         print(f"\nzoo: {models} x {arch} (digits, {hp.epochs} epochs) to the barycenter "
               f"(whole call, and the matching alone: no reading or writing of files)")
         print(f"  {'matching':<11} {'seconds':>8} {'models/s':>9} {'rounds':>6} "
               f"{'RMS L2 before':>13} {'after':>8} {'batched faster':>14} "
               f"{'matching s':>10} {'faster':>6}")
         first = None
-        for name, batched in runs:
+        perms = {}
+        for name, batched, scipy in runs:
             secs = match = float("inf")
+            STATS.reset()
+            SPLIT.reset()
             for r in range(repeat):  # the fastest of `repeat` runs: timings here are noisy
                 t = time.perf_counter()
-                rep = canonicalize_zoo(zoo, f"{tmp}/canon-{name}-{r}", "wm", "barycenter",
-                                       progress=False, batched=batched, device=DEVICE)
+                with scipy_only(scipy):
+                    rep = canonicalize_zoo(zoo, f"{tmp}/canon-{name}-{r}", "wm", "barycenter",
+                                           progress=False, batched=batched, device=DEVICE)
                 secs = min(secs, time.perf_counter() - t)
                 match = min(match, rep["matching_seconds"])
+            note = f"{split_note(match, repeat)}; {STATS.warm} warm + {STATS.cold} cold " \
+                   f"solves, {STATS.fallback} fallbacks"
+            out = Path(f"{tmp}/canon-{name}-0/perms")
+            perms[name] = {f.name: load_file(str(f)) for f in sorted(out.glob("*"))}
             first = first or (secs, match)
             print(f"  {name:<11} {secs:>8.2f} {models / secs:>9.2f} {rep['rounds']:>6} "
                   f"{rep['l2_to_barycenter_before']:>13.4f} "
                   f"{rep['l2_to_barycenter_after']:>8.4f} {secs / first[0]:>13.1f}x "
-                  f"{match:>10.2f} {match / first[1]:>5.1f}x")
+                  f"{match:>10.2f} {match / first[1]:>5.1f}x  {note}")
+        a, b = perms["batched"], perms["scipy-only"]
+        same = a.keys() == b.keys() and all(torch.equal(a[f][g], b[f][g]) for f in a for g in a[f])
+        print(f"  identical permutations to scipy-only: {same}")
+        assert same, "zoo: permutations differ from the scipy-only path"
 
 
 def main():
@@ -201,10 +281,14 @@ def main():
     p.add_argument("--zoo-root", help="keep the trained zoos here (reused on the next run)")
     p.add_argument("--sequential-resnet-zoo", action="store_true",
                    help="also time the 48-model ResNet zoo one matching per model (slow)")
+    p.add_argument("--no-baselines", action="store_true",
+                   help="skip the direct port and rebasin (weightspace vs scipy-only only)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    global DEVICE
-    DEVICE = args.device
+    global DEVICE, BASELINES, SPLIT
+    DEVICE, BASELINES, SPLIT = args.device, not args.no_baselines, Split()
+    from weightspace.canonicalize.assignment import available
+    print(f"compiled LAP solver: {'yes' if available() else 'NO (scipy answers every LAP)'}")
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {DEVICE}")
     want = set(args.only or ["mlp", "resnet20", "resnet18", "w16", "zoo"])
     want -= {"w16"} if args.skip_w16 else set()

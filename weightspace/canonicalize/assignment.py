@@ -1,23 +1,26 @@
-"""Linear assignment (maximisation) with warm starts, and a batched solver for stacks.
+"""Linear assignment (maximisation): exact, warm-started, certified; batched for stacks.
 
 Weight matching solves one LAP per family per sweep, and after the first sweeps each LAP is
 close to the one solved before: its costs moved a little, its optimal assignment moved in a
-few rows or not at all. :func:`solve` keeps the column duals ``v`` of the last solve
-(Jonker-Volgenant, minimisation of ``-cost``): with the new costs the row duals
-``u_i = min_j (-c_ij - v_j)`` make every reduced cost non-negative again, rows whose old
-column is still tight keep it, and only the others are re-inserted by a shortest
-augmenting path (Dijkstra on reduced costs, one vectorised step per scanned column). When
-too many rows are free it is cheaper to start cold: ``scipy.optimize.linear_sum_assignment``
-(exact) solves it, and duals for the next warm start are recovered from its assignment by a
-vectorised Bellman-Ford on the columns.
+few rows. The solver here (the C extension ``_lapjv``, Jonker-Volgenant) keeps what a solve
+found, the assignment and the column duals (:class:`LapState`), and repairs them for the
+new costs: rows whose column is no longer their cheapest are freed, re-seated by augmenting
+row reduction, and the few left by shortest augmenting paths. A first solve starts from row
+and column reduction.
 
-Every warm answer is certified: the primal-dual gap ``sum_i (reduced cost of row i's
-column)`` bounds how far its objective is from the optimum; above ``tol`` the exact cold
-solver answers instead. So the result is always optimal to float tolerance.
+Every answer of the extension is certified in float64 before it is used: with the row duals
+``u_i`` taken on the assignment, every reduced cost ``-c_ij - u_i - v_j`` is ``>= -tol``
+(``tol`` relative to the largest cost), so no assignment is better by more than ``n * tol``.
+A failed certificate, a non-finite cost, or a build without the extension falls back to
+``scipy.optimize.linear_sum_assignment`` (exact; :data:`STATS` counts every fallback).
+:func:`scipy_only` switches the extension off (the baseline of the benchmarks and tests).
+The extension is imported on the first solve, so commands that do not align never load it.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Sequence, TypeVar
@@ -26,11 +29,13 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+REL_TOL = 1e-10  # certificate: reduced costs >= -REL_TOL * max |cost|
+
 
 @dataclass
 class LapState:
     """What a warm start keeps: ``x[i]`` the column of row ``i``; ``v`` the column duals
-    (minimisation of ``-cost``)."""
+    (of the minimisation of ``-cost``)."""
     x: np.ndarray
     v: np.ndarray
 
@@ -40,126 +45,108 @@ class LapStats:
     """Counters of how solves were answered (for benchmarks and tests)."""
     warm: int = 0
     cold: int = 0
-    augmented_rows: int = 0
+    freed_rows: int = 0   # rows a warm start re-seated
+    fallback: int = 0     # certificate failed or non-finite cost: scipy answered
+    scipy: int = 0        # solved by scipy (fallbacks, scipy_only, no extension)
+
+    def reset(self) -> None:
+        self.__init__()
 
 
 STATS = LapStats()
+_STATS_LOCK = threading.Lock()  # solves run on several threads
+_EXT: list = []          # [module or None] once looked up
+_SCIPY_ONLY = [False]
 
 
-def _as_min(cost) -> np.ndarray:
-    """The float64 minimisation matrix ``-cost`` as a numpy array."""
+def _ext():
+    """The compiled solver, or None (not built: scipy answers every problem)."""
+    if _SCIPY_ONLY[0]:
+        return None
+    if not _EXT:
+        try:
+            from . import _lapjv
+        except ImportError:
+            _lapjv = None
+        _EXT.append(_lapjv)
+    return _EXT[0]
+
+
+def available() -> bool:
+    """Whether the compiled warm-started solver is in use."""
+    return _ext() is not None
+
+
+@contextlib.contextmanager
+def scipy_only(on: bool = True):
+    """Within the block every LAP is solved cold by scipy (today's baseline path)."""
+    before = _SCIPY_ONLY[0]
+    _SCIPY_ONLY[0] = on
+    try:
+        yield
+    finally:
+        _SCIPY_ONLY[0] = before
+
+
+def _as_f64(cost) -> np.ndarray:
+    """``cost`` [..., n, n] as a C-contiguous float64 numpy array (one conversion)."""
     if isinstance(cost, torch.Tensor):
         cost = cost.detach().to("cpu", torch.float64).numpy()
-    return -np.asarray(cost, dtype=np.float64)
+    return np.ascontiguousarray(cost, dtype=np.float64)
 
 
-def _tolerance(m: np.ndarray) -> float:
-    """Per-row slack treated as zero: float64 noise of sums at the matrix's scale."""
-    return 1e-11 * max(1.0, float(np.abs(m).max(initial=0.0))) * max(1, m.shape[0]) ** 0.5
+def _scipy(c: np.ndarray) -> np.ndarray:
+    """scipy's maximising assignment of one [n, n] float64 matrix (as today: row and
+    column reduced first)."""
+    with _STATS_LOCK:
+        STATS.scipy += 1
+    return linear_sum_assignment(_reduced(-c))[1].astype(np.int64)
 
 
-def _recover_duals(m: np.ndarray, x: np.ndarray, max_iter: int = 64) -> np.ndarray | None:
-    """Column duals ``v`` for which assignment ``x`` is tight and every reduced cost
-    ``m_ij - u_i - v_j`` is >= 0 (with ``u_i = m_{i,x_i} - v_{x_i}``), by Bellman-Ford on
-    the columns: ``v_j <- min_i (v_{x_i} + m_ij - m_{i,x_i})``. None when it has not settled
-    in ``max_iter`` rounds (a long chain; the next solve then starts cold again)."""
-    n = len(x)
-    r = m - m[np.arange(n), x][:, None]
-    v = np.zeros(n)
-    for _ in range(max_iter):
-        new = np.minimum(v, (v[x][:, None] + r).min(0))
-        if np.array_equal(new, v):
-            return v
-        v = new
-    return None
+def _solve_stack(c: np.ndarray, x: np.ndarray, v: np.ndarray, warm: bool) -> None:
+    """Solve the stack ``c`` [B, n, n] in place into ``x``/``v`` [B, n] (warm: from them);
+    problems the certificate rejects are answered by scipy, their duals set to NaN (the
+    next solve of that problem starts cold)."""
+    ext = _ext()
+    status = np.zeros(len(c), dtype=np.int64)
+    freed = np.zeros(len(c), dtype=np.int64)
+    if ext is None:
+        status[:] = -1
+    else:
+        ext.solve(c, x, v, status, freed, -1.0, warm, REL_TOL)
+    bad = np.flatnonzero(status)
+    with _STATS_LOCK:
+        if ext is not None:
+            STATS.warm += len(c) if warm else 0
+            STATS.cold += 0 if warm else len(c)
+            STATS.freed_rows += int(freed.sum()) if warm else 0
+        STATS.fallback += int((status[bad] > 0).sum())
+    for b in bad:
+        x[b] = _scipy(c[b])
+        v[b] = np.nan
 
 
-def _augment(m: np.ndarray, v: np.ndarray, x: np.ndarray, y: np.ndarray, i0: int) -> None:
-    """Insert free row ``i0`` by a shortest augmenting path on reduced costs (in place).
-
-    ``x``/``y``: row->column and column->row (-1 free); ``v`` column duals, updated so that
-    reduced costs stay non-negative and the new assignment is tight."""
-    n = m.shape[1]
-    d = m[i0] - v
-    pred = np.full(n, i0)
-    scanned = np.zeros(n, dtype=bool)
-    order = []
-    while True:
-        dm = np.where(scanned, np.inf, d)
-        j = int(dm.argmin())
-        mu = d[j]
-        scanned[j] = True
-        order.append(j)
-        i = y[j]
-        if i < 0:
-            break
-        nd = mu + m[i] - v - (m[i, j] - v[j])
-        better = (~scanned) & (nd < d)
-        d[better] = nd[better]
-        pred[better] = i
-    done = np.array(order[:-1], dtype=np.int64)
-    v[done] += d[done] - mu
-    while True:  # flip the path back to i0
-        i = pred[j]
-        y[j] = i
-        x[i], j = j, x[i]
-        if i == i0:
-            break
-
-
-def _warm(m: np.ndarray, state: LapState, max_free: int) -> LapState | None:
-    """Repair ``state`` for the new costs, or None when more than ``max_free`` rows are
-    free or the result's primal-dual gap exceeds the tolerance."""
-    n = m.shape[0]
-    v = state.v.copy()
-    red = m - v[None, :]
-    u = red.min(1)
-    x = state.x.copy()
-    tol = _tolerance(m)
-    slack = red[np.arange(n), x] - u
-    free = np.flatnonzero(slack > tol / n)
-    if len(free) > max_free:
-        return None
-    y = np.full(n, -1, dtype=np.int64)
-    keep = np.ones(n, dtype=bool)
-    keep[free] = False
-    y[x[keep]] = np.flatnonzero(keep)
-    x[free] = -1
-    for i0 in free:
-        _augment(m, v, x, y, int(i0))
-    STATS.augmented_rows += len(free)
-    red = m - v[None, :]
-    gap = float((red[np.arange(n), x] - red.min(1)).sum())
-    if gap > tol:
-        return None
-    return LapState(x, v)
-
-
-def solve(cost, state: LapState | None = None, max_free: float = 0.1
-          ) -> tuple[torch.Tensor, LapState | None]:
+def solve(cost, state: LapState | None = None) -> tuple[torch.Tensor, LapState | None]:
     """Maximising assignment of ``cost`` [n, n]: (``perm`` with ``perm[i]`` the column of
-    row ``i``, state for the next warm start). ``state`` from a previous solve of a matrix
-    of the same size warm-starts it; more than ``max_free * n`` rows to re-insert (or a
-    failed certificate) falls back to the exact cold solver."""
-    m = _as_min(cost)
-    n = m.shape[0]
-    if state is not None and len(state.x) == n and m.shape[1] == n:
-        out = _warm(m, state, max(2, int(max_free * n)))
-        if out is not None:
-            STATS.warm += 1
-            return torch.from_numpy(out.x.copy()).long(), out
-    STATS.cold += 1
-    _, cols = linear_sum_assignment(m)
-    v = _recover_duals(m, cols) if m.shape[0] == m.shape[1] else None
-    return torch.from_numpy(cols).long(), (LapState(cols.astype(np.int64), v)
-                                          if v is not None else None)
+    row ``i``, state for the next warm start, None without the extension). ``state`` from a
+    previous solve of a matrix of the same size warm-starts it (any assignment and duals
+    give the same, exact answer; good ones give it sooner)."""
+    c = _as_f64(cost)
+    n = c.shape[-1]
+    if c.ndim != 2 or c.shape[0] != n or _ext() is None:
+        return lap(cost), None
+    warm = state is not None and len(state.x) == n and bool(np.isfinite(state.v).all())
+    x = (state.x.astype(np.int64) if warm else np.full(n, -1, dtype=np.int64))[None].copy()
+    v = (state.v.astype(np.float64) if warm else np.zeros(n))[None].copy()
+    _solve_stack(c[None], x, v, warm)
+    return torch.from_numpy(x[0].copy()), LapState(x[0], v[0])
 
 
 def _reduced(m: np.ndarray) -> np.ndarray:
     """``m`` minus its row minima, then minus its column minima (in place; the optimal
     assignments are the same). scipy's shortest-augmenting-path solver starts from zero
     duals; on a reduced matrix most rows find a zero of their own at once, which measured
-    25% faster on weight-matching costs (n = 512)."""
+    faster on weight-matching costs."""
     m -= m.min(-1, keepdims=True)
     m -= m.min(-2, keepdims=True)
     return m
@@ -172,8 +159,8 @@ _POOL: ThreadPoolExecutor | None = None
 
 def workers() -> int:
     """Threads for independent LAPs: torch's intra-op thread budget (what the user or the
-    CLI set), at most the CPUs there are. scipy's solver releases the GIL while it runs,
-    so independent problems solve side by side."""
+    CLI set), at most the CPUs there are. The extension and scipy release the GIL while
+    they solve, so independent problems solve side by side."""
     return max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
 
 
@@ -191,22 +178,47 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
 
 def lap(cost: torch.Tensor) -> torch.Tensor:
     """Maximising assignment (exact, cold): ``perm[i]`` is the column matched to row ``i``."""
-    _, cols = linear_sum_assignment(_reduced(_as_min(cost)))
-    return torch.from_numpy(cols).long()
+    c = _as_f64(cost)
+    if _ext() is None or c.shape[0] != c.shape[-1]:
+        with _STATS_LOCK:
+            STATS.scipy += 1
+        return torch.from_numpy(linear_sum_assignment(_reduced(-c))[1]).long()
+    return solve(c)[0]
 
 
-def lap_batch(costs: torch.Tensor) -> torch.Tensor:
+def lap_batch(costs: torch.Tensor, x: np.ndarray | None = None, v: np.ndarray | None = None
+              ) -> torch.Tensor:
     """Maximising assignments of a stack ``costs`` [N, n, n] -> [N, n] (one transfer to
-    the CPU, one exact solve each, in contiguous chunks on :func:`workers` threads)."""
-    ms = _reduced(_as_min(costs))
-    out = np.empty(ms.shape[:2], dtype=np.int64)
+    the CPU, one exact solve each, in contiguous chunks on :func:`workers` threads).
+
+    ``x``/``v`` [N, n] (int64 / float64, C order), when given, are each problem's last
+    assignment and column duals: problems whose duals are finite start warm from them, and
+    both arrays are overwritten with the new answers and duals (the state of the next
+    solve); NaN duals mark a problem to start cold."""
+    c = _as_f64(costs)
+    nb, n = c.shape[:2]
+    keep = x is not None
+    if not keep:
+        x = np.full((nb, n), -1, dtype=np.int64)
+        v = np.full((nb, n), np.nan)
+    warm = np.isfinite(v).all(1)
 
     def chunk(bounds):
-        for b in range(*bounds):
-            out[b] = linear_sum_assignment(ms[b])[1]
-    edges = np.linspace(0, len(ms), min(workers(), len(ms)) + 1).astype(int)
+        lo, hi = bounds
+        for flag in (True, False):
+            idx = np.flatnonzero(warm[lo:hi] == flag) + lo
+            if len(idx) == 0:
+                continue
+            if len(idx) == idx[-1] - idx[0] + 1:  # contiguous: views, solved in place
+                sl = slice(idx[0], idx[-1] + 1)
+                _solve_stack(c[sl], x[sl], v[sl], flag)
+            else:
+                xs, vs = x[idx].copy(), v[idx].copy()
+                _solve_stack(c[idx], xs, vs, flag)
+                x[idx], v[idx] = xs, vs
+    edges = np.linspace(0, nb, min(workers(), nb) + 1).astype(int)
     parallel_map(chunk, list(zip(edges[:-1], edges[1:])))
-    return torch.from_numpy(out)
+    return torch.from_numpy(x.copy() if keep else x)
 
 
 def objective(cost: torch.Tensor, perm: torch.Tensor) -> float:
@@ -215,5 +227,5 @@ def objective(cost: torch.Tensor, perm: torch.Tensor) -> float:
     return float(c[torch.arange(len(perm)), perm].sum())
 
 
-__all__ = ["LapState", "LapStats", "STATS", "lap", "lap_batch", "objective", "parallel_map",
-           "solve", "workers"]
+__all__ = ["LapState", "LapStats", "STATS", "available", "lap", "lap_batch", "objective",
+           "parallel_map", "scipy_only", "solve", "workers"]

@@ -17,11 +17,18 @@ Bookkeeping: ``Bp`` holds each B with *all* current permutations applied. For gr
 and member ``(key, axis)``, ``M = A_mat @ Bp_mat.T`` gives ``M[i, r] = <A[i], B_ex[p[r]]>``
 where ``B_ex`` has every group but ``g`` applied; so the cost ``C[i, j] = <A[i], B_ex[j]>``
 is ``M`` with its columns put back in place (``C[:, p] = M``): no re-gathering of B.
+The small members of a group (biases, BatchNorm vectors) are stacked into one product.
+
+Every (model, group) LAP starts warm from that model's last answer and column duals for the
+group (:func:`~.assignment.lap_batch`); a :class:`LapCarry` keeps them from one call to the
+next (the rounds of a barycenter), which changes how fast each LAP is solved, never its
+answer.
 """
 from __future__ import annotations
 
 import random
 
+import numpy as np
 import torch
 
 from ..symmetry.structure import Perms, Spec, parse_member
@@ -67,6 +74,9 @@ def _mat(t: torch.Tensor, axis: int) -> torch.Tensor:
     return t.movedim(axis + 1, 1).reshape(t.shape[0], t.shape[axis + 1], -1)
 
 
+SMALL = 16  # members with at most this many entries per unit share one stacked product
+
+
 class BatchedMatcher:
     """Coordinate descent of ``sum <A_b, P_b(B_b)>`` for a stack of pairs (plain specs).
 
@@ -89,6 +99,19 @@ class BatchedMatcher:
         # a group's cost depends on the groups sharing a tensor with it, never on itself
         self.neighbours = {g: sorted(set().union(*(on_key[k] for k, _ in ms)) - {g})
                            for g, ms in self.members.items()}
+        # per group: the members one product each, and the small ones (rest <= SMALL)
+        # stacked into one product with A's side built once
+        self.big: dict[str, list[tuple[str, int]]] = {}
+        self.small: dict[str, list[tuple[str, int]]] = {}
+        self._a_small: dict[str, torch.Tensor] = {}
+        for g, ms in self.members.items():
+            rest = {m: self.A[m[0]][0].numel() // self.A[m[0]].shape[m[1] + 1] for m in ms}
+            self.small[g] = [m for m in ms if rest[m] <= SMALL]
+            self.big[g] = [m for m in ms if rest[m] > SMALL]
+            if len(self.small[g]) < 2:
+                self.big[g], self.small[g] = ms, []
+            else:
+                self._a_small[g] = torch.cat([_mat(self.A[k], a) for k, a in self.small[g]], 2)
 
     def _permuted(self, perms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Every B with every group's permutation applied."""
@@ -101,11 +124,18 @@ class BatchedMatcher:
     def _cost(self, g: str, Bp: dict, perm: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """[len(rows), n, n] cost of group ``g`` for the batch members ``rows``."""
         m = None
-        for key, axis in self.members[g]:
-            a = _mat(self.A[key][rows], axis)
-            b = _mat(Bp[key][rows], axis)
+        whole = len(rows) == self.n
+        for key, axis in self.big[g]:
+            a = _mat(self.A[key] if whole else self.A[key][rows], axis)
+            b = _mat(Bp[key] if whole else Bp[key][rows], axis)
             prod = torch.bmm(a, b.transpose(1, 2))
             m = prod if m is None else m.add_(prod)
+        if self.small[g]:
+            a = self._a_small[g] if whole else self._a_small[g][rows]
+            b = torch.cat([_mat(Bp[k] if whole else Bp[k][rows], ax) for k, ax in self.small[g]],
+                          2)
+            m = torch.bmm(a, b.transpose(1, 2)) if m is None else \
+                m.baddbmm_(a, b.transpose(1, 2))
         cost = torch.empty_like(m)
         cost.scatter_(2, perm.to(m.device)[:, None, :].expand_as(m), m)   # C[:, :, p] = M
         return cost
@@ -115,12 +145,21 @@ class BatchedMatcher:
         return sum((self.A[k].double() * Bp[k].double()).flatten(1).sum(1)
                    for k in self.A).cpu()
 
-    def run(self, perms: dict[str, torch.Tensor], max_iter: int = 100, seed: int = 0
-            ) -> tuple[dict[str, torch.Tensor], dict]:
+    def run(self, perms: dict[str, torch.Tensor], max_iter: int = 100, seed: int = 0,
+            lap_states: dict | None = None) -> tuple[dict[str, torch.Tensor], dict]:
         """From ``perms`` (group -> [N, n]); returns the permutations and a report with
         per-model ``iterations`` and ``objective`` tensors. A group whose neighbours have not
         moved since it was last solved in a model is not solved again there (its costs, so
-        its answer, are unchanged), as :class:`~.matching.WeightMatcher` does."""
+        its answer, are unchanged), as :class:`~.matching.WeightMatcher` does.
+        ``lap_states`` (group -> (x, v) arrays [N, n], filled in here) warm-starts the LAPs
+        from an earlier call's."""
+        lap_states = {} if lap_states is None else lap_states
+        for g in self.members:
+            n_g = perms[g].shape[1]
+            st = lap_states.get(g)
+            if st is None or st[0].shape != (self.n, n_g):
+                lap_states[g] = (np.full((self.n, n_g), -1, dtype=np.int64),
+                                 np.full((self.n, n_g), np.nan))
         perms = {g: p.clone().long() for g, p in perms.items()}
         Bp = self._permuted(perms)
         obj = self.objective(Bp)
@@ -144,7 +183,11 @@ class BatchedMatcher:
                 dirty[g][rows] = False
                 cur = perms[g][rows]
                 cost = self._cost(g, Bp, cur, rows).double().cpu()  # LAPs run on the CPU
-                new = lap_batch(cost)
+                xs, vs = lap_states[g]
+                r_np = rows.numpy()
+                x, v = xs[r_np], vs[r_np]
+                new = lap_batch(cost, x, v)
+                xs[r_np], vs[r_np] = x, v
                 ar = torch.arange(cost.shape[1])
                 old_v = cost.gather(2, cur[:, :, None]).squeeze(2).sum(1)
                 delta = cost.gather(2, new[:, :, None]).squeeze(2).sum(1) - old_v
@@ -167,10 +210,38 @@ class BatchedMatcher:
         return perms, {"iterations": iters, "objective": obj}
 
 
+class LapCarry:
+    """LAP warm starts per (model, group), kept from one batched call to the next (the
+    rounds of a barycenter match the same models again, to moving targets)."""
+
+    def __init__(self):
+        self.kept: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+    def stack(self, ids: list, sizes: dict[str, int]) -> dict:
+        """group -> (x, v) [len(ids), n] for the models ``ids`` (NaN duals: none kept)."""
+        out = {}
+        for g, n in sizes.items():
+            x = np.full((len(ids), n), -1, dtype=np.int64)
+            v = np.full((len(ids), n), np.nan)
+            for r, i in enumerate(ids):
+                if (i, g) in self.kept:
+                    x[r], v[r] = self.kept[(i, g)]
+            out[g] = (x, v)
+        return out
+
+    def keep(self, ids: list, states: dict) -> None:
+        for g, (x, v) in states.items():
+            for r, i in enumerate(ids):
+                self.kept[(i, g)] = (x[r].copy(), v[r].copy())
+
+
 def batched_weight_matching(spec: Spec, A: list[dict], B: list[dict],
                             init: list[Perms] | None = None, max_iter: int = 100,
-                            seed: int = 0) -> list[Perms]:
-    """Weight matching of ``B[b]`` to ``A[b]`` for every ``b`` at once (plain specs)."""
+                            seed: int = 0, carry: LapCarry | None = None,
+                            ids: list | None = None) -> list[Perms]:
+    """Weight matching of ``B[b]`` to ``A[b]`` for every ``b`` at once (plain specs);
+    ``carry`` keeps the LAPs' warm starts for the next call, by model id (``ids``, one per
+    pair; default the positions)."""
     keys = sorted({parse_member(m)[0] for m in spec.layouts})
 
     def stack(states: list[dict]) -> dict[str, torch.Tensor]:
@@ -179,7 +250,11 @@ def batched_weight_matching(spec: Spec, A: list[dict], B: list[dict],
     sizes = spec.group_sizes
     start = {g: torch.stack([p[g] for p in init]) if init else
              torch.arange(sizes[g]).expand(len(B), -1) for g in m.members}
-    perms, _ = m.run(start, max_iter=max_iter, seed=seed)
+    ids = list(range(len(B))) if ids is None else list(ids)
+    laps = carry.stack(ids, {g: sizes[g] for g in m.members}) if carry is not None else None
+    perms, _ = m.run(start, max_iter=max_iter, seed=seed, lap_states=laps)
+    if carry is not None:
+        carry.keep(ids, laps)
     out = []
     for b in range(len(B)):
         full = {g.name: torch.arange(g.size) for g in spec.groups}
@@ -188,4 +263,4 @@ def batched_weight_matching(spec: Spec, A: list[dict], B: list[dict],
     return out
 
 
-__all__ = ["BatchedMatcher", "batched_weight_matching", "supports"]
+__all__ = ["BatchedMatcher", "LapCarry", "batched_weight_matching", "supports"]

@@ -14,11 +14,12 @@ depends only on the permutations of the *other* groups acting on that parameter,
 cached with their version numbers and recomputed only when one of them changed. A sweep
 after convergence costs almost nothing, and late sweeps touch only the neighbourhood of
 what changed. Cost matrices are built with tensor ops on the models' device; the LAPs are
-solved with ``scipy.optimize.linear_sum_assignment`` on the CPU (see :mod:`.assignment`:
-a warm-started solver was measured and did not pay, since consecutive solves of one family
-move 20-50% of its rows). Consecutive families of a sweep that share no parameter do not
-change each other's costs: their LAPs run side by side on torch's thread budget (scipy
-releases the GIL) and are accepted in order, so the steps are exactly the sequential ones.
+solved on the CPU by :func:`.assignment.solve`, warm-started from the family's previous
+answer and column duals (a later sweep repairs the few rows that moved instead of solving
+from scratch; every answer is exact, certified or solved by scipy). Consecutive families
+of a sweep that share no parameter do not change each other's costs: their LAPs run side
+by side on torch's thread budget (the solvers release the GIL) and are accepted in order,
+so the steps are exactly the sequential ones.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ import torch
 
 from ..symmetry.structure import (Perms, Spec, apply, identity_perms, layout_groups,
                                   layout_index, parse_member)
-from .assignment import lap, parallel_map
+from .assignment import LapState, lap, parallel_map, solve
 
 
 @dataclass
@@ -189,6 +190,8 @@ class WeightMatcher:
         self._mat: dict = {}
         self._plain: dict = {}
         self._solved: dict = {}
+        self._lap: dict[str, LapState | None] = {}  # family -> warm start of its next LAP
+        self._total: dict = {}  # family -> (its plain contributions, their float64 sum)
         self.fam_keys = {f.top: sorted({o.key for o in f.occs}) for f in self.fams}
         self.quadratic = {f.top for f in self.fams if any(
             len({o.axis for o in f.occs if o.key == k}) > 1 for k in self.fam_keys[f.top])}
@@ -308,15 +311,37 @@ class WeightMatcher:
         return c
 
     def family_cost(self, fam: Family, perms: Perms):
-        """(plain [n, n] or None, {child: [H, H, d, d]}) summed over the family's params."""
-        plain, nested = None, {}
+        """(plain [n, n] float64 or None, {child: [H, H, d, d]}) summed over the family's
+        params. The plain sum is the family's own buffer: read it, do not change it."""
+        parts, nested = {}, {}
         for key in sorted({o.key for o in fam.occs}):
             p, ns = self._contribution(fam, key, perms)
-            if p is not None:  # one buffer, added into in place (contributions are cached)
-                plain = p.clone() if plain is None else plain.add_(p)
+            if p is not None:
+                parts[key] = p
             for c, s in ns.items():
                 nested[c] = s.clone() if c not in nested else nested[c].add_(s)
-        return plain, nested
+        return self._plain_total(fam.top, parts), nested
+
+    def _plain_total(self, top: str, parts: dict):
+        """The float64 sum of a family's plain contributions, kept per family and updated
+        only by those recomputed since its last call (a recomputed contribution is a new
+        tensor; a cached one is the same object). Most contributions of a family (biases,
+        norms, the layers beside a group that did not move) do not change from one sweep to
+        the next, and the LAP takes float64: one conversion, no re-summing."""
+        if not parts:
+            return None
+        prev = self._total.get(top)
+        if prev is None or prev[0].keys() != parts.keys():
+            total = None
+            for p in parts.values():
+                total = p.to(torch.float64, copy=True) if total is None else total.add_(p)
+        else:
+            old, total = prev
+            for k, p in parts.items():
+                if p is not old[k]:
+                    total.add_(p).sub_(old[k])
+        self._total[top] = (parts, total)
+        return total
 
     @staticmethod
     def family_value(plain, nested, perms: Perms, fam: Family) -> float:
@@ -333,9 +358,11 @@ class WeightMatcher:
         return val
 
     def solve_family(self, fam: Family, plain, nested, block_pairing=None):
-        """The best permutations of a family given its costs (exact)."""
+        """The best permutations of a family given its costs (exact). A plain family's LAP
+        starts warm from the family's last one (its assignment and duals)."""
         if not nested:
-            return {fam.top: lap(plain)}
+            perm, self._lap[fam.top] = solve(plain, self._lap.get(fam.top))
+            return {fam.top: perm}
         h = next(iter(nested.values())).shape[0]
         outer = torch.zeros(h, h, dtype=torch.float64) if plain is None else \
             plain.detach().double().cpu().clone()

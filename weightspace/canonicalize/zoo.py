@@ -44,7 +44,7 @@ from ..symmetry.cache import zoo_spec
 from ..symmetry.structure import Spec
 from ..zoo.datasets import load_dataset
 from ..zoo.store import Zoo, ZooError, finished
-from .batched import batched_weight_matching, supports
+from .batched import LapCarry, batched_weight_matching, supports
 from .matching import l2_distance
 from .methods import METHODS, WEIGHT_SPACE_METHODS, align, get_align_method
 from .restarts import align_with_restarts
@@ -173,7 +173,7 @@ def canonical_states(zoo_dir, method: str = "wm", reference: str = "barycenter",
 
 
 def _match_shard(spec: Spec, targets: dict[int, dict], states, method, inits: dict, seed: int,
-                 batched: bool, **kw) -> dict:
+                 batched: bool, laps: LapCarry | None = None, **kw) -> dict:
     """Align ``states[i]`` to ``targets[i]`` for every ``i`` of this process's shard: one
     batched weight matching of all of them when the spec allows it (every model visits the
     groups in the order drawn from ``seed``), else one :func:`align` per model (seed
@@ -184,7 +184,7 @@ def _match_shard(spec: Spec, targets: dict[int, dict], states, method, inits: di
     if batched and method == "wm" and supports(spec) and set(kw) <= {"max_iter"}:
         out = batched_weight_matching(spec, [targets[i] for i in ids], [states[i] for i in ids],
                                       init=[inits[i] for i in ids] if inits else None,
-                                      seed=seed, **kw)
+                                      seed=seed, carry=laps, ids=ids, **kw)
         return dict(zip(ids, out))
     mine = {}
     for i in ids:
@@ -205,8 +205,9 @@ def barycenter_perms(spec: Spec, states: list[dict], method: str = "wm", seed: i
     # Start from every model aligned to model 0: the blurry mean of unaligned models is a
     # poor first target (and permuted copies of one model become identical at once).
     items = shard.mine(n)
+    laps = LapCarry()  # the batched LAPs' warm starts, carried from round to round
     mine = _match_shard(spec, {i: states[0] for i in items if i > 0}, states, method, {},
-                        seed, batched, **kw)
+                        seed, batched, laps, **kw)
     bar.step(len(mine), 1, torch.tensor(0.0))
     perms = gather_perms(shard, mine)
     perms[0] = identity_perms(spec)
@@ -227,7 +228,7 @@ def barycenter_perms(spec: Spec, states: list[dict], method: str = "wm", seed: i
         targets = {i: {k: (v * n - aligned[i][k]) / (n - 1) if v.is_floating_point() else v
                        for k, v in center.items()} for i in items}
         mine = _match_shard(spec, targets, states, method, perms, seed + 1000 * rounds,
-                            batched, **kw)
+                            batched, laps, **kw)
         bar.step(len(mine), 1, torch.tensor(history[-1]))
         perms = gather_perms(shard, mine)
     bar.close()

@@ -1,0 +1,288 @@
+/* Exact linear assignment (Jonker-Volgenant) with warm starts, certified in float64.
+ *
+ * Minimises sum_i m[i, x[i]] with m = sign * cost (sign -1: maximise cost). The column
+ * duals v are the whole state: for a row i assigned to column x[i], x[i] minimises
+ * m[i, j] - v[j] over j (the row dual u[i] is that minimum). A warm start keeps the
+ * previous x and v, frees every row whose column is no longer its minimum for the new
+ * costs, re-seats the free rows by augmenting row reduction and, for those left, by
+ * shortest augmenting paths (Dijkstra on reduced costs). A cold start takes v from column
+ * reduction with reduction transfer, as in Jonker & Volgenant (1987).
+ *
+ * Every answer is checked before it is returned: with u[i] = m[i, x[i]] - v[x[i]], every
+ * reduced cost m[i, j] - u[i] - v[j] must be >= -tol. Then no assignment is cheaper by more
+ * than n * tol, i.e. the answer is optimal to float64 rounding. A failed check (or a
+ * non-finite cost) returns a non-zero status and the caller solves it another way.
+ *
+ * The solves run without the GIL, so independent problems solve side by side on threads.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    const double *c;   /* cost, row-major n x n */
+    double sign;       /* m = sign * c */
+    Py_ssize_t n;
+    int64_t *x;        /* row -> column */
+    int64_t *y;        /* column -> row */
+    double *v;         /* column duals */
+    int64_t *free_;    /* work: free rows */
+    int64_t *col;      /* work: column list */
+    int64_t *pred;     /* work: predecessor row of a column */
+    double *d;         /* work: path lengths */
+} Lap;
+
+#define M(L, i, j) ((L)->sign * (L)->c[(i) * (L)->n + (j)])
+
+/* Cold start: row reduction, column reduction and reduction transfer (duals are
+ * only defined up to a constant per row, so v of the row-reduced matrix serves m). Returns the number of free rows
+ * (listed in free_). */
+static Py_ssize_t cold_init(Lap *L) {
+    Py_ssize_t n = L->n, i, j, nfree = 0;
+    int64_t *imin = L->pred, *matches = L->col;
+    double *r = L->d;  /* row minima: column reduction of the row-reduced matrix */
+    for (i = 0; i < n; i++) {
+        double mn = M(L, i, 0);
+        for (j = 1; j < n; j++) { double h = M(L, i, j); if (h < mn) mn = h; }
+        r[i] = mn;
+    }
+    for (j = 0; j < n; j++) { L->v[j] = M(L, 0, j) - r[0]; imin[j] = 0; }
+    for (i = 1; i < n; i++)
+        for (j = 0; j < n; j++) {
+            double h = M(L, i, j) - r[i];
+            if (h < L->v[j]) { L->v[j] = h; imin[j] = i; }
+        }
+    for (i = 0; i < n; i++) { matches[i] = 0; L->x[i] = -1; }
+    for (j = n - 1; j >= 0; j--) {
+        i = imin[j];
+        if (++matches[i] == 1) { L->x[i] = j; L->y[j] = i; }
+        else if (L->v[j] < L->v[L->x[i]]) {
+            int64_t j1 = L->x[i];
+            L->x[i] = j; L->y[j] = i; L->y[j1] = -1;
+        } else L->y[j] = -1;
+    }
+    for (i = 0; i < n; i++) {
+        if (matches[i] == 0) { L->free_[nfree++] = i; continue; }
+        if (matches[i] != 1) continue;
+        int64_t j1 = L->x[i];
+        double mn = INFINITY;
+        for (j = 0; j < n; j++)
+            if (j != j1) { double h = M(L, i, j) - L->v[j]; if (h < mn) mn = h; }
+        if (n > 1) L->v[j1] -= mn - r[i];
+    }
+    return nfree;
+}
+
+/* Warm start: keep every row whose column still minimises its reduced cost. */
+static Py_ssize_t warm_init(Lap *L) {
+    Py_ssize_t n = L->n, i, j, nfree = 0;
+    for (j = 0; j < n; j++) L->y[j] = -1;
+    for (i = 0; i < n; i++) {
+        int64_t xi = L->x[i];
+        if (xi < 0 || xi >= n || L->y[xi] >= 0) { L->x[i] = -1; L->free_[nfree++] = i; continue; }
+        double own = M(L, i, xi) - L->v[xi];
+        int tight = 1;
+        for (j = 0; j < n; j++)
+            if (M(L, i, j) - L->v[j] < own) { tight = 0; break; }
+        if (tight) { L->y[xi] = i; }
+        else { L->x[i] = -1; L->free_[nfree++] = i; }
+    }
+    return nfree;
+}
+
+/* Augmenting row reduction (two passes, bounded work). Returns the rows still free. */
+static Py_ssize_t arr(Lap *L, Py_ssize_t nfree) {
+    Py_ssize_t n = L->n;
+    for (int pass = 0; pass < 2 && nfree > 0; pass++) {
+        Py_ssize_t k = 0, prev = nfree, budget = 8 * n + 16;
+        nfree = 0;
+        while (k < prev) {
+            if (--budget < 0) {  /* cycling on small decrements: leave the rest to paths */
+                memmove(L->free_ + nfree, L->free_ + k, (size_t)(prev - k) * sizeof(int64_t));
+                nfree += prev - k;
+                break;
+            }
+            int64_t i = L->free_[k++];
+            double umin = M(L, i, 0) - L->v[0], usub = INFINITY;
+            int64_t j1 = 0, j2 = -1;
+            for (Py_ssize_t j = 1; j < n; j++) {
+                double h = M(L, i, j) - L->v[j];
+                if (h < usub) {
+                    if (h >= umin) { usub = h; j2 = j; }
+                    else { usub = umin; umin = h; j2 = j1; j1 = j; }
+                }
+            }
+            int64_t i0 = L->y[j1];
+            if (umin < usub) {
+                if (j2 >= 0) L->v[j1] -= usub - umin;
+            } else if (i0 >= 0) { j1 = j2; i0 = L->y[j2]; }
+            L->x[i] = j1; L->y[j1] = i;
+            if (i0 >= 0) {
+                L->x[i0] = -1;
+                if (umin < usub) L->free_[--k] = i0;
+                else L->free_[nfree++] = i0;
+            }
+        }
+    }
+    return nfree;
+}
+
+/* Shortest augmenting path from each free row (Jonker-Volgenant's augmentation). */
+static void augment(Lap *L, Py_ssize_t nfree) {
+    Py_ssize_t n = L->n;
+    int64_t *col = L->col, *pred = L->pred;
+    double *d = L->d, *v = L->v;
+    for (Py_ssize_t f = 0; f < nfree; f++) {
+        int64_t fr = L->free_[f], end = -1;
+        Py_ssize_t low = 0, up = 0, last = 0, k;
+        double mn = 0;
+        for (Py_ssize_t j = 0; j < n; j++) { d[j] = M(L, fr, j) - v[j]; pred[j] = fr; col[j] = j; }
+        for (;;) {
+            if (up == low) {  /* the next columns at the smallest distance */
+                last = low - 1;
+                mn = d[col[up++]];
+                for (k = up; k < n; k++) {
+                    int64_t j = col[k];
+                    double h = d[j];
+                    if (h <= mn) {
+                        if (h < mn) { up = low; mn = h; }
+                        col[k] = col[up]; col[up++] = j;
+                    }
+                }
+                for (k = low; k < up; k++)
+                    if (L->y[col[k]] < 0) { end = col[k]; break; }
+                if (end >= 0) break;
+            }
+            int64_t j1 = col[low++], i = L->y[j1];
+            double h = M(L, i, j1) - v[j1] - mn;
+            for (k = up; k < n; k++) {
+                int64_t j = col[k];
+                double v2 = M(L, i, j) - v[j] - h;
+                if (v2 < d[j]) {
+                    pred[j] = i;
+                    if (v2 == mn) {
+                        if (L->y[j] < 0) { end = j; break; }
+                        col[k] = col[up]; col[up++] = j;
+                    }
+                    d[j] = v2;
+                }
+            }
+            if (end >= 0) break;
+        }
+        for (k = 0; k <= last; k++) { int64_t j = col[k]; v[j] += d[j] - mn; }
+        for (;;) {
+            int64_t i = pred[end];
+            L->y[end] = i;
+            int64_t j = L->x[i];
+            L->x[i] = end;
+            end = j;
+            if (i == fr) break;
+        }
+    }
+}
+
+/* 0: certified optimal; 1: a reduced cost below -tol (or not a permutation). */
+static int certify(Lap *L, double tol) {
+    Py_ssize_t n = L->n, i, j;
+    for (i = 0; i < n; i++) {
+        int64_t xi = L->x[i];
+        if (xi < 0 || L->y[xi] != i) return 1;
+        double u = M(L, i, xi) - L->v[xi];
+        for (j = 0; j < n; j++)
+            if (M(L, i, j) - L->v[j] - u < -tol) return 1;
+    }
+    return 0;
+}
+
+/* Solve one problem: 0 certified, 1 failed check, 2 a non-finite cost (not solved);
+ * sets *freed (rows the start left free). The tolerance is rel * max |cost|. */
+static int solve_one(Lap *L, int warm, double rel, Py_ssize_t *freed) {
+    Py_ssize_t n = L->n;
+    double scale = 0.0;
+    for (Py_ssize_t i = 0; i < n * n; i++) {
+        double a = fabs(L->c[i]);
+        if (!(a <= 1e300)) return 2;  /* also NaN */
+        if (a > scale) scale = a;
+    }
+    Py_ssize_t nfree = warm ? warm_init(L) : cold_init(L);
+    *freed = nfree;
+    nfree = arr(L, nfree);
+    augment(L, nfree);
+    return certify(L, rel * scale);
+}
+
+static int take(PyObject *o, Py_buffer *b, int writable) {
+    return PyObject_GetBuffer(o, b, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT |
+                              (writable ? PyBUF_WRITABLE : 0));
+}
+
+PyDoc_STRVAR(solve_doc,
+"solve(cost, x, v, status, freed, sign, warm, rel)\n\n"
+"Solve a stack of B problems in place: cost float64 [B, n, n] (C order), x int64 [B, n]\n"
+"(row -> column; in: the previous answer when warm), v float64 [B, n] (column duals; in:\n"
+"the previous ones when warm), status int64 [B] (0 certified, 1 failed check, 2 non-finite),\n"
+"freed int64 [B] (rows re-seated). Minimises sign * cost. Runs without the GIL.");
+
+static PyObject *py_solve(PyObject *self, PyObject *args) {
+    PyObject *oc, *ox, *ov, *os, *of;
+    double sign, rel;
+    int warm;
+    if (!PyArg_ParseTuple(args, "OOOOOdpd", &oc, &ox, &ov, &os, &of, &sign, &warm, &rel))
+        return NULL;
+    Py_buffer bc, bx, bv, bs, bf;
+    if (take(oc, &bc, 0) < 0) return NULL;
+    if (take(ox, &bx, 1) < 0) { PyBuffer_Release(&bc); return NULL; }
+    if (take(ov, &bv, 1) < 0) { PyBuffer_Release(&bc); PyBuffer_Release(&bx); return NULL; }
+    if (take(os, &bs, 1) < 0) {
+        PyBuffer_Release(&bc); PyBuffer_Release(&bx); PyBuffer_Release(&bv); return NULL;
+    }
+    if (take(of, &bf, 1) < 0) {
+        PyBuffer_Release(&bc); PyBuffer_Release(&bx); PyBuffer_Release(&bv);
+        PyBuffer_Release(&bs); return NULL;
+    }
+    PyObject *ret = NULL;
+    Py_ssize_t nb = bs.len / 8, n = nb ? bx.len / 8 / nb : 0;
+    if (bc.itemsize != 8 || bx.itemsize != 8 || bv.itemsize != 8 || bs.itemsize != 8 ||
+        bf.itemsize != 8 || bc.len != nb * n * n * 8 || bx.len != nb * n * 8 ||
+        bv.len != nb * n * 8 || bf.len != nb * 8) {
+        PyErr_SetString(PyExc_ValueError, "solve: inconsistent buffer sizes");
+        goto done;
+    }
+    if (n > 0) {
+        int64_t *work = malloc((size_t)(4 * n) * sizeof(int64_t));
+        double *d = malloc((size_t)n * sizeof(double));
+        if (!work || !d) { free(work); free(d); PyErr_NoMemory(); goto done; }
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t b = 0; b < nb; b++) {
+            Lap L = {(const double *)bc.buf + b * n * n, sign, n,
+                     (int64_t *)bx.buf + b * n, work, (double *)bv.buf + b * n,
+                     work + n, work + 2 * n, work + 3 * n, d};
+            Py_ssize_t freed = 0;
+            ((int64_t *)bs.buf)[b] = solve_one(&L, warm, rel, &freed);
+            ((int64_t *)bf.buf)[b] = freed;
+        }
+        Py_END_ALLOW_THREADS
+        free(work); free(d);
+    }
+    ret = Py_None; Py_INCREF(ret);
+done:
+    PyBuffer_Release(&bc); PyBuffer_Release(&bx); PyBuffer_Release(&bv);
+    PyBuffer_Release(&bs); PyBuffer_Release(&bf);
+    return ret;
+}
+
+static PyMethodDef methods[] = {
+    {"solve", py_solve, METH_VARARGS, solve_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_lapjv",
+    "Exact warm-started linear assignment (Jonker-Volgenant), certified in float64.",
+    -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__lapjv(void) { return PyModule_Create(&module); }
