@@ -87,3 +87,4 @@ def test_batches_and_carried_warm_starts_match_the_scipy_path(ref):
     for b in range(3):
         assert same(first[b], first_sc[b])
         assert same(second[b], cold[b]) and same(second[b], second_sc[b])
+
