@@ -335,7 +335,7 @@ def test_defaults_are_the_measured_recipe_and_recorded(tiny_zoo, tmp_path, capsy
     assert main(["generate", "sample", str(gen), "-n", "2", "--steps", "2", "--guidance", "1",
                  "--out", str(tmp_path / "s1")]) == 0
     st = json.loads((tmp_path / "s1" / "manifest.json").read_text())["settings"]
-    assert st["guidance"] == 1.0 and set(st["defaults"]) == {"condition", "mix"}
+    assert st["guidance"] == 1.0 and set(st["defaults"]) == {"condition", "mix", "correction"}
     # the mix not passed is still chosen on validation (with the fixed solver and weight)
     assert st["defaults"]["mix"]["value"] == "auto" and "solver" not in st["defaults"]
     assert st["defaults"]["mix"]["chosen"] == st["mix"]
@@ -403,7 +403,8 @@ def test_generate_run_end_to_end_and_skips_finished_stages(raw_zoo, tmp_path, ca
     assert cfg["mixability"]["verdict"] in ("mixable", "not mixable")
     assert len(cfg["mixability"]["singles"]) == canon_models(out / "canonical")
     st = json.loads((out / "samples" / "manifest.json").read_text())["settings"]
-    assert set(st["defaults"]) == {"condition", "guidance", "mix"} and st["n"] == 3
+    assert set(st["defaults"]) == {"condition", "guidance", "mix", "correction"} and \
+        st["n"] == 3
     assert (out / "report" / "report.md").is_file()
     before = _files(out)
     assert main(["generate", "run", str(raw_zoo), "--out", str(out), *RUN_ARGS]) == 0

@@ -148,6 +148,11 @@ def _mix_arg(p) -> None:
     p.add_argument("--mix", type=_mix, default=None, metavar="K",
                    help="average K flow samples into each network, or auto (default: auto, "
                         "chosen on validation with the guidance weight and the solver)")
+    p.add_argument("--correction", choices=("auto", "bn", "repair", "none"), default="auto",
+                   help="statistics of each sample: bn (BatchNorm recalibrated on train "
+                        "data), repair (units set to the code's mixture of the zoo's "
+                        "statistics), none; auto (default): bn for BatchNorm nets, repair "
+                        "for the others")
 
 
 def _settings(args) -> FlowSettings:
@@ -162,7 +167,7 @@ def _settings(args) -> FlowSettings:
 def _sampling(args, steps: int | None, condition) -> SampleSettings:
     """The sampling flags as the typed settings the library validates."""
     return SampleSettings(method=args.method, steps=steps, guidance=args.guidance,
-                          mix=args.mix, condition=condition)
+                          mix=args.mix, condition=condition, correction=args.correction)
 
 
 def run(args) -> int:

@@ -282,13 +282,19 @@ class SampleSettings:
     passing one of ``method`` / ``steps`` fixes the solver, the other from
     :data:`DEFAULT_SOLVER`. ``condition`` is a number in the units of the zoo metric the
     generator was fitted on, ``"max"`` / ``"min"`` / ``"mean"``, ``"none"`` (unconditional)
-    or ``"auto"`` (the recipe's: the zoo's best value)."""
+    or ``"auto"`` (the recipe's: the zoo's best value). ``correction`` is how each sample's
+    statistics are corrected before it is measured and written: ``bn`` (BatchNorm
+    recalibrated on train data), ``repair`` (every correctable unit set REPAIR-style to the
+    mixture of the zoo models' statistics that the sample's code weights imply, folded
+    into the weights), ``none``, or ``auto`` (``bn`` for BatchNorm nets, ``repair`` for the
+    others where the spec has correctable units)."""
 
     method: str | None = None
     steps: int | None = None
     guidance: float | str | None = None
     mix: int | str | None = None
     condition: float | str | None = AUTO
+    correction: str = AUTO
 
     def __post_init__(self):
         if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(
@@ -310,6 +316,9 @@ class SampleSettings:
         object.__setattr__(self, "guidance", g if g is None or g == AUTO else float(g))
         if self.mix is not None:
             check_mix(self.mix)
+        if self.correction not in (AUTO, "bn", "repair", "none"):
+            raise GenerateError(f"`correction` must be auto, bn, repair or none; got "
+                                f"{self.correction!r}")
         c = self.condition
         if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float, str))
                               or (isinstance(c, float) and not math.isfinite(c))):

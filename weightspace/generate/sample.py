@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..checkpoint import save_checkpoint
-from ..errors import check_output
+from ..errors import WeightspaceError, check_output
 from ..evaluation import CALIBRATION_EXAMPLES, errors, metrics, recalibrate
 from ..results import Result
 from ..zoo.datasets import load_dataset
@@ -63,6 +63,74 @@ def recalibrated_states(states: list[dict], arch: str, data,
     return recalibrate(arch, states, data["train"][0][:examples])
 
 
+class Correction:
+    """How samples' statistics are corrected before they are measured (``how``: ``bn``,
+    ``repair`` or ``none``; see :class:`~.config.SampleSettings`).
+
+    ``repair``: a PCA sample decodes to ``sum_i w_i zoo_i`` (``Encoding.zoo_weights``), an
+    affine mixture of the canonical zoo; its units' statistics are set to the same mixture
+    of the zoo models' per-unit statistics (measured once, on train data), with the weights
+    clipped at zero and renormalised so that every target std is a positive mixture, and
+    the correction is folded into the weights (:func:`~weightspace.merge.repair.repair`)."""
+
+    def __init__(self, how: str, arch: str, data, enc, zoo_dir):
+        self.how, self.arch, self.data, self.enc = how, arch, data, enc
+        if how != "repair":
+            return
+        from ..arch import build
+        from ..merge.mixing import endpoint_stats
+        from ..symmetry.cache import zoo_spec
+        from .store import load_zoo_states
+        _, entries, states, _ = load_zoo_states(zoo_dir)
+        self.net = build(arch)
+        self.spec = zoo_spec(zoo_dir, arch, None, states[0])
+        self.x = data["train"][0][:CALIBRATION_EXAMPLES]
+        self.stats = endpoint_stats(self.spec, self.net, states, self.x)
+
+    @classmethod
+    def resolve(cls, asked: str, arch: str, data, enc, zoo_dir):
+        """The correction ``asked`` for (``auto``: by the net's normalisation), and why."""
+        from ..arch import build
+        from ..evaluation import has_batchnorm
+        net = build(arch)
+        if asked == "auto":
+            if has_batchnorm(net):
+                asked, why = "bn", "BatchNorm statistics recomputed on train data"
+            elif enc.mix is None:
+                asked, why = "none", "not a PCA code: no zoo weights to mix statistics by"
+            else:
+                from ..merge.repair import repairable
+                from ..symmetry.cache import zoo_spec
+                from .store import scan_zoo
+                try:
+                    first = scan_zoo(zoo_dir)[3]
+                except WeightspaceError:
+                    first = None
+                ok = first is not None and repairable(zoo_spec(zoo_dir, arch, None, first),
+                                                      net)
+                asked, why = ("repair", "no BatchNorm: REPAIR to the code's mixture of the "
+                                        "zoo's statistics") if ok else \
+                    ("none", "no BatchNorm and no correctable units (or the zoo is gone)")
+            return cls(asked, arch, data, enc, zoo_dir), why
+        if asked == "repair" and enc.mix is None:
+            raise GenerateError("correction 'repair' needs a PCA code (zoo weights)")
+        return cls(asked, arch, data, enc, zoo_dir), "given"
+
+    def __call__(self, states: list[dict], codes, examples: int = CALIBRATION_EXAMPLES
+                 ) -> list[dict]:
+        if self.how == "bn":
+            return recalibrated_states(states, self.arch, self.data, examples)
+        if self.how != "repair":
+            return states
+        from ..merge.repair import repair
+        out = []
+        for s, c in zip(states, codes):
+            w = self.enc.zoo_weights(c).clamp_min(0)
+            w = (w / w.sum()).tolist()
+            out.append(repair(self.spec, self.net, s, self.stats, w, self.x[:examples]))
+        return out
+
+
 def resolve(ss: SampleSettings, cn: Condition | None):
     """(condition value, guidance, mix, defaults): the recipe's choice for each setting not
     passed (see :func:`~.config.default_sampling`), recorded with its reason."""
@@ -92,7 +160,8 @@ def resolve(ss: SampleSettings, cn: Condition | None):
     return condition, guidance, mix, defaults
 
 
-def _write(zoo: Zoo, codes, enc, arch, data, record: dict) -> tuple[list[dict], float]:
+def _write(zoo: Zoo, codes, enc, arch, data, record: dict, correct: Correction
+           ) -> tuple[list[dict], float]:
     """Decode, recalibrate, measure and write the networks a group at a time (all at once
     for models up to ``SWEEP_NUMBERS`` weights in all); returns (entries, decode seconds)."""
     n, entries, seconds = len(codes), [], 0.0
@@ -101,7 +170,7 @@ def _write(zoo: Zoo, codes, enc, arch, data, record: dict) -> tuple[list[dict], 
         t = time.perf_counter()
         states = [enc.decode(x) for x in codes[lo:lo + group]]
         seconds += time.perf_counter() - t          # drawing and decoding are timed
-        states = recalibrated_states(states, arch, data)
+        states = correct(states, codes[lo:lo + group])
         ms = metrics(arch, states, data, "cpu", splits=("val", "test"))
         for i, (s, m) in enumerate(zip(states, ms), start=lo):
             mid = f"g{i:04d}"
@@ -114,15 +183,14 @@ def _write(zoo: Zoo, codes, enc, arch, data, record: dict) -> tuple[list[dict], 
 
 
 def _choose(options: list[Setting], draw, enc, arch: str, data, n: int, guided: bool,
-            zoo_err):
+            zoo_err, correct: Correction):
     """(chosen, validation accuracy by option, record): the only option, or the one
     :func:`~.choose.sweep` picks on the validation split."""
     if len(options) == 1:
         return options[0], None, None
 
     def measure(codes):
-        drawn = recalibrated_states([enc.decode(x) for x in codes], arch, data,
-                                    SWEEP_CALIBRATION)
+        drawn = correct([enc.decode(x) for x in codes], codes, SWEEP_CALIBRATION)
         return errors(arch, drawn, *data["val"])
     n_sweep = sweep_samples(n, sum(math.prod(sh) for sh in enc.shapes))
     return sweep(options, lambda st, k: draw(st, k)[0], measure, n_sweep, guided, zoo_err)
@@ -162,6 +230,9 @@ def sample_zoo(gen_dir, out_dir, n: int, steps: int | None = None, method: str |
     data = load_dataset(cfg["dataset"].get("name", ""), data_root or
                         cfg["dataset"].get("data_root"))
     arch = cfg["arch"]
+    correct, why = Correction.resolve(ss.correction, arch, data, enc, cfg.get("zoo", ""))
+    if ss.correction == AUTO:
+        defaults["correction"] = default_record(AUTO, why) | {"chosen": correct.how}
 
     def draw(st: Setting, count: int):
         return sample(model, count, st.steps, st.method, seed=seed, cond=c,
@@ -171,7 +242,8 @@ def sample_zoo(gen_dir, out_dir, n: int, steps: int | None = None, method: str |
                          GUIDANCE_GRID if guidance == AUTO else (guidance,),
                          MIX_GRID if mix == AUTO else (mix,), c is not None)
     chosen, val_acc, choice = _choose(options, draw, enc, arch, data, n, c is not None,
-                                      load_zoo_errors(Path(gen_dir), len(data["val"][1])))
+                                      load_zoo_errors(Path(gen_dir), len(data["val"][1])),
+                                      correct)
     method, steps, guidance, mix = chosen
     for name, value in (("guidance", guidance), ("mix", mix),
                         ("solver", solver_name(method, steps))):
@@ -184,9 +256,10 @@ def sample_zoo(gen_dir, out_dir, n: int, steps: int | None = None, method: str |
     # guided evaluations run cond + uncond, and each network averages ``mix`` samples
     n_passes = nfe * (2 if c is not None and guidance != 1.0 else 1) * mix
     record = {"generator": str(gen_dir), "seed": seed, "method": method, "steps": steps,
-              "condition": condition, "guidance": guidance, "mix": mix}
+              "condition": condition, "guidance": guidance, "mix": mix,
+              "correction": correct.how}
     zoo = Zoo(out_dir)
-    entries, t_decode = _write(zoo, codes, enc, arch, data, record)
+    entries, t_decode = _write(zoo, codes, enc, arch, data, record, correct)
     t_sample += t_decode
     res = SampleResult(out=str(out_dir), n=n, method=method, steps=steps, guidance=guidance,
                        mix=mix, condition=condition, nfe=nfe, network_passes=n_passes,
@@ -199,7 +272,7 @@ def sample_zoo(gen_dir, out_dir, n: int, steps: int | None = None, method: str |
                "arch": arch, "dataset": cfg["dataset"], "models": entries,
                "settings": {"generated_from": str(gen_dir), "n": n, "steps": steps,
                             "method": method, "seed": seed, "condition": condition,
-                            "guidance": guidance, "mix": mix,
+                            "guidance": guidance, "mix": mix, "correction": correct.how,
                             "condition_name": cn.name if cn else None,
                             "guidance_val_acc": res.guidance_val_acc,
                             "guidance_choice": choice, "defaults": defaults},
