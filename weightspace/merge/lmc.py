@@ -26,6 +26,8 @@ from ..evaluation import CALIBRATION_EXAMPLES
 from .registry import BN_MODES, MergeError
 from .repair import BN_ONLY_NOTE, bn_only, repair, repairable
 
+CALIB = CALIBRATION_EXAMPLES  # deprecated name
+
 TRAIN_EVAL = 2048   # train examples the curve is measured on
 
 
