@@ -2,33 +2,28 @@
 
 Metadata keys: ``weightspace.arch`` (reference, enough to rebuild the module),
 ``weightspace.version`` and ``weightspace.meta`` (free-form JSON: seed, dataset, metrics).
-Writes are atomic (temp file in the same directory + ``os.replace``) and bitwise
-reproducible (the header's keys are sorted). Loading never runs
-pickled code: ``.pt`` / ``.pth`` files go through ``torch.load(weights_only=True)``.
+Every layout users keep is read through :func:`open_checkpoint` (one file, Hub directories,
+sharded indexes, ``torch.save`` files, DDP / Lightning / torch.compile wrappers; see
+:mod:`weightspace.checkpoints`); everything is written through :class:`CheckpointWriter`,
+atomically (temp + ``os.replace``) and bitwise reproducibly (sorted headers). Loading never
+runs pickled code: ``torch.save`` files go through ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
 import json
 import os
 import tempfile
-import warnings
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save
 from torch import nn
 
 from . import __version__
 from .arch import build
-from .errors import WeightspaceError
-
-ARCH_KEY, VERSION_KEY, META_KEY = "weightspace.arch", "weightspace.version", "weightspace.meta"
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-
-
-class CheckpointError(WeightspaceError):
-    """A checkpoint that cannot be read or does not fit its model."""
+from .checkpoints import (ARCH_KEY, META_KEY, PICKLE_SUFFIXES, READS, VERSION_KEY, WRITES,
+                          CheckpointError)
+from .checkpoints.reader import LazyCheckpoint, arch_from_config, open_checkpoint
+from .checkpoints.writer import CheckpointWriter, is_single_file, model_card, parse_size
 
 
 def atomic_write(path: str | Path, write) -> None:
@@ -50,20 +45,34 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
-def save_tensors(path: str | Path, tensors: dict, metadata: dict | None = None) -> None:
-    """The one safetensors writer: CPU, contiguous tensors, sorted header (bitwise
-    reproducible), written atomically (temp file + rename)."""
-    blob = canonical_safetensors(save({k: v.detach().to("cpu").contiguous()
-                                       for k, v in tensors.items()}, metadata=metadata))
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(blob))
+def save_tensors(path: str | Path, tensors: dict, metadata: dict | None = None,
+                 dtype: torch.dtype | None = None, **layout) -> None:
+    """The one way tensors reach disk: streamed through :class:`CheckpointWriter` (sorted
+    header, bitwise reproducible, atomic). A path ending in ``.safetensors`` is one file,
+    any other a Hub directory (``layout``: ``max_shard_size``, ``config``, ``card``)."""
+    with CheckpointWriter(path, metadata, dtype=dtype, single=is_single_file(path) or
+                          not layout, **layout) as w:
+        for k, v in tensors.items():
+            w.add(k, v)
+
+
+def checkpoint_metadata(arch: str, meta: dict | None = None) -> dict:
+    """The safetensors metadata of a weightspace checkpoint."""
+    return {ARCH_KEY: arch, VERSION_KEY: __version__,
+            META_KEY: json.dumps(meta or {}, sort_keys=True)}
 
 
 def save_checkpoint(path: str | Path, model: nn.Module | dict, arch: str,
-                    meta: dict | None = None) -> None:
-    """Write a model (or state dict) with its architecture reference and metadata."""
+                    meta: dict | None = None, dtypes: dict | None = None, **layout) -> None:
+    """Write a model (or state dict) with its architecture reference and metadata;
+    ``dtypes``: name -> dtype each floating tensor is cast to on write (kept: the inputs'
+    precision), ``layout``: ``dtype`` (overrides), ``max_shard_size``, ``config``, ``card``
+    for a directory ``path``."""
     state = model.state_dict() if isinstance(model, nn.Module) else model
-    save_tensors(path, state, {ARCH_KEY: arch, VERSION_KEY: __version__,
-                               META_KEY: json.dumps(meta or {}, sort_keys=True)})
+    dtypes = dtypes or {}
+    with CheckpointWriter(path, checkpoint_metadata(arch, meta), **layout) as w:
+        for k, v in state.items():
+            w.add(k, v, dtype=dtypes.get(k))
 
 
 def canonical_safetensors(blob: bytes) -> bytes:
@@ -80,58 +89,19 @@ def canonical_safetensors(blob: bytes) -> bytes:
 
 
 def read_checkpoint(path: str | Path, arch: str | None = None):
-    """``(state_dict, arch, meta)`` from a safetensors file, or a ``.pt`` with ``arch`` given."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
-    if path.suffix in PICKLE_SUFFIXES:
-        return _read_torch(path, arch)
-    with open(path, "rb") as f:
-        head = f.read(9)
-    # safetensors: u64 little-endian header length, then the JSON header ("{"). Its first
-    # byte can be 0x80, so test for safetensors before guessing a pickle / zip.
-    looks_safetensors = head[8:9] == b"{" and \
-        int.from_bytes(head[:8], "little") <= path.stat().st_size - 8
-    if not looks_safetensors and (head[:1] == b"\x80" or head[:2] == b"PK"):
-        raise CheckpointError(f"{path}: looks like a pickle / torch.save file, not safetensors; "
-                              "rename it to .pt and pass --arch to load it safely")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: not a valid safetensors file ({e})") from None
-    ref = arch or metadata.get(ARCH_KEY)
-    if not ref:
-        raise CheckpointError(f"{path}: no '{ARCH_KEY}' in metadata; pass the architecture "
-                              "explicitly (--arch)")
-    try:
-        meta = json.loads(metadata.get(META_KEY, "{}"))
-    except json.JSONDecodeError:
-        raise CheckpointError(f"{path}: metadata '{META_KEY}' is not valid JSON") from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{path}: metadata '{META_KEY}' must be a JSON object, not "
-                              f"{type(meta).__name__}")
-    return state, ref, meta
+    """``(state_dict, arch, meta)`` from a checkpoint in any layout (:func:`open_checkpoint`);
+    ``arch`` for files that carry none (or to override the one they carry)."""
+    with open_checkpoint(path, arch) as ck:
+        return _state_of(ck), ck.arch, ck.meta
 
 
-def _read_torch(path: Path, arch: str | None):
-    if not arch:
-        raise CheckpointError(f"{path}: a {path.suffix} state dict carries no architecture; "
-                              "pass --arch")
-    try:
-        with warnings.catch_warnings():  # protocol notes from the weights-only unpickler
-            warnings.simplefilter("ignore", UserWarning)
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # weights_only refuses anything that is not plain tensors
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: cannot load safely with weights_only=True ({msg})") \
-            from None
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: expected a state dict of tensors")
-    return obj, arch, {}
+def _state_of(ck: LazyCheckpoint) -> dict:
+    if not ck.arch:
+        what = f"a {ck.path.suffix or 'torch.save'} state dict carries no architecture" \
+            if ck.layout.kind == "torch" else \
+            f"no '{ARCH_KEY}' in metadata and no config.json naming one"
+        raise CheckpointError(f"{ck.path}: {what}; pass the architecture explicitly (--arch)")
+    return ck.state_dict()
 
 
 def fill_int_buffers(model: nn.Module, state: dict) -> list[str]:
@@ -176,17 +146,36 @@ def load_models(paths, arch: str | None = None) -> list[nn.Module]:
 
 
 def load_model(path: str | Path, arch: str | None = None, allow_code: bool = False) -> nn.Module:
-    """Rebuild the module from the checkpoint's metadata (or ``arch``, which a ``.pt`` state
-    dict needs) and load validated weights. User code only with ``allow_code`` or inside
-    :func:`weightspace.arch.code_allowed`."""
-    state, ref, meta = read_checkpoint(path, arch)
+    """Rebuild the module from the checkpoint's metadata (or ``arch``, or its directory's
+    ``config.json``) and load validated weights (float32 where the file holds half
+    precision: arithmetic runs in float32). The module keeps ``weightspace_arch``,
+    ``weightspace_meta``, ``weightspace_notes`` (wrappers removed, buffers filled),
+    ``weightspace_dtypes`` (each tensor's stored dtype, to write it back the same) and
+    ``weightspace_config`` (the directory's ``config.json``, carried to outputs). User code
+    only with ``allow_code`` or inside :func:`weightspace.arch.code_allowed`."""
+    with open_checkpoint(path, arch, allow_code=allow_code) as ck:
+        state, ref, meta = _state_of(ck), ck.arch, ck.meta
+        dtypes = {k: ck.dtype(k) for k in ck.keys()}
+        note, config = ck.wrapper_note, ck.config
     model = build(ref, allow_code=allow_code)
     filled = fill_int_buffers(model, state)
     check_state(model, state, str(path))
     model.load_state_dict(state)
+    del state
     model.weightspace_arch = ref
     model.weightspace_meta = meta
-    model.weightspace_notes = [f"{path}: filled {len(filled)} missing integer buffer(s) "
-                               f"({filled[0]}{', ...' if len(filled) > 1 else ''}) from the "
-                               f"freshly built model, as load_state_dict would"] if filled else []
+    model.weightspace_dtypes = dtypes
+    model.weightspace_config = config
+    model.weightspace_notes = ([note] if note else []) + (
+        [f"{path}: filled {len(filled)} missing integer buffer(s) "
+         f"({filled[0]}{', ...' if len(filled) > 1 else ''}) from the "
+         f"freshly built model, as load_state_dict would"] if filled else [])
     return model.eval()
+
+
+__all__ = ["ARCH_KEY", "META_KEY", "VERSION_KEY", "PICKLE_SUFFIXES", "READS", "WRITES",
+           "CheckpointError", "CheckpointWriter", "LazyCheckpoint", "open_checkpoint",
+           "arch_from_config", "atomic_write", "atomic_write_text", "save_tensors",
+           "save_checkpoint", "checkpoint_metadata", "canonical_safetensors",
+           "read_checkpoint", "fill_int_buffers", "check_state", "load_models", "load_model",
+           "model_card", "parse_size", "is_single_file"]
