@@ -63,6 +63,11 @@ class Recipe:
     def method(self) -> TaskVectorMethod:
         return get_tv_method(self.merge_method)
 
+    @staticmethod
+    def param_of(method: str, name: str):
+        """``method``'s parameter ``name`` (None when it has none)."""
+        return get_tv_method(method).param(name)
+
     @property
     def inputs(self) -> tuple[ModelInput, ...]:
         listed = tuple(self.models)
@@ -338,3 +343,48 @@ def layer_positions(names) -> dict[str, float]:
     n = len(layers)
     return {name: (0.0 if (p := prefix(name)) is None else
                    (index[p] / (n - 1) if n > 1 else 1.0)) for name in names}
+
+
+PER_MODEL = ("weight", "density", "gamma")
+
+
+def recipe_dict(method: str, models: list[str], base: str | None = None,
+                parameters: dict | None = None, dtype: str | None = None,
+                out_dtype: str | None = None, seed: int = 0, align: str = "none",
+                bn: str = "base", heads: str = "refuse", dataset: str | None = None,
+                **per_model) -> dict:
+    """The recipe (mergekit's keys) that flags describe: ``per_model`` values (``weight``,
+    ``density``, ``gamma``) are one number for every model (it goes to the recipe's
+    ``parameters``) or a list with one per entry of ``models``; ``parameters`` holds the
+    shared ones (``lambda``, ``normalize``, ``rescale``, ``t``, ``filter_wise``).
+    :meth:`Recipe.from_dict` validates it like a YAML file."""
+    shared = {k: v for k, v in (parameters or {}).items() if v is not None}
+    entries = [{"model": m} for m in models]
+    for name, v in per_model.items():
+        if name not in PER_MODEL:
+            raise TaskVectorError(f"unknown per-model parameter {name!r} (per-model: "
+                                  f"{', '.join(PER_MODEL)})")
+        if v is None:
+            continue
+        if isinstance(v, (list, tuple)):
+            if len(v) == 1:
+                v = v[0]
+            elif len(v) != len(models):
+                raise TaskVectorError(f"{name}: {len(v)} values for {len(models)} models "
+                                      f"(give one, or one per model)")
+            else:
+                for e, x in zip(entries, v):
+                    e.setdefault("parameters", {})[name] = x
+                continue
+        shared[name] = v
+    d = {"merge_method": method, "models": entries}
+    if base is not None:
+        d["base_model"] = base
+    if shared:
+        d["parameters"] = shared
+    for k, v in (("dtype", dtype), ("out_dtype", out_dtype)):
+        if v is not None:
+            d[k] = v
+    d["weightspace"] = {"seed": seed, "align": align, "bn": bn, "heads": heads,
+                        "dataset": dataset}
+    return d

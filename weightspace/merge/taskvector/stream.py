@@ -83,10 +83,7 @@ def merge_sources(recipe: Recipe, sources: list, add: Callable[[str, torch.Tenso
             what = f"has no tensor {missing[0]!r}" if missing else \
                 f"has tensor {extra[0]!r}, which {names[ref]} lacks"
             raise TaskVectorError(f"{n} {what}: different architectures")
-    positions = layer_positions(keys)
-    compute, out_dtype = _dtype(recipe.dtype), _dtype(recipe.out_dtype or recipe.dtype)
-    method = recipe.method
-    report = {"merged": 0, "from_base": [], "heads_from_base": []}
+    differ = []  # checked on the headers before anything is read or written
     for key in keys:
         shapes = [s.shape(key) for s in sources]
         if len(set(shapes)) > 1:
@@ -95,7 +92,13 @@ def merge_sources(recipe: Recipe, sources: list, add: Callable[[str, torch.Tenso
                 raise TaskVectorError(f"tensor {key!r} has different shapes ({detail}): a "
                                       f"head per task cannot be averaged; give heads: base "
                                       f"to keep the base's, or merge without it")
-            report["heads_from_base"].append(key)
+            differ.append(key)
+    positions = layer_positions(keys)
+    compute, out_dtype = _dtype(recipe.dtype), _dtype(recipe.out_dtype or recipe.dtype)
+    method = recipe.method
+    report = {"merged": 0, "from_base": [], "heads_from_base": differ}
+    for key in keys:
+        if key in differ:
             add(key, sources[ref].get(key))
             continue
         if not sources[ref].dtype(key).is_floating_point or key.rsplit(".", 1)[-1] in BN_STATS:
