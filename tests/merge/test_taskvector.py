@@ -309,3 +309,16 @@ def test_align_finds_the_identity_for_fine_tunes_and_undoes_a_permutation(ckpts)
         for k in a.keys():
             assert torch.allclose(a.get(k), b.get(k), atol=1e-6), k
     assert json.loads(json.dumps(rep))["align"]["method"] == "wm"
+
+
+def test_della_keeps_entries_by_magnitude_rank_within_density_plus_minus_epsilon():
+    base = torch.zeros(4, 20_000)
+    delta = torch.arange(1.0, 20_001.0).repeat(4, 1)  # every row ranked the same way
+    out = merge_tensor("della_linear", [base, delta], base=0, weight=1.0, density=0.5,
+                       epsilon=0.2, rescale=False, seed=1, name="w")
+    kept = (out != 0).float()
+    assert abs(kept[:, :2000].mean().item() - 0.32) < 0.02   # smallest: ~ 0.3
+    assert abs(kept[:, -2000:].mean().item() - 0.68) < 0.02  # largest: ~ 0.7
+    assert abs(kept.mean().item() - 0.5) < 0.01
+    with pytest.raises(TaskVectorError, match="density \\+/- epsilon must lie in"):
+        merge_tensor("della", [base, delta], base=0, weight=1.0, density=0.9, epsilon=0.2)

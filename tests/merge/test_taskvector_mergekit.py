@@ -28,6 +28,7 @@ DETERMINISTIC = {
     "model_stock_filter_wise": dict(filter_wise=True),
     "slerp": dict(t=0.3),
 }
+# dare_* and della* draw at random: compared on the same draws below
 
 
 def _inputs(n: int, shape, seed: int, dtype=torch.float32):
@@ -53,6 +54,25 @@ def test_equal_to_mergekit(case, shape):
                                parameters={k: (v[skip:n] if isinstance(v, list) else v)
                                            for k, v in params.items()})
     assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["dare_linear", "dare_ties", "della", "della_linear"])
+def test_random_methods_equal_to_mergekit_on_the_same_draws(method):
+    """mergekit draws from torch's global generator: seeded alike, the draws are the same."""
+    tensors = _inputs(3, (12, 10), seed=5)
+    params = dict(weight=[1.0, 0.5, 0.8], density=0.6, **({"epsilon": 0.1} if "della" in
+                                                          method else {}))
+    g = torch.Generator().manual_seed(11)
+    from weightspace.merge.taskvector.methods import get_tv_method
+    m = get_tv_method(method)  # the method itself: merge_tensor seeds per tensor instead
+    shared = {p.name: p.default for p in m.params if p.scope == "shared"}
+    per = [{}] + [{"weight": w, "density": 0.6, **({"epsilon": 0.1} if "della" in method
+                                                   else {})} for w in params["weight"][1:]]
+    ours = m.fn(tensors, 0, shared, per, g)
+    torch.manual_seed(11)
+    theirs = api.merge_tensors(tensors, method, base_index=0, parameters={
+        k: (v[1:] if isinstance(v, list) else v) for k, v in params.items()})
     torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
 
 

@@ -86,7 +86,8 @@ def fraction_check(v) -> str | None:
 
 # The parameters mergekit's generalized task arithmetic declares (``normalize`` and
 # ``rescale`` defaults differ per method).
-def gta_params(normalize: bool, rescale: bool, gamma: bool = False) -> tuple[Param, ...]:
+def gta_params(normalize: bool, rescale: bool, gamma: bool = False,
+               epsilon: bool = False) -> tuple[Param, ...]:
     ps = [Param("weight", float, "non_base", help="the model's task-vector weight"),
           Param("normalize", bool, "shared", normalize,
                 "divide the mixed task vector by the sum of the weights (that agree)"),
@@ -99,4 +100,7 @@ def gta_params(normalize: bool, rescale: bool, gamma: bool = False) -> tuple[Par
     if gamma:
         ps.append(Param("gamma", float, "non_base", 0.01,
                         "fraction of the largest entries removed", fraction_check))
+    if epsilon:
+        ps.append(Param("epsilon", float, "non_base", 0.15, "della: keep probabilities "
+                        "range over density +/- epsilon by magnitude rank", fraction_check))
     return tuple(ps)

@@ -1,5 +1,6 @@
 """Generalized task arithmetic (mergekit's ``GeneralizedTaskArithmeticMerge``), the one
-computation behind ``task_arithmetic``, ``ties``, ``dare_*`` and ``breadcrumbs*``.
+computation behind ``task_arithmetic``, ``ties``, ``dare_*``, ``breadcrumbs*`` and
+``della*``.
 
 For one tensor with base ``b`` and fine-tunes ``x_i`` (weights ``w_i``):
 ``d_i = sparsify(x_i - b)``; with TIES consensus the sign of ``sum_i w_i d_i`` is elected
@@ -26,10 +27,10 @@ def sign_mask(deltas: torch.Tensor) -> torch.Tensor:
 def gta(tensors: list, base: int, shared: dict, per_input: list[dict], generator,
         consensus: bool, sparsification: str | None) -> torch.Tensor:
     """The merged tensor (see the module docstring); ``sparsification`` is None,
-    ``magnitude``, ``random`` or ``magnitude_outliers``."""
+    ``magnitude``, ``random``, ``magnitude_outliers`` or ``della_magprune``."""
     import torch
 
-    from .sparsify import bernoulli, magnitude, magnitude_outliers
+    from .sparsify import bernoulli, della_magprune, magnitude, magnitude_outliers
 
     b = tensors[base]
     others = [i for i in range(len(tensors)) if i != base]
@@ -46,6 +47,8 @@ def gta(tensors: list, base: int, shared: dict, per_input: list[dict], generator
             d = bernoulli(d, p["density"], rescale, generator)
         elif sparsification == "magnitude_outliers":
             d = magnitude_outliers(d, p["density"], p["gamma"], rescale)
+        elif sparsification == "della_magprune":
+            d = della_magprune(d, p["density"], p["epsilon"], rescale, generator)
         deltas[row] = d
     weights = torch.tensor([per_input[i]["weight"] for i in others], dtype=deltas.dtype,
                            device=deltas.device)
@@ -78,7 +81,8 @@ def register_gta(name: str, summary: str, consensus: bool, sparsification: str |
         return gta(tensors, base, shared, per_input, generator, consensus, sparsification)
 
     fn.__name__ = name
-    register_tv_method(name, summary, gta_params(normalize, rescale,
-                                                 gamma=sparsification == "magnitude_outliers"),
-                       random=sparsification == "random")(fn)
+    params = gta_params(normalize, rescale, gamma=sparsification == "magnitude_outliers",
+                        epsilon=sparsification == "della_magprune")
+    register_tv_method(name, summary, params,
+                       random=sparsification in ("random", "della_magprune"))(fn)
     return fn

@@ -64,3 +64,25 @@ def bernoulli(delta: torch.Tensor, density: float, rescale: bool,
         else torch.float32  # bernoulli has no CPU float16 kernel
     mask = torch.bernoulli(torch.full_like(delta, density, dtype=work), generator=generator)
     return rescaled(delta.to(work), mask, rescale).to(delta.dtype)
+
+
+def della_magprune(delta: torch.Tensor, density: float, epsilon: float, rescale: bool,
+                   generator: torch.Generator | None) -> torch.Tensor:
+    """DELLA's MagPrune: per row, keep each entry with a probability from ``density -
+    epsilon`` (smallest) to ``density + epsilon`` (largest), linear in its magnitude rank."""
+    from .base import TaskVectorError
+    if density >= 1:
+        return delta
+    if density + epsilon >= 1 or density - epsilon <= 0:
+        raise TaskVectorError(f"della: density +/- epsilon must lie in (0, 1), got density "
+                              f"{density}, epsilon {epsilon}")
+    work = delta.dtype if delta.device.type != "cpu" or delta.dtype == torch.bfloat16 \
+        else torch.float32
+    shape = delta.shape
+    t = delta.unsqueeze(0) if delta.dim() < 2 else delta
+    ranks = torch.argsort(t.abs(), dim=1, descending=False).argsort(dim=1).to(work) + 1
+    lo, hi = ranks.min(dim=1, keepdim=True).values, ranks.max(dim=1, keepdim=True).values
+    norm = ((ranks - lo) / (hi - lo)).clamp(0, 1)
+    mask = torch.bernoulli((density - epsilon) + norm * 2 * epsilon,
+                           generator=generator).to(work)
+    return rescaled(t.to(work), mask, rescale).to(delta.dtype).reshape(shape)
