@@ -322,3 +322,36 @@ def test_della_keeps_entries_by_magnitude_rank_within_density_plus_minus_epsilon
     assert abs(kept.mean().item() - 0.5) < 0.01
     with pytest.raises(TaskVectorError, match="density \\+/- epsilon must lie in"):
         merge_tensor("della", [base, delta], base=0, weight=1.0, density=0.9, epsilon=0.2)
+
+
+def test_bn_reset_recomputes_statistics_and_heads_are_recorded(tmp_path):
+    from weightspace.arch import build
+    from weightspace.functional import recalibrated
+    from weightspace.merge.taskvector.files import merge_recipe
+    from weightspace.zoo import load_dataset
+    arch = "resnet20?width=1&in_chans=1"
+    torch.manual_seed(0)
+    base = build(arch).state_dict()
+    paths = []
+    for i in range(2):
+        s = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v
+             for k, v in base.items()}
+        paths.append(str(tmp_path / f"ft{i}.safetensors"))
+        save_checkpoint(paths[-1], s, arch, {"dataset": "digits"})
+    save_checkpoint(tmp_path / "base.safetensors", base, arch, {"dataset": "digits"})
+    d = {"merge_method": "ties", "base_model": str(tmp_path / "base.safetensors"),
+         "models": paths, "parameters": {"weight": 1.0, "density": 0.5}}
+    merge_recipe(Recipe.from_dict(d), tmp_path / "plain.safetensors")
+    rep = merge_recipe(Recipe.from_dict({**d, "weightspace": {"bn": "reset"}}),
+                       tmp_path / "reset.safetensors")
+    bn = [k for k in base if k.endswith("running_mean")]
+    assert bn and set(bn) <= set(rep["from_base"])
+    with open_checkpoint(tmp_path / "plain.safetensors") as a, \
+            open_checkpoint(tmp_path / "reset.safetensors") as b:
+        plain, reset = a.state_dict(), b.state_dict()
+    assert all(torch.equal(plain[k], base[k]) for k in bn)  # from the base
+    x = load_dataset("digits")["train"][0][:2048]
+    want = recalibrated(build(arch), plain, x)
+    for k in plain:
+        assert torch.allclose(reset[k].float(), want[k].float(), atol=1e-5), k
+    assert not torch.equal(reset[bn[0]], base[bn[0]])

@@ -20,7 +20,7 @@ from ...checkpoint import (META_KEY, VERSION_KEY, CheckpointWriter, checkpoint_m
 from ...errors import check_output
 from .base import TaskVectorError
 from .recipe import Recipe
-from .stream import StateSource, merge_sources
+from .stream import StateSource, check_sources, merge_sources
 
 
 def merge_recipe(recipe: Recipe, out, arch: str | None = None, data_root=None,
@@ -71,8 +71,10 @@ def _merge_recipe(recipe: Recipe, out, arch, data_root, max_shard_size) -> dict:
             states = [c.state_dict() for c in cks]
             aligned, report["align"] = align_to_base(recipe, states, ref_arch, data)
             sources = [StateSource(s, n) for s, n in zip(aligned, names)]
+        _, _, differ = check_sources(recipe, sources, names)
         record = {"merged": {"recipe": recipe.to_dict(), "defaults": recipe.defaults(),
-                             "method": recipe.merge_method},
+                             "method": recipe.merge_method,
+                             **({"heads_from_base": differ} if differ else {})},
                   **({"dataset": cks[ref].meta.get("dataset")}
                      if cks[ref].meta.get("dataset") else {})}
         metadata = checkpoint_metadata(ref_arch, record) if ref_arch else \

@@ -61,20 +61,18 @@ def _dtype(name: str | None):
     return None if name is None else getattr(torch, name)
 
 
-def merge_sources(recipe: Recipe, sources: list, add: Callable[[str, torch.Tensor], None],
-                  names: list[str] | None = None) -> dict:
-    """Merge ``sources`` (one per ``recipe.inputs``, same order) tensor by tensor into
-    ``add``; returns what was done to which tensors (``merged``, ``from_base``,
-    ``heads_from_base``)."""
-    import torch
-
+def check_sources(recipe: Recipe, sources: list, names: list[str] | None = None
+                  ) -> tuple[list[str], int, list[str]]:
+    """Before anything is read or written, from the headers: the tensor names (the same in
+    every input), the index of the input that non-averaged tensors come from (the base, else
+    the first) and the tensors whose shapes differ (refused unless ``heads: base``)."""
     names = names or [m.model for m in recipe.inputs]
     if len(sources) != len(recipe.inputs):
         raise TaskVectorError(f"{len(recipe.inputs)} inputs but {len(sources)} sources")
-    ref = recipe.base_index if recipe.base_index is not None else 0
-    if recipe.base_model is not None and recipe.base_index is None:  # linear with a base
+    ref = 0
+    if recipe.base_model is not None:
         ref = next(i for i, m in enumerate(recipe.inputs) if m.model == recipe.base_model)
-    keys = sources[ref].keys()
+    keys = list(sources[ref].keys())
     keyset = set(keys)
     for s, n in zip(sources, names):
         ks = set(s.keys())
@@ -83,7 +81,7 @@ def merge_sources(recipe: Recipe, sources: list, add: Callable[[str, torch.Tenso
             what = f"has no tensor {missing[0]!r}" if missing else \
                 f"has tensor {extra[0]!r}, which {names[ref]} lacks"
             raise TaskVectorError(f"{n} {what}: different architectures")
-    differ = []  # checked on the headers before anything is read or written
+    differ = []
     for key in keys:
         shapes = [s.shape(key) for s in sources]
         if len(set(shapes)) > 1:
@@ -93,10 +91,23 @@ def merge_sources(recipe: Recipe, sources: list, add: Callable[[str, torch.Tenso
                                       f"head per task cannot be averaged; give heads: base "
                                       f"to keep the base's, or merge without it")
             differ.append(key)
+    return keys, ref, differ
+
+
+def merge_sources(recipe: Recipe, sources: list, add: Callable[[str, torch.Tensor], None],
+                  names: list[str] | None = None) -> dict:
+    """Merge ``sources`` (one per ``recipe.inputs``, same order) tensor by tensor into
+    ``add``; returns what was done to which tensors (``merged``, ``from_base``,
+    ``heads_from_base``)."""
+    import torch
+
+    names = names or [m.model for m in recipe.inputs]
+    keys, ref, differ = check_sources(recipe, sources, names)
     positions = layer_positions(keys)
     compute, out_dtype = _dtype(recipe.dtype), _dtype(recipe.out_dtype or recipe.dtype)
     method = recipe.method
     report = {"merged": 0, "from_base": [], "heads_from_base": differ}
+    differ = set(differ)
     for key in keys:
         if key in differ:
             add(key, sources[ref].get(key))
