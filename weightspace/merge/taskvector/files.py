@@ -113,10 +113,11 @@ def _data(recipe: Recipe, ck, data_root):
     """The dataset for data-reading alignment and the BN reset (train split only)."""
     from ...arch import build
     from ...zoo.datasets import dataset_of
-    needs = recipe.bn == "reset" or recipe.align in ("am", "ste")
+    if recipe.bn != "reset" and recipe.align not in ("am", "ste"):
+        return None  # weight matching reads no data
     model = build(ck.arch)
     model.weightspace_meta = ck.meta
-    return dataset_of(model, recipe.dataset, data_root, required=needs,
+    return dataset_of(model, recipe.dataset, data_root,
                       why=f"align {recipe.align!r} / bn {recipe.bn!r} reads train data")
 
 
