@@ -304,7 +304,7 @@ def alignment(model, base, fts, base_data, data, ep, ft_test) -> dict:
 
 
 # ---------------------------------------------------------------- memory
-def memory(tmp: Path, tensors: int = 48, size: int = 1 << 20) -> dict:
+def memory(tmp: Path, tensors: int = 32, size: int = 1 << 20) -> dict:
     """Peak RSS of ``weightspace merge`` (ties, 1 base + 4 fine-tunes of ``tensors`` float32
     tensors of ``size`` entries) in a child process, against the same child importing only."""
     from weightspace.checkpoint import save_tensors
@@ -318,21 +318,30 @@ def memory(tmp: Path, tensors: int = 48, size: int = 1 << 20) -> dict:
     each = tensors * size * 4
 
     def child(code):
-        r = subprocess.run([sys.executable, "-c", code + "\nimport resource\nprint(resource."
-                            "getrusage(resource.RUSAGE_SELF).ru_maxrss)"],
-                           capture_output=True, text=True, check=True, cwd=tmp)
+        """Run ``code`` in a fresh interpreter; its peak anonymous RSS (RssAnon sampled
+        every 5 ms: the memory it allocates, not the input files' mapped pages, which the
+        kernel counts in RSS but can drop at any time)."""
+        sampler = ("import threading, time\npeak = [0]\ndef _watch():\n    while True:\n"
+                   "        with open('/proc/self/status') as f:\n"
+                   "            v = [int(l.split()[1]) for l in f if l.startswith('RssAnon')][0]\n"
+                   "        peak[0] = max(peak[0], v)\n        time.sleep(0.005)\n"
+                   "threading.Thread(target=_watch, daemon=True).start()\n")
+        r = subprocess.run([sys.executable, "-c", sampler + code +
+                            "\ntime.sleep(0.05)\nprint(peak[0])"], capture_output=True,
+                           text=True, check=True, cwd=tmp)
         return int(r.stdout.strip().splitlines()[-1]) * 1024
 
     idle = child("import torch, weightspace.cli.lmc_cmd, weightspace.merge.taskvector.files")
     t0 = time.perf_counter()
-    stream = child("from weightspace.cli.main import main\nimport sys\nassert main(['merge', "
+    stream = child("from weightspace.cli.main import main\nassert main(['merge', "
                    "'ft0.safetensors', 'ft1.safetensors', 'ft2.safetensors', 'ft3.safetensors',"
                    " '--base', 'base.safetensors', '--method', 'ties', '--density', '0.3', "
                    "'--out', 'out.safetensors']) == 0")
     seconds = time.perf_counter() - t0
     loaded = child("from weightspace.checkpoint import open_checkpoint\nstates = "
                    "[open_checkpoint(f).state_dict() for f in ['base.safetensors'] + "
-                   "[f'ft{j}.safetensors' for j in range(4)]]")
+                   "[f'ft{j}.safetensors' for j in range(4)]]\n"
+                   "total = sum(float(v.sum()) for s in states for v in s.values())  # touched")
     return {"input_bytes_each": each, "inputs": 5, "idle_rss": idle, "merge_rss": stream,
             "all_inputs_loaded_rss": loaded, "merge_seconds": seconds,
             "merge_extra_over_idle": stream - idle, "loaded_extra_over_idle": loaded - idle}

@@ -355,3 +355,9 @@ def test_bn_reset_recomputes_statistics_and_heads_are_recorded(tmp_path):
     for k in plain:
         assert torch.allclose(reset[k].float(), want[k].float(), atol=1e-5), k
     assert not torch.equal(reset[bn[0]], base[bn[0]])
+
+
+def test_della_on_single_entry_rows_keeps_them_at_density():
+    out = merge_tensor("della", [torch.zeros(1, 1, 64), torch.ones(1, 1, 64)], base=0,
+                       weight=1.0, density=0.5, epsilon=0.1, rescale=False, seed=2)
+    assert 0.3 < (out != 0).float().mean().item() < 0.7

@@ -82,7 +82,9 @@ def della_magprune(delta: torch.Tensor, density: float, epsilon: float, rescale:
     t = delta.unsqueeze(0) if delta.dim() < 2 else delta
     ranks = torch.argsort(t.abs(), dim=1, descending=False).argsort(dim=1).to(work) + 1
     lo, hi = ranks.min(dim=1, keepdim=True).values, ranks.max(dim=1, keepdim=True).values
-    norm = ((ranks - lo) / (hi - lo)).clamp(0, 1)
+    # a row of one entry has no rank spread (mergekit divides by zero there): it is kept
+    # with probability ``density``
+    norm = torch.where(hi > lo, (ranks - lo) / (hi - lo).clamp_min(1), 0.5).clamp(0, 1)
     mask = torch.bernoulli((density - epsilon) + norm * 2 * epsilon,
                            generator=generator).to(work)
     return rescaled(t.to(work), mask, rescale).to(delta.dtype).reshape(shape)
