@@ -339,9 +339,8 @@ def memory(tmp: Path, tensors: int = 32, size: int = 1 << 20) -> dict:
                    "'--out', 'out.safetensors']) == 0")
     seconds = time.perf_counter() - t0
     loaded = child("from weightspace.checkpoint import open_checkpoint\nstates = "
-                   "[open_checkpoint(f).state_dict() for f in ['base.safetensors'] + "
-                   "[f'ft{j}.safetensors' for j in range(4)]]\n"
-                   "total = sum(float(v.sum()) for s in states for v in s.values())  # touched")
+                   "[{k: v.clone() for k, v in open_checkpoint(f).state_dict().items()} "
+                   "for f in ['base.safetensors'] + [f'ft{j}.safetensors' for j in range(4)]]")
     return {"input_bytes_each": each, "inputs": 5, "idle_rss": idle, "merge_rss": stream,
             "all_inputs_loaded_rss": loaded, "merge_seconds": seconds,
             "merge_extra_over_idle": stream - idle, "loaded_extra_over_idle": loaded - idle}
