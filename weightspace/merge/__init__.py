@@ -10,4 +10,5 @@ lazy_package(__name__, {
                      "lmc", "plot", "singular_alignment"], "lmc"),
     **dict.fromkeys(["METHODS", "POST", "merge", "mergemany_perms", "ste_perms"], "merging"),
     **dict.fromkeys(["repair", "repairable"], "repair"),
+    **dict.fromkeys(["Recipe", "merge_recipe"], "taskvector"),
 })
