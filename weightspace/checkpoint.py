@@ -64,14 +64,16 @@ def checkpoint_metadata(arch: str, meta: dict | None = None) -> dict:
 
 def save_checkpoint(path: str | Path, model: nn.Module | dict, arch: str,
                     meta: dict | None = None, dtypes: dict | None = None, **layout) -> None:
-    """Write a model (or state dict) with its architecture reference and metadata;
+    """Write a model (or state dict, or ``(name, tensor)`` pairs: streamed) with its
+    architecture reference and metadata;
     ``dtypes``: name -> dtype each floating tensor is cast to on write (kept: the inputs'
     precision), ``layout``: ``dtype`` (overrides), ``max_shard_size``, ``config``, ``card``
     for a directory ``path``."""
     state = model.state_dict() if isinstance(model, nn.Module) else model
+    pairs = state.items() if hasattr(state, "items") else state  # or (name, tensor) pairs
     dtypes = dtypes or {}
     with CheckpointWriter(path, checkpoint_metadata(arch, meta), **layout) as w:
-        for k, v in state.items():
+        for k, v in pairs:
             w.add(k, v, dtype=dtypes.get(k))
 
 
@@ -88,11 +90,16 @@ def canonical_safetensors(blob: bytes) -> bytes:
     return len(text).to_bytes(8, "little") + text + blob[8 + n:]
 
 
-def read_checkpoint(path: str | Path, arch: str | None = None):
+def read_checkpoint(path: str | Path, arch: str | None = None, float32: bool = True):
     """``(state_dict, arch, meta)`` from a checkpoint in any layout (:func:`open_checkpoint`);
-    ``arch`` for files that carry none (or to override the one they carry)."""
+    ``arch`` for files that carry none (or to override the one they carry). Floating
+    tensors come as float32 (arithmetic runs in float32; :func:`open_checkpoint` gives the
+    stored precision) unless ``float32`` is false."""
     with open_checkpoint(path, arch) as ck:
-        return _state_of(ck), ck.arch, ck.meta
+        state = _state_of(ck)
+        if float32:
+            state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+        return state, ck.arch, ck.meta
 
 
 def _state_of(ck: LazyCheckpoint) -> dict:
@@ -178,4 +185,71 @@ __all__ = ["ARCH_KEY", "META_KEY", "VERSION_KEY", "PICKLE_SUFFIXES", "READS", "W
            "arch_from_config", "atomic_write", "atomic_write_text", "save_tensors",
            "save_checkpoint", "checkpoint_metadata", "canonical_safetensors",
            "read_checkpoint", "fill_int_buffers", "check_state", "load_models", "load_model",
-           "model_card", "parse_size", "is_single_file"]
+           "model_card", "parse_size", "is_single_file", "DTYPES", "as_dtype",
+           "check_checkpoint_out", "write_model", "peak_rss_mb"]
+
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "float64": torch.float64}
+
+
+def as_dtype(dtype) -> torch.dtype | None:
+    """``None`` (keep the inputs' precision), a ``torch.dtype`` or one of :data:`DTYPES`."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise CheckpointError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def check_checkpoint_out(out, dtype=None, max_shard_size=None) -> Path:
+    """Refuse, before any work, an ``out`` no checkpoint can be written to (a file path
+    ``.safetensors``, or a Hub directory that is new or holds only an earlier output) and
+    a bad ``dtype`` / ``max_shard_size``."""
+    from .checkpoints.writer import _replaceable
+    from .errors import check_output
+    as_dtype(dtype)
+    if max_shard_size is not None:
+        parse_size(max_shard_size)
+    if is_single_file(out):
+        return check_output(out, "file")
+    p = check_output(out, "dir")
+    if p.exists() and not _replaceable(p):
+        raise CheckpointError(f"--out {out}: exists and holds files other than a "
+                              f"checkpoint's; choose a new directory")
+    return p
+
+
+def write_model(out, state: dict, source: nn.Module, meta: dict, dtype=None,
+                max_shard_size=None, card: str = "") -> dict:
+    """A verb's output model: each tensor in ``source``'s stored precision (``dtype``
+    overrides), the source directory's ``config.json`` carried over, a model card with
+    ``card``; returns what was chosen (recorded in the verb's report)."""
+    dtype = as_dtype(dtype)
+    dtypes = getattr(source, "weightspace_dtypes", {}) if dtype is None else {}
+    arch = source.weightspace_arch
+    cfg = getattr(source, "weightspace_config", None)
+    meta_md = checkpoint_metadata(arch, meta)
+    save_checkpoint(out, state, arch, meta, dtypes=dtypes, dtype=dtype,
+                    max_shard_size=max_shard_size, config=cfg,
+                    card=model_card(Path(out).name, meta_md, card))
+    return _choices(out, dtype, dtypes.values(), max_shard_size)
+
+
+def _choices(out, dtype, stored, max_shard_size) -> dict:
+    from .checkpoints.writer import default_max_shard_size
+    kept = sorted({str(d).removeprefix("torch.") for d in stored if d.is_floating_point})
+    rec = {"dtype": str(dtype).removeprefix("torch.") if dtype is not None
+           else f"kept ({', '.join(kept) or 'float32'})"}
+    if not is_single_file(out):
+        rec["max_shard_size"] = max_shard_size if max_shard_size is not None \
+            else f"{default_max_shard_size()} (default)"
+    return rec
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB (``ru_maxrss``)."""
+    import resource
+    import sys
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / (1 << 20) if sys.platform == "darwin" else kb / 1024

@@ -116,9 +116,8 @@ def test_own_keys_sharing_a_leading_name_are_kept(tmp_path):
     model = build("mlp:4-8-2")
     p = tmp_path / "mlp.pt"
     torch.save({f"layers.{k}": v for k, v in model.state_dict().items()}, p)
-    with pytest.raises(CheckpointError, match="missing key '1.weight'"):
-        load_model(p, arch="mlp:4-8-2?act=relu") if False else \
-            load_model(_renamed(tmp_path, model), arch="mlp:4-8-2")
+    with pytest.raises(CheckpointError, match="missing key '1.weight'"):  # partly right: kept
+        load_model(_renamed(tmp_path, model), arch="mlp:4-8-2")
     with open_checkpoint(p, arch="mlp:4-8-2") as ck:  # stripped: the keys then match
         assert ck.keys() == sorted(model.state_dict()) and "'layers.'" in ck.wrapper_note
     plain = tmp_path / "plain.pt"
@@ -193,6 +192,21 @@ def test_bad_inputs_give_one_line_and_write_nothing(tmp_path, state):
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
 
+def test_half_precision_is_kept_and_dtype_overrides(tmp_path, state):
+    from weightspace.canonicalize.files import align_checkpoints
+    half = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
+    a, b = tmp_path / "a.safetensors", tmp_path / "b"
+    save_checkpoint(a, half, REF)
+    save_checkpoint(b, half, REF)
+    align_checkpoints(a, b, tmp_path / "o.safetensors")
+    with open_checkpoint(tmp_path / "o.safetensors") as ck:
+        assert {ck.dtype(k) for k in ck.keys()} == {torch.bfloat16, torch.int64}
+    align_checkpoints(a, b, tmp_path / "o32", dtype=torch.float32)
+    with open_checkpoint(tmp_path / "o32") as ck:
+        assert {ck.dtype(k) for k in ck.keys()} == {torch.float32, torch.int64}
+        assert ck.arch == REF and (tmp_path / "o32" / "README.md").is_file()
+
+
 def test_writer_leaves_nothing_on_error_and_keeps_foreign_directories(tmp_path):
     out = tmp_path / "o"
     with pytest.raises(RuntimeError):
@@ -205,4 +219,5 @@ def test_writer_leaves_nothing_on_error_and_keeps_foreign_directories(tmp_path):
         CheckpointWriter(out)
     save_tensors(tmp_path / "p", {"a": torch.ones(2)}, max_shard_size="1GB")
     save_tensors(tmp_path / "p", {"a": torch.zeros(2)}, max_shard_size="1GB")  # replaced
-    assert torch.equal(open_checkpoint(tmp_path / "p").get("a"), torch.zeros(2))
+    with open_checkpoint(tmp_path / "p") as ck:
+        assert torch.equal(ck.get("a"), torch.zeros(2))

@@ -32,26 +32,46 @@ _TIMM_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}")
 
 
 class _SafeFile:
-    """One safetensors file, opened with ``safe_open`` (data stays on disk until asked)."""
+    """One safetensors file: validated by ``safe_open``, then read with plain file reads
+    into fresh tensors. Not through the memory map: mapped pages once touched count as the
+    process's resident memory until the file is closed, so a streamed merge of large
+    checkpoints would hold every input in RSS."""
 
     def __init__(self, path: Path):
         from safetensors import SafetensorError, safe_open
         _refuse_pickle_in_disguise(path)
         try:
-            self.f = safe_open(str(path), framework="pt")
-            self.names = list(self.f.keys())
-            self.metadata = dict(self.f.metadata() or {})
+            with safe_open(str(path), framework="pt") as f:  # checks header and offsets
+                self.names = list(f.keys())
+                self.metadata = dict(f.metadata() or {})
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"{path}: not a valid safetensors file ({e})") from None
+        self.path = path
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            self.header = json.loads(f.read(n))
+        self.start = 8 + n
+        self.f = open(path, "rb")
 
     def shape(self, name):
-        return tuple(self.f.get_slice(name).get_shape())
+        return tuple(self.header[name]["shape"])
 
     def dtype(self, name):
-        return ST_DTYPES[self.f.get_slice(name).get_dtype()]
+        return ST_DTYPES[self.header[name]["dtype"]]
 
     def get(self, name):
-        return self.f.get_tensor(name)
+        h = self.header[name]
+        t = torch.empty(h["shape"], dtype=ST_DTYPES[h["dtype"]])
+        lo, hi = h["data_offsets"]
+        if hi > lo:
+            self.f.seek(self.start + lo)
+            buf = t.reshape(-1).view(torch.uint8).numpy()
+            if self.f.readinto(memoryview(buf)) != hi - lo:
+                raise CheckpointError(f"{self.path}: tensor {name!r} is truncated")
+        return t
+
+    def close(self):
+        self.f.close()
 
 
 class _TorchFile:
@@ -253,6 +273,9 @@ class LazyCheckpoint:
         return meta
 
     def close(self) -> None:
+        for f in self._files:
+            if hasattr(f, "close"):
+                f.close()
         self._files, self._where = [], {}
 
     def __enter__(self):
@@ -290,8 +313,9 @@ def _prefix_candidates(keys: list[str]) -> list[str]:
 _EXPECTED: dict[str, dict] = {}
 
 
-def expected_keys(ref: str, allow_code: bool = False) -> dict:
-    """Name -> dtype of the state dict ``ref`` builds (built on the meta device: no memory)."""
+def expected_shapes(ref: str, allow_code: bool = False) -> dict:
+    """Name -> (shape, dtype) of the state dict ``ref`` builds, in the model's order (built
+    on the meta device: no memory for the weights)."""
     if ref not in _EXPECTED:
         from ..arch import build
         try:
@@ -299,8 +323,13 @@ def expected_keys(ref: str, allow_code: bool = False) -> dict:
                 model = build(ref, allow_code=allow_code)
         except (RuntimeError, NotImplementedError):  # an init that needs real data
             model = build(ref, allow_code=allow_code)
-        _EXPECTED[ref] = {k: v.dtype for k, v in model.state_dict().items()}
+        _EXPECTED[ref] = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
     return _EXPECTED[ref]
+
+
+def expected_keys(ref: str, allow_code: bool = False) -> dict:
+    """Name -> dtype of the state dict ``ref`` builds."""
+    return {k: dt for k, (_, dt) in expected_shapes(ref, allow_code).items()}
 
 
 def arch_from_config(cfg: dict | None, path) -> str | None:
@@ -328,5 +357,6 @@ def arch_from_config(cfg: dict | None, path) -> str | None:
         if not isinstance(v, (bool, int, float, str)):
             raise CheckpointError(f"{path}: config.json model_args {k!r} = {v!r} cannot be "
                                   f"written as an architecture option; pass --arch")
-        query.append(f"{quote(k, safe='')}={quote(str(v).lower() if isinstance(v, bool) else str(v), safe='')}")
+        text = str(v).lower() if isinstance(v, bool) else str(v)
+        query.append(f"{quote(k, safe='')}={quote(text, safe='')}")
     return f"timm:{name}" + ("?" + "&".join(query) if query else "")

@@ -173,8 +173,8 @@ class CheckpointWriter:
         d.mkdir()
         split = split_state_dict_into_shards_factory(
             {n: (n,) for n in sorted(self._entries)},  # a str value would be skipped
-            get_storage_size=lambda t: self._entries[t[0]][3], filename_pattern=SAFETENSORS_WEIGHTS_FILE_PATTERN,
-            max_shard_size=self.max_shard_size)
+            get_storage_size=lambda t: self._entries[t[0]][3],
+            filename_pattern=SAFETENSORS_WEIGHTS_FILE_PATTERN, max_shard_size=self.max_shard_size)
         meta = {"format": "pt", **self.metadata}  # transformers requires "format"
         order = {n: i for i, n in enumerate(names)}
         for fname, members in split.filename_to_tensors.items():

@@ -5,8 +5,8 @@ import json
 import sys
 
 from ..canonicalize.methods import METHODS, get_align_method
-from .options import (SEED, allow_code, arch_override, device, method_flags, method_options,
-                      restarts)
+from .options import (SEED, allow_code, arch_override, checkpoint_output, device, method_flags,
+                      method_options, reads_help, restarts)
 
 
 def _method_args(p) -> None:
@@ -31,9 +31,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("align", help="permute model B into model A's basin",
                        description="Find the permutation of B's hidden units that brings it "
                                    "closest to A and write the permuted B (same function).")
-    p.add_argument("a", metavar="A", help="reference checkpoint")
-    p.add_argument("b", metavar="B", help="checkpoint to permute")
-    p.add_argument("--out", required=True, help="where to write the aligned B (.safetensors)")
+    p.add_argument("a", metavar="A", help=reads_help("reference checkpoint"))
+    p.add_argument("b", metavar="B", help="checkpoint to permute (same layouts as A)")
+    checkpoint_output(p, "where to write the aligned B, in B's precision")
     arch_override(p)
     _method_args(p)
 
@@ -42,8 +42,8 @@ def run(args) -> int:
     from ..canonicalize.files import align_checkpoints  # torch: only once there is work
     rep = align_checkpoints(args.a, args.b, args.out, args.method, arch=args.arch,
                             dataset=args.dataset, data_root=args.data_root, seed=args.seed,
-                            restarts=args.restarts, device=args.device,
-                            **method_kwargs(args))
+                            restarts=args.restarts, device=args.device, dtype=args.dtype,
+                            max_shard_size=args.max_shard_size, **method_kwargs(args))
     if args.json:
         print(json.dumps(rep, indent=1))
     else:
@@ -52,4 +52,16 @@ def run(args) -> int:
               f"iteration(s), device {rep['device']}); wrote {args.out}")
     for n in rep["load_notes"] + ([] if args.json else rep["notes"]):
         print(f"note: {n}", file=sys.stderr)
+    print_written(rep, args)
     return 0
+
+
+def print_written(rep: dict, args) -> None:
+    """The output choices a user did not pass (dtype, shard size) and, with --verbose, the
+    peak memory; on stderr so --json stays one object."""
+    if not args.json:
+        print(f"note: dtype {rep['dtype']}" + (f", max shard size {rep['max_shard_size']}"
+                                               if "max_shard_size" in rep else ""),
+              file=sys.stderr)
+    if args.verbose:
+        print(f"peak memory (RSS): {rep['peak_rss_mb']:.0f} MB", file=sys.stderr)

@@ -13,10 +13,14 @@ def add_parser(sub) -> None:
                        description="Write a canonicalized copy of a zoo: every model permuted "
                                    "to a reference model or to the zoo's barycenter; the "
                                    "permutations are stored so each original is recoverable.")
-    p.add_argument("zoo", metavar="ZOO_DIR")
+    p.add_argument("zoo", metavar="ZOO_DIR",
+                   help="a zoo (weightspace zoo train / zoo import: one .safetensors file "
+                        "per model; other layouts enter through zoo import)")
     p.add_argument("--reference", default="barycenter",
                    help="a model id, or 'barycenter' (default; wm / transfusion)")
-    p.add_argument("--out", required=True, help="the canonical zoo directory (new)")
+    p.add_argument("--out", required=True,
+                   help="the canonical zoo directory (new): models/ID.safetensors "
+                        "(float32), perms/ID.safetensors, a manifest")
     p.add_argument("--max-rounds", type=POSITIVE, default=20, help="barycenter rounds (20)")
     p.add_argument("--tol", type=float_range(0, 1), default=1e-3,
                    help="barycenter: stop when the RMS distance improves by less (1e-3)")

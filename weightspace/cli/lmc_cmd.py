@@ -10,8 +10,8 @@ from ..merge.methods import METHODS as MERGE_METHODS
 from ..merge.registry import BN_MODES, LMCError, get_merge_method
 from ..merge.taskvector.methods import METHODS as TV_METHODS
 from ..merge.taskvector.recipe import ALIGN, DTYPES, HEADS
-from .options import (SEED, allow_code, arch_override, device, float_range, int_range,
-                      method_flags, method_options, restarts)
+from .options import (SEED, allow_code, arch_override, checkpoint_output, device, float_range,
+                      int_range, method_flags, method_options, reads_help, restarts, verbose)
 
 MAX_POINTS = 1001
 
@@ -22,12 +22,16 @@ def _pairs(text: str):
     return int_range(1, 10**7)(text)
 
 
-def _common(p, out_help: str) -> None:
+def _common(p, out_help: str | None) -> None:
     """The flags lmc and merge share: seed, restarts, output, JSON, --arch, --allow-code."""
     p.add_argument("--seed", type=SEED, default=0)
     restarts(p)
     device(p)
-    p.add_argument("--out", required=True, help=out_help)
+    if out_help is None:
+        checkpoint_output(p, "the merged checkpoint, in the first input's precision")
+    else:
+        p.add_argument("--out", required=True, help=out_help)
+        verbose(p)
     p.add_argument("--json", action="store_true")
     arch_override(p)
     allow_code(p)
@@ -38,8 +42,9 @@ def add_parser(sub) -> None:
                        description="Interpolate A and B (or every pair of a zoo), report loss "
                                    "and accuracy barriers on train and test before and after "
                                    "alignment, with diagnostics and plots.")
-    p.add_argument("models", nargs="*", metavar="CKPT", help="two checkpoints A B")
-    p.add_argument("--zoo", help="a zoo: pairwise barrier matrix instead of one pair")
+    p.add_argument("models", nargs="*", metavar="CKPT", help=reads_help("two checkpoints A B"))
+    p.add_argument("--zoo", help="a zoo (its .safetensors models): pairwise barrier matrix "
+                                 "instead of one pair")
     p.add_argument("--pairs", type=_pairs, default="all",
                    help="with --zoo: 'all' or a number of random pairs (default all)")
     p.add_argument("--dataset", help="default: the dataset in A's metadata")
@@ -55,11 +60,14 @@ def add_parser(sub) -> None:
     m = sub.add_parser("merge", help="merge several checkpoints into one",
                        description="Merge checkpoints of one architecture: plain mean, "
                                    "MergeMany or multi-model STE, optionally with REPAIR or a "
-                                   "BatchNorm reset on the train split; or fine-tunes of one "
-                                   "base with a task-vector method (mergekit's names and "
-                                   "parameters: " + ", ".join(TV_METHODS) + "), from flags "
-                                   "or a mergekit YAML recipe, streamed one tensor at a time.")
-    m.add_argument("models", nargs="*", metavar="CKPT")
+                                   "BatchNorm reset on the train split (--method mean "
+                                   "without post-processing streams: one tensor per input "
+                                   "in memory at a time); or fine-tunes of one base with a "
+                                   "task-vector method (mergekit's names and parameters: "
+                                   + ", ".join(TV_METHODS) + "), from flags or a mergekit "
+                                   "YAML recipe, streamed one tensor at a time.")
+    m.add_argument("models", nargs="*", metavar="CKPT",
+                   help=reads_help("checkpoints of one architecture"))
     method_flags(m, MERGE_METHODS, get_merge_method, "mergemany")
     m._option_string_actions["--method"].choices = (*MERGE_METHODS, *TV_METHODS)
     _taskvector_flags(m)
@@ -68,7 +76,7 @@ def add_parser(sub) -> None:
     post.add_argument("--bn-reset", action="store_true", help="recompute BN statistics")
     m.add_argument("--dataset", help="default: the dataset in the first checkpoint's metadata")
     m.add_argument("--data-root")
-    _common(m, "merged checkpoint (.safetensors)")
+    _common(m, None)
 
 
 def _floats(text: str) -> list[float]:
@@ -101,20 +109,19 @@ def _taskvector_flags(m) -> None:
     g.add_argument("--t", type=float_range(0, 1), help="slerp: 0 the base, 1 the other model")
     g.add_argument("--filter-wise", action="store_true", default=None,
                    help="model_stock: one angle per output row")
-    g.add_argument("--dtype", choices=DTYPES, help="compute dtype (default: the inputs')")
-    g.add_argument("--out-dtype", choices=DTYPES, help="output dtype (default: --dtype)")
+    g.add_argument("--out-dtype", choices=DTYPES,
+                   help="task-vector methods: output dtype (default: --dtype, which for them "
+                        "is mergekit's dtype: inputs cast to it, arithmetic in it)")
     g.add_argument("--align", dest="tv_align", choices=ALIGN, default=None,
                    help="permute each model into the base's basin before its task vector "
                         "is taken (none)")
     g.add_argument("--heads", choices=HEADS, default=None,
                    help="tensors whose shapes differ between models (a head per task): "
                         "refuse (default) or keep the base's")
-    g.add_argument("--max-shard-size", default=None, metavar="SIZE",
-                   help="directory outputs: shard above this size (huggingface_hub's 5GB)")
 
 
 TV_FLAGS = ("base", "weight", "density", "gamma", "lambda_", "normalize", "rescale", "t",
-            "filter_wise", "dtype", "out_dtype", "tv_align", "heads")
+            "filter_wise", "out_dtype", "tv_align", "heads")
 
 
 def _notes(res: dict) -> None:
@@ -134,6 +141,8 @@ def run_lmc(args) -> int:
                           arch=args.arch, dataset=args.dataset, data_root=args.data_root,
                           seed=args.seed, restarts=args.restarts, device=args.device)
     _notes(res)
+    if args.verbose:
+        print(f"peak memory (RSS): {res['peak_rss_mb']:.0f} MB", file=sys.stderr)
     if args.json:
         print(json.dumps(res, indent=1))
         return 0
@@ -171,6 +180,8 @@ def _pairwise(args) -> int:
     result = barrier_matrix(args.zoo, args.out, args.align, args.points, args.bn, args.pairs,
                             dataset=args.dataset, data_root=args.data_root, seed=args.seed,
                             restarts=args.restarts, device=args.device)
+    if args.verbose:
+        print(f"peak memory (RSS): {result['peak_rss_mb']:.0f} MB", file=sys.stderr)
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
@@ -189,7 +200,7 @@ def _pairwise(args) -> int:
 def run_merge(args) -> int:
     if args.recipe or args.method in TV_METHODS:
         return run_taskvector(args)
-    given = [f for f in TV_FLAGS + ("max_shard_size",) if getattr(args, f) is not None]
+    given = [f for f in TV_FLAGS if getattr(args, f) is not None]
     if given:
         raise LMCError(f"--{given[0].rstrip('_').replace('_', '-')} is for task-vector "
                        f"methods ({', '.join(TV_METHODS)}), not {args.method!r}")
@@ -199,9 +210,12 @@ def run_merge(args) -> int:
     from ..merge.files import merge_checkpoints
     rep = merge_checkpoints(args.models, args.out, args.method, post, arch=args.arch,
                             dataset=args.dataset, data_root=args.data_root, seed=args.seed,
-                            restarts=args.restarts, device=args.device,
+                            restarts=args.restarts, device=args.device, dtype=args.dtype,
+                            max_shard_size=args.max_shard_size,
                             **method_options(args, get_merge_method))
     _notes(rep)
+    from .align_cmd import print_written
+    print_written(rep, args)
     if args.json:
         print(json.dumps(rep, indent=1))
         return 0
@@ -230,7 +244,7 @@ def run_taskvector(args) -> int:
             else "--device"
         raise LMCError(f"{flag} is for permutation merges, not task-vector methods")
     if args.recipe:
-        given = [f for f in TV_FLAGS if getattr(args, f) is not None]
+        given = [f for f in TV_FLAGS + ("dtype",) if getattr(args, f) is not None]
         if args.models or given or args.seed != 0 or args.bn_reset or args.dataset:
             what = "CKPTs" if args.models else f"--{given[0].rstrip('_')}" if given else \
                 "--seed / --bn-reset / --dataset"

@@ -86,8 +86,10 @@ def arch_override(p: argparse.ArgumentParser, dest: str = "arch") -> None:
     """``--arch``: the architecture of checkpoints that do not carry one (``torch.save``
     state dicts in ``.pt`` / ``.pth``, loaded with ``weights_only=True``)."""
     p.add_argument("--arch", default=None, metavar="REF", dest=dest,
-                   help="architecture of checkpoints that carry none (a .pt/.pth state dict "
-                        "saved with torch.save), e.g. 'timm:resnet18?num_classes=10'")
+                   help="architecture of checkpoints that carry none (a torch.save state "
+                        "dict, a safetensors file without weightspace metadata, a directory "
+                        "without a timm config.json), e.g. 'timm:resnet18?num_classes=10'; "
+                        "overrides the one a checkpoint names")
 
 
 def method_flags(p: argparse.ArgumentParser, names, get, default: str) -> None:
@@ -114,3 +116,29 @@ def method_options(args, get) -> dict:
     """The options the user gave that belong to the chosen ``--method`` (others ignored)."""
     return {o.name: getattr(args, o.name) for o in get(args.method).options
             if getattr(args, o.name, None) is not None}
+
+
+def checkpoint_output(p: argparse.ArgumentParser, what: str) -> None:
+    """``--out`` of a verb that writes a model, with ``--dtype``, ``--max-shard-size`` and
+    ``--verbose`` (peak memory)."""
+    from ..checkpoints import WRITES
+    p.add_argument("--out", required=True, help=f"{what}: {WRITES}")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16", "float64"),
+                   default=None, help="precision of the written floating tensors (default: "
+                                      "kept from the input; arithmetic runs in float32 and "
+                                      "is cast once on write)")
+    p.add_argument("--max-shard-size", default=None, metavar="SIZE",
+                   help="with a directory --out: largest shard, e.g. 500MB or 5GB "
+                        "(default: huggingface_hub's, 5GB)")
+    verbose(p)
+
+
+def verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", action="store_true",
+                   help="also print the peak memory (RSS) of the run")
+
+
+def reads_help(what: str) -> str:
+    """``what`` plus the checkpoint layouts every verb reads."""
+    from ..checkpoints import READS
+    return f"{what}; any of: {READS}"

@@ -5,7 +5,7 @@ import json
 import time
 
 from ..errors import check_output
-from .options import SEED, allow_code, arch_override
+from .options import SEED, allow_code, arch_override, reads_help
 
 MAX_INPUT_NUMBERS = 2**28  # 1 GiB of float32: far more than any example input needs
 
@@ -17,12 +17,13 @@ def add_parser(sub) -> None:
                     "discover its permutation groups, verify them by permuting a perturbed "
                     "copy of the model, and print the result.")
     p.add_argument("arch", metavar="ARCH_OR_CKPT", nargs="?",
-                   help="e.g. 'resnet20?width=4', 'mlp:64-128-10', 'timm:resnet18', or a "
-                        ".safetensors checkpoint")
+                   help=reads_help("e.g. 'resnet20?width=4', 'mlp:64-128-10', "
+                                   "'timm:resnet18', or a checkpoint"))
     p.add_argument("--input-shape", default=None,
                    help="example input shape, e.g. 1,3,32,32 (default: the model's own)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--out", help="also write the spec as JSON to this file (atomic)")
+    p.add_argument("--out", help="also write the spec as JSON to this file (atomic; no "
+                                 "checkpoint is written)")
     p.add_argument("--no-verify", action="store_true", help="skip the verification forward")
     p.add_argument("--seed", type=SEED, default=0, help="seed of input and permutations")
     p.add_argument("--ops", action="store_true",

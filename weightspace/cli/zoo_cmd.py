@@ -7,7 +7,7 @@ import sys
 
 from ..errors import check_output
 from ..zoo.hparams import OPTIMIZERS, SCHEDULES, HParams
-from .options import allow_code, arch_override, float_range, int_range
+from .options import allow_code, arch_override, float_range, int_range, reads_help
 
 HP = HParams()
 
@@ -60,12 +60,13 @@ def add_parser(sub) -> None:
     t.add_argument("--json", action="store_true", help="print a JSON summary")
 
     im = zs.add_parser("import", help="a zoo from checkpoints trained elsewhere",
-                       description="Validate checkpoints (.safetensors, or .pt/.pth state "
-                                   "dicts saved with torch.save, given --arch) against one "
-                                   "architecture and write them as a zoo with a manifest "
-                                   "and, when a dataset is known, their metrics.")
-    im.add_argument("checkpoints", nargs="+", metavar="CKPT")
-    im.add_argument("--out", required=True, help="the new zoo directory")
+                       description="Validate checkpoints in any layout against one "
+                                   "architecture and write them as a zoo (one .safetensors "
+                                   "file per model) with a manifest and, when a dataset is "
+                                   "known, their metrics.")
+    im.add_argument("checkpoints", nargs="+", metavar="CKPT", help=reads_help("checkpoints"))
+    im.add_argument("--out", required=True,
+                    help="the new zoo directory (models/ID.safetensors and a manifest)")
     arch_override(im)
     im.add_argument("--dataset", default=None,
                     help="data for the metrics (default: the first checkpoint's, if any)")
@@ -78,8 +79,9 @@ def add_parser(sub) -> None:
     ls.add_argument("--json", action="store_true", help="print the models as JSON")
 
     ev = zs.add_parser("eval", help="recompute metrics from the checkpoints",
-                       description="Load every finished checkpoint and evaluate it on the "
-                                   "validation split and --split.")
+                       description="Load every finished checkpoint (the zoo's .safetensors "
+                                   "files, read one model at a time) and evaluate it on the "
+                                   "validation split and --split; writes nothing.")
     ev.add_argument("zoo", metavar="ZOO_DIR")
     ev.add_argument("--split", choices=("train", "val", "test"), default="test")
     ev.add_argument("--data-root", default=None, help="where the dataset files are")

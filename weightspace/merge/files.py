@@ -12,7 +12,8 @@ import random
 import time
 from pathlib import Path
 
-from ..checkpoint import atomic_write_text, load_models, save_checkpoint
+from ..checkpoint import (atomic_write_text, check_checkpoint_out, load_model, load_models,
+                          peak_rss_mb, write_model)
 from ..device import placed, resolve_device
 from ..errors import check_output
 from ..functional import loss_acc
@@ -53,6 +54,7 @@ def lmc_checkpoints(a, b, out_dir, align: str = "wm", points: int = 25, bn: str 
     res["device"] = str(dev)
     res["a"], res["b"], res["dataset"] = str(a), str(b), data.name
     res["load_notes"] = [n for m in (ma, mb) for n in m.weightspace_notes]
+    res["peak_rss_mb"] = peak_rss_mb()
     final = res.get("aligned", res["unaligned"])
     summary = {"loss_barrier": final["test_loss_barrier"],
                "acc_barrier": final["test_acc_barrier"],
@@ -103,7 +105,8 @@ def barrier_matrix(zoo_dir, out_dir, align: str = "wm", points: int = 25, bn: st
               "align": align, "bn": bn, "points": points,
               "test_loss_barrier_unaligned": before,
               "test_loss_barrier_aligned": after if align != "none" else None,
-              "seconds": time.perf_counter() - t, "device": str(dev)}
+              "seconds": time.perf_counter() - t, "device": str(dev),
+              "peak_rss_mb": peak_rss_mb()}
     atomic_write_text(out / "barriers.json", json.dumps(result, indent=1) + "\n")
     heatmap(before, ids, out / "barriers_unaligned.png", "test loss barrier, unaligned")
     if align != "none":
@@ -113,12 +116,20 @@ def barrier_matrix(zoo_dir, out_dir, align: str = "wm", points: int = 25, bn: st
 
 def merge_checkpoints(paths, out, method: str = "mergemany", post: str = "none",
                       arch: str | None = None, dataset: str | None = None, data_root=None,
-                      seed: int = 0, restarts: int = 1, device="auto", **options) -> dict:
-    """Merge the checkpoints ``paths`` with ``method`` (its ``options``) and ``post``
-    (``none`` / ``reset`` / ``repair``), write the merged checkpoint to ``out``, and report
-    test accuracies when a dataset is known. ``device``: where the work runs
+                      seed: int = 0, restarts: int = 1, device="auto", dtype=None,
+                      max_shard_size=None, stream: bool = True, **options) -> dict:
+    """Merge the checkpoints ``paths`` (any layout) with ``method`` (its ``options``) and
+    ``post`` (``none`` / ``reset`` / ``repair``), write the merged checkpoint to ``out`` (one
+    ``.safetensors`` file or a Hub directory; the first input's precision unless ``dtype``),
+    and report test accuracies when a dataset is known. ``mean`` without post-processing
+    streams (``stream=False``: loads every model, as the other methods do): one tensor per
+    input in memory at a time. ``device``: where the work runs
     (:mod:`weightspace.device`)."""
-    check_output(out, "file")
+    check_checkpoint_out(out, dtype, max_shard_size)
+    if stream and method == "mean" and post == "none" and not options:
+        from .streaming import stream_mean
+        rep = stream_mean(paths, out, arch, dtype, max_shard_size)
+        return _endpoint_accs(rep, paths, out, arch, dataset, data_root)
     dev = resolve_device(device)
     models = load_models(paths, arch)
     data = dataset_of(models[0], dataset, data_root,
@@ -137,7 +148,38 @@ def merge_checkpoints(paths, out, method: str = "mergemany", post: str = "none",
         rep["endpoint_test_accs"], rep["merged_test_acc"] = None, None
     meta = {"merged": {"sources": [str(p) for p in paths], "method": method, "post": post},
             "dataset": data.name if data is not None else None}
-    save_checkpoint(out, merged, models[0].weightspace_arch, meta)
+    rep.update(write_model(out, merged, models[0], meta, dtype, max_shard_size,
+                           card=merge_card(paths, method, post, options)))
     rep["out"], rep["device"] = str(out), str(dev)
     rep["load_notes"] = [n for m in models for n in m.weightspace_notes]
+    rep["peak_rss_mb"] = peak_rss_mb()
+    return rep
+
+
+def merge_card(paths, method: str, post: str, options: dict) -> str:
+    """The model card's body for a merge: inputs, method, parameters."""
+    lines = [f"Merged with `{method}` (post-processing: {post}) from:", ""]
+    lines += [f"- `{p}`" for p in paths]
+    if options:
+        lines += ["", "Parameters: " + ", ".join(f"{k}={v}" for k, v in sorted(options.items()))]
+    return "\n".join(lines)
+
+
+def _endpoint_accs(rep: dict, paths, out, arch, dataset, data_root) -> dict:
+    """Test accuracy of each input and of the written merge, one model in memory at a time
+    (skipped, as in the in-memory path, when no dataset is known)."""
+    rep["endpoint_test_accs"], rep["merged_test_acc"] = None, None
+    name = dataset or rep.get("dataset")
+    if not name:
+        return rep
+    from ..zoo.datasets import load_dataset
+    data = load_dataset(name, data_root)
+    x, y = data["test"]
+    accs = []
+    for p in paths:
+        accs.append(loss_acc(load_model(p, arch=arch), x, y)[1])
+    rep["endpoint_test_accs"] = accs
+    rep["merged_test_acc"] = loss_acc(load_model(out), x, y)[1]
+    rep["dataset"] = data.name
+    rep["peak_rss_mb"] = peak_rss_mb()
     return rep

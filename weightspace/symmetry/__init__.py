@@ -35,7 +35,8 @@ def spec(ref: str, input_shape: tuple[int, ...] | None = None, check: bool = Tru
     from pathlib import Path
 
     from ..arch import build, input_shape as default_shape
-    if ref.endswith((".safetensors", ".pt", ".pth")) or Path(ref).is_file():
+    if ref.endswith((".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".index.json")) or \
+            Path(ref).is_file() or Path(ref).is_dir():
         from ..checkpoint import load_model
         model = load_model(ref, arch=arch, allow_code=allow_code)
         arch = model.weightspace_arch

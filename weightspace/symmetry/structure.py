@@ -275,16 +275,9 @@ def layout_index(layout, perms: Perms, parents: dict[str, str | None]) -> torch.
 
 def apply(spec: Spec, perms: Perms, state_dict: dict) -> dict:
     """A new state dict with every group's permutation applied to its members."""
-    missing = [g.name for g in spec.groups if g.name not in perms]
-    if missing:
-        raise SpecError(f"no permutation given for group(s) {missing[:5]}")
-    sizes = spec.group_sizes
-    for g in spec.groups:
-        want = (g.size,) if g.parent is None else (sizes[g.parent], g.size)
-        if tuple(perms[g.name].shape) != want:
-            raise SpecError(f"permutation for group {g.name!r} has shape "
-                            f"{list(perms[g.name].shape)}, expected {list(want)}")
+    _check_perms(spec, perms)
     parents = {g.name: g.parent for g in spec.groups}
+    sizes = spec.group_sizes
     out = dict(state_dict)
     cache: dict = {}
     for member, layout in spec.layouts.items():
@@ -298,3 +291,39 @@ def apply(spec: Spec, perms: Perms, state_dict: dict) -> dict:
             cache[layout] = layout_index(layout, perms, parents)
         out[key] = t.index_select(axis, cache[layout].to(t.device))
     return out
+
+
+def permuted_tensors(spec: Spec, perms: Perms, state_dict: dict):
+    """``apply`` one tensor at a time: yields ``(key, tensor)`` in ``state_dict``'s order,
+    so a writer can stream the permuted model without a second copy of it in memory."""
+    _check_perms(spec, perms)
+    parents = {g.name: g.parent for g in spec.groups}
+    sizes = spec.group_sizes
+    members: dict[str, list] = {}
+    for member, layout in spec.layouts.items():
+        key, axis = parse_member(member)
+        if key not in state_dict:
+            raise SpecError(f"state dict has no tensor {key!r} (spec member {member!r})")
+        t = state_dict[key]
+        if t.dim() <= axis or t.shape[axis] != layout_size(layout, sizes):
+            raise SpecError(f"{key}: shape {list(t.shape)} does not fit spec member {member!r}")
+        members.setdefault(key, []).append((axis, layout))
+    cache: dict = {}
+    for key, t in state_dict.items():
+        for axis, layout in members.get(key, ()):
+            if layout not in cache:
+                cache[layout] = layout_index(layout, perms, parents)
+            t = t.index_select(axis, cache[layout].to(t.device))
+        yield key, t
+
+
+def _check_perms(spec: Spec, perms: Perms) -> None:
+    missing = [g.name for g in spec.groups if g.name not in perms]
+    if missing:
+        raise SpecError(f"no permutation given for group(s) {missing[:5]}")
+    sizes = spec.group_sizes
+    for g in spec.groups:
+        want = (g.size,) if g.parent is None else (sizes[g.parent], g.size)
+        if tuple(perms[g.name].shape) != want:
+            raise SpecError(f"permutation for group {g.name!r} has shape "
+                            f"{list(perms[g.name].shape)}, expected {list(want)}")

@@ -1,8 +1,9 @@
 """``weightspace zoo import``: a zoo from checkpoints trained elsewhere.
 
-Users often hold networks trained by their own scripts: safetensors files, or plain
-PyTorch state dicts saved with ``torch.save`` (``.pt``, loaded with ``weights_only=True``
-and given ``arch``). Importing validates every file against the architecture (keys,
+Users often hold networks trained by their own scripts: safetensors files, Hub
+directories (sharded or not), or plain PyTorch state dicts saved with ``torch.save``
+(loaded with ``weights_only=True``; given ``arch`` when nothing names it). Each model is
+stored in the precision it came in. Importing validates every file against the architecture (keys,
 shapes, finite values; missing integer buffers filled as ``load_state_dict`` would), writes
 self-describing checkpoints and a manifest, and, when a dataset is known, the train / val /
 test metrics that canonicalization, conditioning and the audit read. The sources are never
@@ -65,7 +66,8 @@ def import_zoo(paths, out, arch: str | None = None, dataset: str | None = None,
             meta = {**model.weightspace_meta, "metrics": m,
                     "dataset": data.name if data is not None else name,
                     "imported_from": str(path)}
-            save_checkpoint(zoo.model_path(mid), state, ref, meta)
+            save_checkpoint(zoo.model_path(mid), state, ref, meta,
+                            dtypes=getattr(model, "weightspace_dtypes", None))
             entries.append({"id": mid, "status": "done", "file": f"models/{mid}.safetensors",
                             "source": str(path), "metrics": m,
                             **({"seed": model.weightspace_meta["seed"]}
