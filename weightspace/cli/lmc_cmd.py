@@ -8,8 +8,10 @@ from pathlib import Path
 from ..canonicalize.methods import ALIGN_METHODS
 from ..merge.methods import MERGE_METHODS
 from ..merge.registry import BN_MODES, MergeError, get_merge_method
-from .options import (SEED, allow_code, arch_override, checkpoint_output, device, int_range,
-                      method_flags, method_options, reads_help, restarts, verbose)
+from ..merge.taskvector.methods import TASK_VECTOR_METHODS as TV_METHODS
+from ..merge.taskvector.recipe import ALIGN, DTYPES, HEADS
+from .options import (SEED, allow_code, arch_override, checkpoint_output, device, float_range,
+                      int_range, method_flags, method_options, reads_help, restarts, verbose)
 
 MAX_POINTS = 1001
 
@@ -58,18 +60,68 @@ def add_parser(sub) -> None:
     m = sub.add_parser("merge", help="merge several checkpoints into one",
                        description="Merge checkpoints of one architecture: plain mean, "
                                    "MergeMany or multi-model STE, optionally with REPAIR or a "
-                                   "BatchNorm reset on the train split. --method mean "
+                                   "BatchNorm reset on the train split (--method mean "
                                    "without post-processing streams: one tensor per input "
-                                   "in memory at a time.")
-    m.add_argument("models", nargs="+", metavar="CKPT",
+                                   "in memory at a time); or fine-tunes of one base with a "
+                                   "task-vector method (mergekit's names and parameters: "
+                                   + ", ".join(TV_METHODS) + "), from flags or a mergekit "
+                                   "YAML recipe, streamed one tensor at a time.")
+    m.add_argument("models", nargs="*", metavar="CKPT",
                    help=reads_help("checkpoints of one architecture"))
     method_flags(m, MERGE_METHODS, get_merge_method, "mergemany")
+    m._option_string_actions["--method"].choices = (*MERGE_METHODS, *TV_METHODS)
+    _taskvector_flags(m)
     post = m.add_mutually_exclusive_group()
     post.add_argument("--repair", action="store_true", help="REPAIR the merged model")
     post.add_argument("--bn-reset", action="store_true", help="recompute BN statistics")
     m.add_argument("--dataset", help="default: the dataset in the first checkpoint's metadata")
     m.add_argument("--data-root")
     _common(m, None)
+
+
+def _floats(text: str) -> list[float]:
+    """``0.5`` or ``0.3,0.7`` (one value per model)."""
+    parse = float_range()
+    return [parse(x) for x in text.split(",")]
+
+
+def _taskvector_flags(m) -> None:
+    """The flags of task-vector merges (mergekit's parameters; see the recipe keys)."""
+    g = m.add_argument_group("task-vector merges (fine-tunes of one base)")
+    g.add_argument("--recipe", metavar="YAML",
+                   help="a mergekit recipe (merge_method, base_model, models, parameters, "
+                        "dtype); instead of CKPTs, --method and the flags below")
+    g.add_argument("--base", metavar="CKPT", help="the base model the task vectors are "
+                   "taken against (mergekit's base_model)")
+    g.add_argument("--weight", type=_floats, metavar="W[,W...]",
+                   help="each model's weight: one value, or one per CKPT (1.0)")
+    g.add_argument("--density", type=_floats, metavar="D[,D...]",
+                   help="fraction of each task vector kept, in (0, 1] (1.0)")
+    g.add_argument("--gamma", type=_floats, metavar="G[,G...]",
+                   help="breadcrumbs: fraction of largest entries removed (0.01)")
+    g.add_argument("--lambda", dest="lambda_", type=float_range(), metavar="L",
+                   help="scale of the mixed task vector (1.0)")
+    g.add_argument("--normalize", choices=("true", "false"),
+                   help="divide by the sum of the weights (method's default)")
+    g.add_argument("--rescale", choices=("true", "false"),
+                   help="DARE / sparsified task vectors rescaled to their L1 norm "
+                        "(method's default)")
+    g.add_argument("--t", type=float_range(0, 1), help="slerp: 0 the base, 1 the other model")
+    g.add_argument("--filter-wise", action="store_true", default=None,
+                   help="model_stock: one angle per output row")
+    g.add_argument("--out-dtype", choices=DTYPES,
+                   help="task-vector methods: output dtype (default: --dtype, which for them "
+                        "is mergekit's dtype: inputs cast to it, arithmetic in it)")
+    g.add_argument("--align", dest="tv_align", choices=ALIGN, default=None,
+                   help="permute each model into the base's basin before its task vector "
+                        "is taken (none)")
+    g.add_argument("--heads", choices=HEADS, default=None,
+                   help="tensors whose shapes differ between models (a head per task): "
+                        "refuse (default) or keep the base's")
+
+
+TV_FLAGS = ("base", "weight", "density", "gamma", "lambda_", "normalize", "rescale", "t",
+            "filter_wise", "out_dtype", "tv_align", "heads")
 
 
 def _notes(res: dict) -> None:
@@ -146,6 +198,14 @@ def _pairwise(args) -> int:
 
 
 def run_merge(args) -> int:
+    if args.recipe or args.method in TV_METHODS:
+        return run_taskvector(args)
+    given = [f for f in TV_FLAGS if getattr(args, f) is not None]
+    if given:
+        raise MergeError(f"--{given[0].rstrip('_').replace('_', '-')} is for task-vector "
+                       f"methods ({', '.join(TV_METHODS)}), not {args.method!r}")
+    if not args.models:
+        raise MergeError("give the checkpoints to merge")
     post = "repair" if args.repair else "reset" if args.bn_reset else "none"
     from ..merge.files import merge_checkpoints
     rep = merge_checkpoints(args.models, args.out, args.method, post, arch=args.arch,
@@ -168,6 +228,66 @@ def run_merge(args) -> int:
         line += (f"; test acc merged {rep['merged_test_acc']:.4f} vs endpoints mean "
                  f"{sum(accs) / len(accs):.4f} (min {min(accs):.4f}, max {max(accs):.4f})")
     print(line)
+    return 0
+
+
+def _bool(text):
+    return None if text is None else text == "true"
+
+
+def run_taskvector(args) -> int:
+    """A task-vector merge: from ``--recipe`` or from the flags (one typed recipe)."""
+    from ..merge.taskvector.files import merge_recipe
+    from ..merge.taskvector.recipe import Recipe, recipe_dict
+    if args.repair or args.restarts != 1 or args.device != "auto":
+        flag = "--repair" if args.repair else "--restarts" if args.restarts != 1 \
+            else "--device"
+        raise MergeError(f"{flag} is for permutation merges, not task-vector methods")
+    if args.recipe:
+        given = [f for f in TV_FLAGS + ("dtype",) if getattr(args, f) is not None]
+        if args.models or given or args.seed != 0 or args.bn_reset or args.dataset:
+            what = "CKPTs" if args.models else f"--{given[0].rstrip('_')}" if given else \
+                "--seed / --bn-reset / --dataset"
+            raise MergeError(f"give a recipe or {what}, not both (the recipe says everything; "
+                           f"weightspace settings go under its 'weightspace:' key)")
+        recipe = Recipe.from_yaml(args.recipe)
+    else:
+        if not args.models:
+            raise MergeError(f"{args.method!r} merges the CKPTs given (or a --recipe)")
+        shared = {"lambda": args.lambda_, "normalize": _bool(args.normalize),
+                  "rescale": _bool(args.rescale), "t": args.t,
+                  "filter_wise": args.filter_wise}
+        weight = args.weight
+        if weight is None and Recipe.param_of(args.method, "weight"):
+            weight = [1.0]
+            print("note: default weight=1.0 for every model", file=sys.stderr)
+        recipe = Recipe.from_dict(recipe_dict(
+            args.method, args.models, args.base,
+            {k: v for k, v in shared.items() if Recipe.param_of(args.method, k)},
+            args.dtype, args.out_dtype, args.seed, args.tv_align or "none",
+            "reset" if args.bn_reset else "base", args.heads or "refuse", args.dataset,
+            weight=weight, density=args.density, gamma=args.gamma), "arguments")
+    for n in recipe.notes:
+        print(f"note: {n}", file=sys.stderr)
+    defaults = recipe.defaults()
+    if defaults:
+        print("defaults: " + ", ".join(f"{k}={v}" for k, v in defaults.items()),
+              file=sys.stderr)
+    rep = merge_recipe(recipe, args.out, arch=args.arch, data_root=args.data_root,
+                       max_shard_size=args.max_shard_size)
+    for n in rep["notes"][len(recipe.notes):]:
+        print(f"note: {n}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({**rep, "recipe": recipe.to_dict()}, indent=1))
+        return 0
+    line = (f"{recipe.merge_method} of {len(rep['inputs'])} checkpoint(s): {rep['merged']} "
+            f"tensors merged, {len(rep['from_base'])} from the base")
+    if rep["heads_from_base"]:
+        line += f", {len(rep['heads_from_base'])} of differing shapes from the base"
+    if "align" in rep:
+        moved = sum(r["units_moved"] for r in rep["align"]["models"])
+        line += f"; aligned with {rep['align']['method']} ({moved} units moved)"
+    print(f"{line}; wrote {args.out} in {rep['seconds']:.2f} s")
     return 0
 
 

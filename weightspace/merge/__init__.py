@@ -14,4 +14,5 @@ lazy_package(__name__, {
     **dict.fromkeys(["CORRECTIONS", "MIX_TARGET", "MixError", "MixabilityReport", "mix",
                      "mixability"], "mixing"),
     **dict.fromkeys(["choose_canonicalization", "probe_zoo"], "probe"),
+    **dict.fromkeys(["Recipe", "merge_recipe"], "taskvector"),
 })
