@@ -236,3 +236,17 @@ def test_embedding_and_conv1d_join_the_residual_stream():
     assert {"emb.weight:1", "pos:2", "fc.weight:1"} <= set(stream.members)
     assert any(f.reason == "vocabulary" for f in spec.fixed)
     _check_function_preserved(model, spec, x)
+
+
+def test_one_entry_point_for_a_model_a_reference_or_a_checkpoint(tmp_path):
+    """symmetry_of takes a module (with an input), a reference or a checkpoint; spec (the
+    CLI verb's name) is the same thing."""
+    from weightspace.arch import build
+    from weightspace.checkpoint import save_checkpoint
+    from weightspace.symmetry import spec, symmetry_of
+    ref = "mlp:64-32-16-10"
+    model = build(ref)
+    save_checkpoint(tmp_path / "m.safetensors", model, ref)
+    by_module = symmetry_of(model, torch.randn(4, 64))
+    for other in (symmetry_of(ref), symmetry_of(tmp_path / "m.safetensors"), spec(ref)):
+        assert other.to_dict()["groups"] == by_module.to_dict()["groups"]

@@ -15,13 +15,22 @@ from .structure import (FixedAxes, Group, Perms, Spec, SpecError, apply, identit
 from .verify import TOLERANCE, Verification, verify, verify_and_repair
 
 
-def symmetry_of(model: nn.Module, example_input, check: bool = True, seed: int = 0) -> Spec:
-    """The permutation spec of ``model``, discovered on ``example_input`` and verified.
+def symmetry_of(model, example_input=None, check: bool = True, seed: int = 0, *,
+                input_shape: tuple[int, ...] | None = None, allow_code: bool = False,
+                arch: str | None = None) -> Spec:
+    """The one entry point for the permutation symmetry of a model: its spec, discovered
+    (torch.fx, :func:`discover`) and verified.
 
-    Verification applies an independent random permutation to every group and requires the
-    outputs (eval mode, float32) to agree to ``TOLERANCE`` relative max abs difference.
-    Groups that fail are reported in ``spec.failures`` and fixed to identity.
-    """
+    ``model`` is an ``nn.Module`` (with ``example_input``), or an architecture reference or
+    a checkpoint (file or Hub directory; ``arch`` for one that carries none), built here and
+    run on a random input of ``input_shape`` (default: the architecture's). Verification
+    applies an independent random permutation to every group and requires the outputs
+    (eval mode, float32) to agree to ``TOLERANCE`` relative max abs difference; groups that
+    fail are reported in ``spec.failures`` and fixed to identity."""
+    if not isinstance(model, nn.Module):
+        return _of_reference(str(model), input_shape, check, seed, allow_code, arch)
+    if example_input is None:
+        raise SpecError("a module's symmetry needs an `example_input`")
     spec = discover(model, example_input)
     if check:
         verify_and_repair(model, spec, example_input, seed=seed)
@@ -30,8 +39,13 @@ def symmetry_of(model: nn.Module, example_input, check: bool = True, seed: int =
 
 def spec(ref: str, input_shape: tuple[int, ...] | None = None, check: bool = True,
          seed: int = 0, allow_code: bool = False, arch: str | None = None) -> Spec:
-    """The verified spec of an architecture reference or a checkpoint file (CLI ``spec``);
-    ``arch`` is the architecture of a checkpoint that carries none (``.pt``)."""
+    """The spec of an architecture reference or a checkpoint (the CLI's ``spec``): the same
+    as :func:`symmetry_of` on ``ref``, kept under the verb's name."""
+    return _of_reference(ref, input_shape, check, seed, allow_code, arch)
+
+
+def _of_reference(ref: str, input_shape, check: bool, seed: int, allow_code: bool,
+                  arch: str | None) -> Spec:
     from pathlib import Path
 
     from ..arch import build, input_shape as default_shape
