@@ -20,6 +20,9 @@ from scratch; every answer is exact, certified or solved by scipy). Consecutive 
 of a sweep that share no parameter do not change each other's costs: their LAPs run side
 by side on torch's thread budget (the solvers release the GIL) and are accepted in order,
 so the steps are exactly the sequential ones.
+
+(Over 400 lines: the weight-matching engine, its incremental costs and warm-started
+solves are one algorithm.)
 """
 from __future__ import annotations
 

@@ -18,6 +18,9 @@ decides and every process follows.
 Resuming: a model is finished when the manifest says so, or when its checkpoint is on disk
 with this zoo's settings hash in its metadata (the process was killed between the two
 writes). Unfinished chunks train again from scratch; already-written models are kept.
+
+(Over 400 lines: planning, resuming, batching decisions and sharding of one zoo run share
+its manifest and are read together.)
 """
 from __future__ import annotations
 
