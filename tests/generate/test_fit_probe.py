@@ -22,3 +22,27 @@ def test_fit_probes_mixability_and_says_so_before_fitting(tmp_path, capsys):
     assert main(["generate", "fit", str(zoo), "--out", str(gen2), "--steps", "3", "--width",
                  "8", "--depth", "1", "--no-progress", "--no-probe"]) == 0
     assert json.loads((gen2 / "config.json").read_text())["mixability"] is None
+
+
+def test_samples_corrected_by_repair_when_asked(tmp_path):
+    """correction='repair' sets each sample's unit statistics to its code's mixture of the
+    zoo's (folded into the weights): the samples change, the record says so; auto on a net
+    without normalisation layers leaves them as decoded (none)."""
+    import torch
+    from safetensors.torch import load_file
+    from weightspace.generate import SampleSettings, fit_generator, sample_zoo
+    zoo = tmp_path / "zoo"
+    train_zoo(zoo, "mlp:64-16-10", "digits", HParams(epochs=4), models=4, progress=False)
+    fit_generator(zoo, tmp_path / "g", steps=3, width=8, depth=1, probe=False, progress=False)
+    fixed = dict(method="euler", steps=1, guidance=1.0, mix=1)
+    runs = {}
+    for how in ("repair", "auto"):
+        res = sample_zoo(tmp_path / "g", tmp_path / how, 2, settings=SampleSettings(
+            correction=how, **fixed))
+        m = json.loads((tmp_path / how / "manifest.json").read_text())["settings"]
+        runs[how] = (m["correction"], load_file(str(tmp_path / how / "models" /
+                                                    "g0000.safetensors")))
+        assert res.mean_test_acc is not None
+    assert runs["repair"][0] == "repair" and runs["auto"][0] == "none"
+    a, b = runs["repair"][1], runs["auto"][1]
+    assert any(not torch.equal(a[k], b[k]) for k in a)

@@ -152,7 +152,7 @@ def _mix_arg(p) -> None:
                    help="statistics of each sample: bn (BatchNorm recalibrated on train "
                         "data), repair (units set to the code's mixture of the zoo's "
                         "statistics), none; auto (default): bn for BatchNorm nets, repair "
-                        "for the others")
+                        "for LayerNorm / GroupNorm nets, none for the others")
 
 
 def _settings(args) -> FlowSettings:

@@ -286,8 +286,9 @@ class SampleSettings:
     statistics are corrected before it is measured and written: ``bn`` (BatchNorm
     recalibrated on train data), ``repair`` (every correctable unit set REPAIR-style to the
     mixture of the zoo models' statistics that the sample's code weights imply, folded
-    into the weights), ``none``, or ``auto`` (``bn`` for BatchNorm nets, ``repair`` for the
-    others where the spec has correctable units)."""
+    into the weights), ``none``, or ``auto`` (``bn`` for BatchNorm nets, ``repair`` for
+    LayerNorm / GroupNorm nets, ``none`` for nets without normalisation, where REPAIR
+    measured no better on the MLP demo)."""
 
     method: str | None = None
     steps: int | None = None

@@ -63,6 +63,13 @@ def recalibrated_states(states: list[dict], arch: str, data,
     return recalibrate(arch, states, data["train"][0][:examples])
 
 
+def _has_layer_norm(net) -> bool:
+    """Whether ``net`` normalises with LayerNorm / GroupNorm (channel-first ones too)."""
+    from torch import nn
+    return any(isinstance(m, (nn.LayerNorm, nn.GroupNorm)) or "LayerNorm" in type(m).__name__
+               for m in net.modules())
+
+
 class Correction:
     """How samples' statistics are corrected before they are measured (``how``: ``bn``,
     ``repair`` or ``none``; see :class:`~.config.SampleSettings`).
@@ -98,6 +105,9 @@ class Correction:
                 asked, why = "bn", "BatchNorm statistics recomputed on train data"
             elif enc.mix is None:
                 asked, why = "none", "not a PCA code: no zoo weights to mix statistics by"
+            elif not _has_layer_norm(net):
+                asked, why = "none", ("no normalisation layer: REPAIR measured no better "
+                                      "than none on the MLP demo (docs/results.md)")
             else:
                 from ..merge.repair import repairable
                 from ..symmetry.cache import zoo_spec
