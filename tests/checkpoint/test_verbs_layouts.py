@@ -98,11 +98,16 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path):
 def test_zoo_import_and_eval_from_hub_dirs_and_lightning_keep_precision(tmp_path):
     from weightspace.zoo.evaluation import evaluate_zoo
     from weightspace.zoo.importer import import_zoo
+    from weightspace.checkpoint import read_checkpoint
+    from weightspace.zoo import HParams, train_zoo
     ref = "mlp:64-32-10"
-    torch.manual_seed(0)
-    s0 = {k: v.to(torch.float16) for k, v in build(ref).state_dict().items()}
+    # trained models: an untrained one sits at chance and is imported as failed
+    train_zoo(tmp_path / "src", ref, "digits", HParams(epochs=4), models=2, progress=False)
+    trained = [read_checkpoint(p)[0] for p in sorted((tmp_path / "src" / "models").glob(
+        "*.safetensors"))]
+    s0 = {k: v.to(torch.float16) for k, v in trained[0].items()}
     save_checkpoint(tmp_path / "hub", s0, ref, max_shard_size="5KB")
-    torch.save({"state_dict": {f"model.{k}": v for k, v in build(ref).state_dict().items()},
+    torch.save({"state_dict": {f"model.{k}": v for k, v in trained[1].items()},
                 "epoch": 2}, tmp_path / "run.ckpt")
     res = import_zoo([tmp_path / "hub", tmp_path / "run.ckpt"], tmp_path / "zoo", arch=ref,
                      dataset="digits")
