@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..checkpoint import save_checkpoint
-from ..errors import WeightspaceError, check_output
+from ..errors import check_output
 from ..evaluation import CALIBRATION_EXAMPLES, errors, metrics, recalibrate
 from ..results import Result
 from ..zoo.datasets import load_dataset
@@ -88,9 +88,13 @@ class Correction:
         from ..merge.mixing import endpoint_stats
         from ..symmetry.cache import zoo_spec
         from .store import load_zoo_states
+        from ..merge.repair import repairable
         _, entries, states, _ = load_zoo_states(zoo_dir)
         self.net = build(arch)
         self.spec = zoo_spec(zoo_dir, arch, None, states[0])
+        if not repairable(self.spec, self.net):
+            self.how = "none"  # nothing REPAIR can correct in this net
+            return
         self.x = data["train"][0][:CALIBRATION_EXAMPLES]
         self.stats = endpoint_stats(self.spec, self.net, states, self.x)
 
@@ -108,19 +112,11 @@ class Correction:
             elif not _has_layer_norm(net):
                 asked, why = "none", ("no normalisation layer: REPAIR measured no better "
                                       "than none on the MLP demo (docs/results.md)")
+            elif not Zoo(zoo_dir).exists():
+                asked, why = "none", f"the zoo {zoo_dir} is not there to take statistics from"
             else:
-                from ..merge.repair import repairable
-                from ..symmetry.cache import zoo_spec
-                from .store import scan_zoo
-                try:
-                    first = scan_zoo(zoo_dir)[3]
-                except WeightspaceError:
-                    first = None
-                ok = first is not None and repairable(zoo_spec(zoo_dir, arch, None, first),
-                                                      net)
-                asked, why = ("repair", "no BatchNorm: REPAIR to the code's mixture of the "
-                                        "zoo's statistics") if ok else \
-                    ("none", "no BatchNorm and no correctable units (or the zoo is gone)")
+                asked, why = "repair", ("LayerNorm / GroupNorm: REPAIR to the code's mixture "
+                                        "of the zoo's statistics")
             return cls(asked, arch, data, enc, zoo_dir), why
         if asked == "repair" and enc.mix is None:
             raise GenerateError("correction 'repair' needs a PCA code (zoo weights)")
