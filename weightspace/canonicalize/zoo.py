@@ -1,7 +1,10 @@
 """Canonicalize a whole zoo: every model into one basin, stored so each original is recoverable.
 
 * ``reference=ID`` aligns every model to that model (any method).
-* ``reference="barycenter"`` with a method that reads data (``am``, ``ste``): the
+* ``reference="barycenter"`` with ``am``: the barycenter of the aligned models' *features*
+  (:mod:`.feature_barycenter`); the weight-space mean is a poor model whose activations
+  make a drifting target.
+* ``reference="barycenter"`` with another method that reads data (``ste``): the
   barycenter is a model one can run only once BatchNorm is recalibrated, so each round
   takes the mean of the currently aligned zoo, recalibrates its BatchNorm on train data
   (:func:`data_barycenter_perms`), and aligns every model to that mean model by the
@@ -44,6 +47,7 @@ from ..symmetry.cache import zoo_spec
 from ..symmetry.structure import Spec
 from ..zoo.datasets import load_dataset
 from ..zoo.store import Zoo, ZooError, finished
+from .feature_barycenter import feature_barycenter_perms
 from .batched import LapCarry, batched_weight_matching, supports
 from .matching import l2_distance
 from .methods import METHODS, WEIGHT_SPACE_METHODS, align, get_align_method
@@ -64,13 +68,20 @@ def canonicalize_zoo(zoo_dir, out_dir, method: str = "wm", reference: str = "bar
     distance kept; with ``reference=ID`` each model's match is the best of that many (lowest
     train midpoint loss when the method reads data, else lowest L2). ``device``: where
     the matching runs (:mod:`weightspace.device`; ``"auto"``: CUDA when there is one)."""
-    src, dst = Zoo(zoo_dir), Zoo(out_dir)
+    dst = Zoo(out_dir)
     if Path(out_dir).resolve() == Path(zoo_dir).resolve():
         raise ZooError("`out_dir` must differ from the input zoo (the input is never modified)")
     if dst.exists() and not force:
         raise ZooError(f"{out_dir} already holds a zoo; pass `force=True` to replace it")
     c = canonical_states(zoo_dir, method, reference, data_root, seed, max_rounds, tol,
                          progress, restarts, device, **method_kw)
+    return write_canonical(c, zoo_dir, out_dir, force)
+
+
+def write_canonical(c: Canonical, zoo_dir, out_dir, force: bool = False) -> dict:
+    """Write a zoo canonicalized in memory (:func:`canonical_states` of ``zoo_dir``, e.g.
+    the one the mixability probe measured) to ``out_dir``; returns its report."""
+    src, dst = Zoo(zoo_dir), Zoo(out_dir)
     if c.report["main_process"]:
         _write(src, dst, c.manifest, c.entries, c.loaded, c.states, c.perms, c.spec,
                c.report, force)
@@ -131,7 +142,14 @@ def canonical_states(zoo_dir, method: str = "wm", reference: str = "barycenter",
     before_center = mean_states(states)
     l2_before = _sq_to(states, before_center)
     t_match = time.perf_counter()
-    if reference == "barycenter" and method not in WEIGHT_SPACE_METHODS:
+    if reference == "barycenter" and method == "am":
+        runs = [feature_barycenter_perms(spec, model, states, data, seed + 7919 * k,
+                                         max_rounds, progress, sh, **method_kw)
+                for k in range(restarts)]
+        perms, rounds, history = min(runs, key=lambda r: min(r[2]))
+        if restarts > 1:
+            history = {"kept": history, "restart_rms": [min(r[2]) for r in runs]}
+    elif reference == "barycenter" and method not in WEIGHT_SPACE_METHODS:
         runs = [data_barycenter_perms(spec, model, states, data, method, seed + 7919 * k,
                                       max_rounds, progress, sh, **method_kw)
                 for k in range(restarts)]
@@ -313,4 +331,5 @@ def restore(canon_dir, model_id: str) -> dict:
     return apply(spec, invert(spec, perms), state)
 
 
-__all__ = ["Canonical", "barycenter_perms", "canonical_states", "canonicalize_zoo", "data_barycenter_perms", "restore"]
+__all__ = ["Canonical", "barycenter_perms", "canonical_states", "canonicalize_zoo",
+           "data_barycenter_perms", "restore", "write_canonical"]

@@ -158,15 +158,18 @@ class _Stages:
 # validation data, :func:`~weightspace.merge.probe.choose_canonicalization`): the zoo as it
 # is (a shared-initialisation zoo), weight matching and activation matching to the
 # barycenter (TransFusion too where the spec has attention heads). STE trains per pair and
-# is left to an explicit choice. The probe aligns with at most PROBE_ROUNDS rounds.
+# is left to an explicit choice. The probe aligns with at most PROBE_ROUNDS rounds, and the
+# canonical zoo it measured best is the one written (not aligned again).
 RUN_CANDIDATES = ("none", "wm", "am")
 PROBE_ROUNDS = 3
 CHOICE = "canonicalization.json"
 
 
-def _choose_method(st: _Stages, zoo_dir, method: str, seed: int, data_root) -> dict:
+def _choose_method(st: _Stages, zoo_dir, method: str, seed: int, data_root,
+                   keep: dict) -> dict:
     """The canonicalization to use: ``method`` if given, else the probe's choice, kept in
-    ``canonicalization.json`` so that a rerun reuses it."""
+    ``canonicalization.json`` so that a rerun reuses it (``keep`` receives the probe's
+    canonical zoo of the chosen method)."""
     path = st.out / CHOICE
     if method != AUTO:
         return {"chosen": method, "rule": "given"}
@@ -185,7 +188,8 @@ def _choose_method(st: _Stages, zoo_dir, method: str, seed: int, data_root) -> d
     cands = RUN_CANDIDATES + (("transfusion",) if "transfusion" in ALIGN_METHODS and
                               _has_heads(zoo_dir) else ())
     rec = choose_canonicalization(zoo_dir, cands, seed=seed, data_root=data_root,
-                                  max_rounds=PROBE_ROUNDS, log=lambda s: st.log(f"      {s}"))
+                                  max_rounds=PROBE_ROUNDS, log=lambda s: st.log(f"      {s}"),
+                                  keep=keep)
     rec["zoo"] = str(zoo_dir)
     atomic_write_text(path, json.dumps(rec, indent=1))
     return rec
@@ -221,7 +225,8 @@ def _canonicalize(st: _Stages, zoo_dir, manifest: dict, seed: int, data_root, pr
                                    f"{rec.get('reference')})")
         return None
     t = time.perf_counter()
-    choice = _choose_method(st, zoo_dir, method, seed, data_root)
+    probed: dict = {}
+    choice = _choose_method(st, zoo_dir, method, seed, data_root, probed)
     chosen = choice["chosen"]
     if chosen == "none":
         st.canon = Path(zoo_dir)
@@ -230,9 +235,13 @@ def _canonicalize(st: _Stages, zoo_dir, manifest: dict, seed: int, data_root, pr
         return {"choice": choice}
     st.begin(1, "canonicalize", f"{chosen} to the barycenter -> {st.canon} "
                                 f"({choice['rule']})")
-    from ..canonicalize.zoo import canonicalize_zoo
-    rep = canonicalize_zoo(zoo_dir, st.canon, chosen, "barycenter", data_root=data_root,
-                           seed=seed, progress=progress)
+    from ..canonicalize.zoo import canonicalize_zoo, write_canonical
+    if "canonical" in probed:  # the zoo the probe measured, written as it is
+        rep = write_canonical(probed.pop("canonical"), zoo_dir, st.canon)
+    else:  # given, or chosen by an earlier run: aligned as the probe aligns
+        rep = canonicalize_zoo(zoo_dir, st.canon, chosen, "barycenter", data_root=data_root,
+                               seed=seed, progress=progress,
+                               max_rounds=PROBE_ROUNDS if method == AUTO else 20)
     st.done(1, "canonicalize", t, f" (RMS L2 to the barycenter "
                                   f"{rep['l2_to_barycenter_before']:.3f} -> "
                                   f"{rep['l2_to_barycenter_after']:.3f})")

@@ -35,11 +35,14 @@ def probe_zoo(zoo_dir, method: str | None = None, reference: str = "barycenter",
               correction: str = "auto", draws: int = DRAWS, seed: int = 0,
               target: float = MIX_TARGET, sizes: tuple[int, ...] = SIZES, data_root=None,
               device="cpu", max_rounds: int = 20, progress: bool = False,
-              **method_kw) -> MixabilityReport:
+              keep: dict | None = None, **method_kw) -> MixabilityReport:
     """The mixability of ``zoo_dir``'s finished models once canonicalized by ``method``
     (to ``reference``; ``none``: as they are; None: a canonical zoo as it is, any other
     zoo as it is too). Validation split of the zoo's dataset; the correction calibrates
-    on its train split. See :func:`.mixing.mixability`."""
+    on its train split. See :func:`.mixing.mixability`. ``keep``: a dict that receives
+    the canonicalized zoo (``keep["canonical"]``, a
+    :class:`~weightspace.canonicalize.zoo.Canonical`) so that it can be written without
+    aligning again."""
     zoo = Zoo(zoo_dir)
     manifest = zoo.read()
     ds = manifest.get("dataset", {})
@@ -66,6 +69,8 @@ def probe_zoo(zoo_dir, method: str | None = None, reference: str = "barycenter",
                              max_rounds=max_rounds, progress=progress, device=device,
                              **method_kw)
         states, spec, arch = c.states, c.spec, c.loaded[0][1]
+        if keep is not None:
+            keep["canonical"] = c
         data = c.data if c.data is not None else load_dataset(
             ds.get("name", ""), data_root or ds.get("data_root"))
         notes.append(f"canonicalized by {method} to {reference} in "
@@ -89,14 +94,17 @@ def choose_canonicalization(zoo_dir, candidates: tuple[str, ...] | None = None,
                             correction: str = "auto", draws: int = DRAWS, seed: int = 0,
                             target: float = MIX_TARGET, data_root=None, device="cpu",
                             max_rounds: int = 20, log=None,
-                            options: dict[str, dict] | None = None) -> dict:
+                            options: dict[str, dict] | None = None,
+                            keep: dict | None = None) -> dict:
     """Probe the zoo canonicalized (to the barycenter) by each candidate method, with the
     same draws, and pick the one whose mixtures reach the highest mean validation accuracy
     (ties: the earlier candidate, cheaper first). Returns the record a generator keeps:
     ``{"chosen", "rule", "candidates", "reports": {method: report dict}, "seconds"}``.
     ``candidates`` default: none (the zoo as it is), wm, am, ste, and transfusion where
     the spec has heads;
-    ``options``: a method's own options by method name (e.g. ``{"ste": {"steps": 100}}``)."""
+    ``options``: a method's own options by method name (e.g. ``{"ste": {"steps": 100}}``);
+    ``keep``: a dict that receives the chosen method's canonicalized zoo
+    (``keep["canonical"]``; absent when the zoo as it is wins)."""
     t0 = time.perf_counter()
     if candidates is None:
         zoo = Zoo(zoo_dir)
@@ -107,13 +115,21 @@ def choose_canonicalization(zoo_dir, candidates: tuple[str, ...] | None = None,
         spec = zoo_spec(zoo.root, arch, str(zoo.model_path(entry[0]["id"])), state)
         candidates = CANDIDATES + (("transfusion",) if has_heads(spec) else ())
     reports: dict[str, MixabilityReport] = {}
+    best = None
     for m in candidates:
+        got: dict = {}
         reports[m] = probe_zoo(zoo_dir, m, "barycenter", correction, draws, seed, target,
                                data_root=data_root, device=device, max_rounds=max_rounds,
-                               **(options or {}).get(m, {}))
+                               keep=got, **(options or {}).get(m, {}))
+        if best is None or reports[m].score > reports[best].score:
+            best = m  # only the best so far is kept in memory
+            if keep is not None:
+                keep.pop("canonical", None)
+                if "canonical" in got:
+                    keep["canonical"] = got["canonical"]
         if log is not None:
             log(f"{m}: mixtures {reports[m].score:.4f} (singles {reports[m].single_mean:.4f})")
-    chosen = max(candidates, key=lambda m: (reports[m].score, -candidates.index(m)))
+    chosen = best  # the highest score; ties: the earlier (cheaper) candidate
     return {"chosen": chosen,
             "rule": "the highest mean validation accuracy of random means of "
                     f"{' and '.join(reports[chosen].mixtures)} canonical models",
