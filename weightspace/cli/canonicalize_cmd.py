@@ -19,8 +19,9 @@ def add_parser(sub) -> None:
                    help="a zoo (weightspace zoo train / zoo import: one .safetensors file "
                         "per model; other layouts enter through zoo import)")
     p.add_argument("--reference", default="barycenter",
-                   help="a model id, or 'barycenter' (default; for am / ste: the mean of the "
-                        "aligned zoo, BatchNorm recalibrated, until no permutation changes)")
+                   help="a model id, or 'barycenter' (default; for am: the mean of the "
+                        "aligned models' features; for ste: the mean of the aligned zoo, "
+                        "BatchNorm recalibrated; until no permutation changes)")
     p.add_argument("--out", default=None,
                    help="the canonical zoo directory (new); with --probe, a JSON report")
     p.add_argument("--probe", action="store_true",
