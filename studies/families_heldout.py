@@ -84,27 +84,47 @@ def run_one(out: Path, family: str, kind: str, seed: int, threads: int) -> dict:
     return row
 
 
-def table(rows: list[dict]) -> str:
+def validation_side(out: Path, r: dict) -> dict:
+    """What the sampling choice saw on validation for the setting it chose: the accuracy
+    difference with the zoo, its lower bound, and whether it took the setting as accurate."""
+    path = out / r["family"] / f"{r['kind']}-{r['seed']}" / "run" / "samples" / "manifest.json"
+    st = json.loads(path.read_text())["settings"]
+    ch = st.get("guidance_choice") or {}
+    pick = [g for g in ch.get("grid", []) if (g["method"], g["steps"], g["guidance"], g["mix"])
+            == (st["method"], st["steps"], st["guidance"], st["mix"])]
+    if not pick or pick[0].get("val_acc_lower_bound") is None:
+        return {}
+    g = pick[0]
+    return {"val_diff": g["val_acc_vs_zoo"], "val_lower": g["val_acc_lower_bound"],
+            "val_accurate": g["val_acc_lower_bound"] >= -ch.get("accuracy_target", TARGET_ACC),
+            "rule": ch.get("rule")}
+
+
+def table(rows: list[dict], out: Path) -> str:
     head = ("| family | zoo | seed | canon. (probe: mean of 2 / 4 vs singles) | sampling "
-            "| zoo acc | gen acc | novelty (zoo LOO) | margin gen / zoo | meets acc / curve "
-            "/ novelty | zoo s | run s |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
-    out = [head]
+            "| val: diff (lower bound) | zoo acc | gen acc | test diff | novelty (zoo LOO) "
+            "| margin gen / zoo | meets acc / curve / novelty | zoo s | run s |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    out_rows = [head]
     for r in rows:
+        v = validation_side(out, r)
+        val = (f"{100 * v['val_diff']:+.2f} ({100 * v['val_lower']:+.2f})" if v else "-")
         p = r["probe"].get(r["canonicalization"], {})
         mx = p.get("mixtures", {})
         probe = (f"{r['canonicalization']} ({mx.get('2', float('nan')):.3f} / "
                  f"{mx.get('4', float('nan')):.3f} vs {p.get('singles') or float('nan'):.3f})")
         s = r["sampling"]
         m = r["meets"]
-        out.append(
+        out_rows.append(
             f"| {r['family']} | {r['kind']} | {r['seed']} | {probe} | {s['method']} x"
-            f"{s['steps']}, w={s['guidance']}, K={s['mix']}, {s['correction']} | "
-            f"{r['zoo_acc']:.4f} | {r['gen_acc']:.4f} | {r['novelty']:.3f} "
+            f"{s['steps']}, w={s['guidance']}, K={s['mix']}, {s['correction']} | {val} | "
+            f"{r['zoo_acc']:.4f} | {r['gen_acc']:.4f} | "
+            f"{100 * (r['gen_acc'] - r['zoo_acc']):+.2f} | {r['novelty']:.3f} "
             f"({r['zoo_loo_novelty']:.3f}) | {100 * r['margin']:+.2f} / "
             f"{100 * r['zoo_margin']:+.2f} | "
             f"{'/'.join('yes' if m[k] else 'no' for k in ('accuracy', 'noise_curve', 'novelty'))}"
             f" | {r['zoo_s']:.0f} | {r['run_s']:.0f} |")
-    return "\n".join(out)
+    return "\n".join(out_rows)
 
 
 def main() -> None:
@@ -132,8 +152,8 @@ def main() -> None:
                     rows.append(row)
                     with rows_path.open("a") as f:
                         f.write(json.dumps(row) + "\n")
-                    print(table([row]), flush=True)
-    print(table(rows))
+                    print(table([row], out), flush=True)
+    print(table(rows, out))
 
 
 if __name__ == "__main__":

@@ -63,3 +63,30 @@ def test_choose_canonicalization_records_every_candidate(zoos):
     assert rec["chosen"] in ("wm", "am") and set(rec["reports"]) == {"wm", "am"}
     best = max(rec["reports"].values(), key=lambda r: r["score"])
     assert rec["reports"][rec["chosen"]]["score"] == best["score"]
+
+
+def test_the_chosen_canonical_zoo_is_kept_and_written_as_measured(zoos, tmp_path):
+    """What the chooser measured is what gets written: the kept zoo equals a fresh
+    canonicalization by the chosen method, and written it restores every original."""
+    import torch
+
+    from weightspace.canonicalize.zoo import canonical_states, restore, write_canonical
+    from weightspace.checkpoint import read_checkpoint
+    from weightspace.zoo import Zoo
+    keep: dict = {}
+    rec = choose_canonicalization(zoos / "indep", candidates=("none", "wm", "am"), draws=2,
+                                  max_rounds=3, keep=keep)
+    if rec["chosen"] == "none":
+        assert "canonical" not in keep
+        return
+    kept = keep["canonical"]
+    fresh = canonical_states(zoos / "indep", rec["chosen"], "barycenter", max_rounds=3,
+                             progress=False, device="cpu")
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(kept.states, fresh.states) for k in a)
+    write_canonical(kept, zoos / "indep", tmp_path / "c")
+    m = Zoo(tmp_path / "c").read()
+    assert m["canonicalization"]["method"] == rec["chosen"]
+    for e in m["models"]:
+        orig, _, _ = read_checkpoint(zoos / "indep" / e["file"])
+        back = restore(tmp_path / "c", e["id"])
+        assert all(torch.equal(back[k], orig[k]) for k in orig)
