@@ -37,24 +37,6 @@ typedef struct {
 
 #define M(L, i, j) ((L)->sign * (L)->c[(i) * (L)->n + (j)])
 
-/* min_j sign * row[j] - v[j] over eight independent branch-free lanes (a plain loop
- * with a running minimum is one long dependency chain, or an early exit the compiler
- * cannot vectorise). */
-static double row_min(const double *row, const double *v, double sign, Py_ssize_t n) {
-    double m[8] = {INFINITY, INFINITY, INFINITY, INFINITY, INFINITY, INFINITY, INFINITY,
-                   INFINITY};
-    Py_ssize_t j = 0;
-    for (; j + 8 <= n; j += 8)
-        for (int k = 0; k < 8; k++) {
-            double h = sign * row[j + k] - v[j + k];
-            m[k] = h < m[k] ? h : m[k];
-        }
-    for (; j < n; j++) { double h = sign * row[j] - v[j]; m[0] = h < m[0] ? h : m[0]; }
-    double mn = m[0];
-    for (int k = 1; k < 8; k++) mn = m[k] < mn ? m[k] : mn;
-    return mn;
-}
-
 /* Cold start: row reduction, column reduction and reduction transfer (duals are
  * only defined up to a constant per row, so v of the row-reduced matrix serves m). Returns the number of free rows
  * (listed in free_). */
@@ -94,33 +76,19 @@ static Py_ssize_t cold_init(Lap *L) {
     return nfree;
 }
 
-/* Warm start: keep the previous assignment where it is still optimal for its row.
- * The previous column duals are first repaired for the new costs: with the row duals
- * u[i] = m[i, x[i]] - v[x[i]] of the kept assignment, each column takes the largest dual
- * that keeps every reduced cost non-negative, v[j] = min_i m[i, j] - u[i] (one pass). A
- * small change of the costs makes many rows lose their tightness under the old duals; the
- * repaired ones keep fewer rows free. Then every row whose column still minimises its
- * reduced cost stays, the others are freed. */
+/* Warm start: keep every row whose column still minimises its reduced cost. */
 static Py_ssize_t warm_init(Lap *L) {
-    Py_ssize_t n = L->n, i, j, nfree = 0, kept = 0;
-    double *vn = L->d;
-    for (j = 0; j < n; j++) { L->y[j] = -1; vn[j] = INFINITY; }
+    Py_ssize_t n = L->n, i, j, nfree = 0;
+    for (j = 0; j < n; j++) L->y[j] = -1;
     for (i = 0; i < n; i++) {
         int64_t xi = L->x[i];
-        if (xi < 0 || xi >= n || L->y[xi] >= 0 || !isfinite(L->v[xi])) { L->x[i] = -1; continue; }
-        L->y[xi] = i;
-        kept++;
-        double ui = M(L, i, xi) - L->v[xi];
-        const double *row = L->c + i * n;
-        for (j = 0; j < n; j++) { double h = L->sign * row[j] - ui; if (h < vn[j]) vn[j] = h; }
-    }
-    if (kept) for (j = 0; j < n; j++) if (vn[j] < INFINITY) L->v[j] = vn[j];
-    for (i = 0; i < n; i++) {
-        int64_t xi = L->x[i];
-        if (xi < 0) { L->free_[nfree++] = i; continue; }
-        if (row_min(L->c + i * n, L->v, L->sign, n) < M(L, i, xi) - L->v[xi]) {
-            L->x[i] = -1; L->y[xi] = -1; L->free_[nfree++] = i;
-        }
+        if (xi < 0 || xi >= n || L->y[xi] >= 0) { L->x[i] = -1; L->free_[nfree++] = i; continue; }
+        double own = M(L, i, xi) - L->v[xi];
+        int tight = 1;
+        for (j = 0; j < n; j++)
+            if (M(L, i, j) - L->v[j] < own) { tight = 0; break; }
+        if (tight) { L->y[xi] = i; }
+        else { L->x[i] = -1; L->free_[nfree++] = i; }
     }
     return nfree;
 }
@@ -218,44 +186,27 @@ static void augment(Lap *L, Py_ssize_t nfree) {
 
 /* 0: certified optimal; 1: a reduced cost below -tol (or not a permutation). */
 static int certify(Lap *L, double tol) {
-    Py_ssize_t n = L->n, i;
+    Py_ssize_t n = L->n, i, j;
     for (i = 0; i < n; i++) {
         int64_t xi = L->x[i];
         if (xi < 0 || L->y[xi] != i) return 1;
         double u = M(L, i, xi) - L->v[xi];
-        if (row_min(L->c + i * n, L->v, L->sign, n) - u < -tol) return 1;
+        for (j = 0; j < n; j++)
+            if (M(L, i, j) - L->v[j] - u < -tol) return 1;
     }
     return 0;
-}
-
-/* The largest |c[i]| of a buffer, or NaN when any entry is NaN or infinite (infinity
- * itself compares as finite-large, so it is mapped to NaN). Eight independent branch-free
- * lanes: the pass costs about one memory read of the matrix. */
-static double max_abs(const double *c, Py_ssize_t len) {
-    double m[8] = {0, 0, 0, 0, 0, 0, 0, 0}, z[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    Py_ssize_t i = 0;
-    for (; i + 8 <= len; i += 8)
-        for (int k = 0; k < 8; k++) {
-            double a = fabs(c[i + k]);
-            m[k] = a > m[k] ? a : m[k];
-            z[k] += c[i + k] * 0.0;  /* NaN for a NaN or an infinity */
-        }
-    for (; i < len; i++) {
-        double a = fabs(c[i]);
-        m[0] = a > m[0] ? a : m[0];
-        z[0] += c[i] * 0.0;
-    }
-    double mx = 0, zz = 0;
-    for (int k = 0; k < 8; k++) { mx = m[k] > mx ? m[k] : mx; zz += z[k]; }
-    return zz == 0.0 ? mx : NAN;
 }
 
 /* Solve one problem: 0 certified, 1 failed check, 2 a non-finite cost (not solved);
  * sets *freed (rows the start left free). The tolerance is rel * max |cost|. */
 static int solve_one(Lap *L, int warm, double rel, Py_ssize_t *freed) {
     Py_ssize_t n = L->n;
-    double scale = max_abs(L->c, n * n);
-    if (!(scale <= 1e300)) return 2;
+    double scale = 0.0;
+    for (Py_ssize_t i = 0; i < n * n; i++) {
+        double a = fabs(L->c[i]);
+        if (!(a <= 1e300)) return 2;  /* also NaN */
+        if (a > scale) scale = a;
+    }
     Py_ssize_t nfree = warm ? warm_init(L) : cold_init(L);
     *freed = nfree;
     nfree = arr(L, nfree);
