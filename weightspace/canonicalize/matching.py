@@ -194,7 +194,7 @@ class WeightMatcher:
         self._plain: dict = {}
         self._solved: dict = {}
         self._lap: dict[str, LapState | None] = {}  # family -> warm start of its next LAP
-        self._total: dict = {}  # family -> (its plain contributions, their float64 sum)
+        self._total: dict = {}  # family -> float64 sum of its plain contributions
         self.fam_keys = {f.top: sorted({o.key for o in f.occs}) for f in self.fams}
         self.quadratic = {f.top for f in self.fams if any(
             len({o.axis for o in f.occs if o.key == k}) > 1 for k in self.fam_keys[f.top])}
@@ -263,88 +263,87 @@ class WeightMatcher:
         sigma = torch.arange(m) if sigma is None else sigma
         return (sigma[:, None] * len(rest) + rest[None, :]).reshape(-1)
 
-    def _contribution(self, fam: Family, key: str, perms: Perms):
+    def _contribution(self, fam: Family, key: str, perms: Perms, total):
+        """Bring the family's plain float64 sum ``total`` (None: not yet built) up to date
+        for the tensor ``key`` and return it with the nested (per-block) costs of ``key``.
+        Nothing is recomputed while the other groups acting on ``key`` keep their
+        versions."""
         deps = tuple(sorted((g, self.version[g]) for g in self.key_groups[key]
                             if g not in fam.groups))
         hit = self._cache.get((fam.top, key))
         if hit is not None and hit[0] == deps:
-            return hit[1]
+            return total, hit[1]
         skip = set(fam.groups)
         src = self._sources(key, self._local(perms, skip), skip)
-        plain, nested = None, {}
+        nested = {}
         for oi, o in enumerate(fam.occs):
             if o.key != key:
                 continue
             sa, sb = self._mats(key, (fam.top, oi), o)
             col = self._columns(key, o, src)
             if o.child is None:
-                c = self._plain_cost((fam.top, key, oi), sa, sb, col)
-                plain = c if plain is None else plain + c
+                total = self._plain_update((fam.top, key, oi), sa, sb, col, total)
             else:
                 if col is not None:
                     sb = sb.index_select(1, col.to(sb.device))
                 h, d, _ = o.idx.shape
                 c = torch.einsum("ijr,hkr->ihjk", sa.view(h, d, -1), sb.view(h, d, -1))
                 nested[o.child] = c if o.child not in nested else nested[o.child] + c
-        self._cache[(fam.top, key)] = (deps, (plain, nested))
-        return plain, nested
+        self._cache[(fam.top, key)] = (deps, nested)
+        return total, nested
 
-    def _plain_cost(self, slot, sa, sb, col):
-        """``sa @ sb[:, col].T``, updated from the previous value when only a few columns
-        moved: the change is ``sa[:, D] @ (sb[:, new D] - sb[:, old D]).T`` (late sweeps
-        of the descent move few units, so this is much cheaper than a full product)."""
+    def _plain_update(self, slot, sa, sb, col, total):
+        """Add the change of ``sa @ sb[:, col].T`` since this occurrence's last call to the
+        family's float64 sum ``total`` (the whole product on the first call; None: start
+        the sum) and return the sum.
+
+        When only a few columns moved the change is ``sa[:, D] @ (sb[:, new D] - sb[:, old
+        D]).T``: a neighbouring group whose permutation moved on a set S of its units moves
+        the columns of S only, so the update costs ``|S| / n`` of the product (late sweeps
+        of the descent move few units). The occurrence's own float32 product is kept,
+        updated in place, only to take it out of the sum when a later call recomputes it
+        whole; the sum itself takes each change once, in float64."""
         ncol = sb.shape[1]
         col = torch.arange(ncol) if col is None else col
         prev = self._plain.get(slot)
         if prev is not None:
             c_old, col_old = prev
             moved = (col != col_old).nonzero().flatten()
+            if len(moved) == 0:
+                return total
             if len(moved) * 2 < ncol:
-                if len(moved) == 0:
-                    return c_old
                 dev = sa.device
                 d_new, d_old, m = (t.to(dev) for t in (col[moved], col_old[moved], moved))
-                c = c_old + sa.index_select(1, m) @ (sb.index_select(1, d_new)
-                                                     - sb.index_select(1, d_old)).T
-                self._plain[slot] = (c, col)
-                return c
+                delta = sa.index_select(1, m) @ (sb.index_select(1, d_new)
+                                                 - sb.index_select(1, d_old)).T
+                c_old.add_(delta)
+                total.add_(delta.double())  # (a mixed-dtype add_ is several times slower)
+                self._plain[slot] = (c_old, col)
+                return total
         c = sa @ (sb if torch.equal(col, torch.arange(ncol)) else
                   sb.index_select(1, col.to(sb.device))).T
+        if total is None:
+            total = c.to(torch.float64, copy=True)
+        else:
+            total.add_(c.double())
+            if prev is not None:
+                total.sub_(prev[0].double())
         self._plain[slot] = (c, col)
-        return c
+        return total
 
     def family_cost(self, fam: Family, perms: Perms):
         """(plain [n, n] float64 or None, {child: [H, H, d, d]}) summed over the family's
-        params. The plain sum is the family's own buffer: read it, do not change it."""
-        parts, nested = {}, {}
-        for key in sorted({o.key for o in fam.occs}):
-            p, ns = self._contribution(fam, key, perms)
-            if p is not None:
-                parts[key] = p
+        params. The plain sum is the family's own buffer, kept across calls and updated
+        only by the contributions whose other groups moved (biases, norms and the layers
+        beside a group that did not move cost nothing; the LAP takes float64: one
+        conversion, no re-summing): read it, do not change it."""
+        total, nested = self._total.get(fam.top), {}
+        for key in self.fam_keys[fam.top]:
+            total, ns = self._contribution(fam, key, perms, total)
             for c, s in ns.items():
                 nested[c] = s.clone() if c not in nested else nested[c].add_(s)
-        return self._plain_total(fam.top, parts), nested
-
-    def _plain_total(self, top: str, parts: dict):
-        """The float64 sum of a family's plain contributions, kept per family and updated
-        only by those recomputed since its last call (a recomputed contribution is a new
-        tensor; a cached one is the same object). Most contributions of a family (biases,
-        norms, the layers beside a group that did not move) do not change from one sweep to
-        the next, and the LAP takes float64: one conversion, no re-summing."""
-        if not parts:
-            return None
-        prev = self._total.get(top)
-        if prev is None or prev[0].keys() != parts.keys():
-            total = None
-            for p in parts.values():
-                total = p.to(torch.float64, copy=True) if total is None else total.add_(p)
-        else:
-            old, total = prev
-            for k, p in parts.items():
-                if p is not old[k]:
-                    total.add_(p).sub_(old[k])
-        self._total[top] = (parts, total)
-        return total
+        self._total[fam.top] = total
+        return total, nested
 
     @staticmethod
     def family_value(plain, nested, perms: Perms, fam: Family) -> float:
