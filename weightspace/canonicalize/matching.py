@@ -249,13 +249,14 @@ class WeightMatcher:
             idx = o.idx.reshape(-1, o.idx.shape[-1])
             rows = idx.reshape(-1).to(self.device)
 
-            whole = o.axis == 0 and len(rows) == self.A[key].shape[0] and \
+            whole = len(rows) == self.A[key].shape[o.axis] and \
                 torch.equal(rows.cpu(), torch.arange(len(rows)))
 
             def mat(t):
-                if whole:  # the axis itself, in order: a view, no copy
-                    return t.reshape(idx.shape[0], -1)
-                return t.movedim(o.axis, 0)[rows].reshape(idx.shape[0], -1)
+                if whole:  # the axis itself, in order: a view on axis 0, else one transpose
+                    return t.movedim(o.axis, 0).reshape(idx.shape[0], -1)
+                return t.index_select(o.axis, rows).movedim(o.axis, 0).reshape(
+                    idx.shape[0], -1)
             hit = self._mat[(key, oi)] = (mat(self.A[key]), mat(self.B[key]))
         return hit
 
