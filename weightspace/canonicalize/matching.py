@@ -478,7 +478,8 @@ class WeightMatcher:
         return runs
 
     def _inner(self, key: str, perms: Perms) -> float:
-        return float((self.A[key] * self._permuted_b(key, perms, set())).sum())
+        a, b = self.A[key], self._permuted_b(key, perms, set())
+        return float(torch.dot(a.reshape(-1), b.reshape(-1)))  # no product tensor
 
     def objective(self, perms: Perms) -> float:
         """``sum <A, P(B)>`` over the parameters the spec permutes."""
@@ -490,7 +491,8 @@ def l2_distance(A: dict, B: dict) -> float:
     tot = 0.0
     for k, a in A.items():
         if a.is_floating_point() and k in B:
-            tot += float((a.float() - B[k].to(a.device).float()).pow(2).sum())
+            d = a.float() - B[k].to(a.device).float()
+            tot += float(d.mul_(d).sum())  # squares in place: one temporary, same sum
     return tot ** 0.5
 
 
