@@ -155,13 +155,16 @@ def _reduced(m: np.ndarray) -> np.ndarray:
 T = TypeVar("T")
 R = TypeVar("R")
 _POOL: ThreadPoolExecutor | None = None
+_CPUS: list[int] = []
 
 
 def workers() -> int:
     """Threads for independent LAPs: torch's intra-op thread budget (what the user or the
     CLI set), at most the CPUs there are. The extension and scipy release the GIL while
     they solve, so independent problems solve side by side."""
-    return max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
+    if not _CPUS:
+        _CPUS.append(os.cpu_count() or 1)  # asked once: it is a system call
+    return max(1, min(torch.get_num_threads(), _CPUS[0]))
 
 
 def parallel_map(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
