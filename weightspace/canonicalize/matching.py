@@ -111,8 +111,26 @@ def _sorted_rows(keys: list[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
     return rows[torch.from_numpy(order)]
 
 
+_FAMILIES: dict[tuple, list[Family]] = {}  # the last few specs' families, by content
+
+
 def families(spec: Spec) -> list[Family]:
-    """Group the spec's groups into families and locate every occurrence on every axis."""
+    """Group the spec's groups into families and locate every occurrence on every axis.
+
+    The answer depends only on the spec's groups and layouts; the last few are kept by
+    their content (a zoo or a benchmark matches many pairs of one architecture). The
+    families are read, never changed, by their users."""
+    key = (repr([(g.name, g.size, g.parent) for g in spec.groups]),
+           repr(sorted(spec.layouts.items())))
+    hit = _FAMILIES.get(key)
+    if hit is None:
+        hit = _FAMILIES[key] = _families(spec)
+        while len(_FAMILIES) > 8:
+            _FAMILIES.pop(next(iter(_FAMILIES)))
+    return hit
+
+
+def _families(spec: Spec) -> list[Family]:
     sizes = spec.group_sizes
     parents = {g.name: g.parent for g in spec.groups}
     fams = {g.name: Family(g.name, []) for g in spec.groups if g.parent is None}
