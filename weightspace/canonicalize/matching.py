@@ -283,16 +283,16 @@ class WeightMatcher:
                                           self._matrix(self.B[key], o))
         return hit
 
-    def _plain_mats(self, key: str, oi: int, o: _Occ):
-        """(A's matrix, its transpose, B's transpose) of a plain occurrence, built once.
-        The other groups' permutations move B's *columns*; on the transposes they are
-        rows, and gathering whole contiguous rows is several times faster than gathering
-        columns (the product with a transposed operand costs the same)."""
+    def _plain_mats(self, key: str, oi: int, o: _Occ) -> list:
+        """[A's matrix, its transpose (None until an update needs it), B's transpose] of a
+        plain occurrence, built once. The other groups' permutations move B's *columns*; on
+        the transposes they are rows, and gathering whole contiguous rows is several times
+        faster than gathering columns (the product with a transposed operand costs the
+        same)."""
         hit = self._mat.get((key, oi))
         if hit is None:
-            hit = self._mat[(key, oi)] = (self._matrix(self.A[key], o),
-                                          self._matrix(self.A[key], o, transposed=True),
-                                          self._matrix(self.B[key], o, transposed=True))
+            hit = self._mat[(key, oi)] = [self._matrix(self.A[key], o), None,
+                                          self._matrix(self.B[key], o, transposed=True)]
         return hit
 
     def _columns(self, key: str, o: _Occ, src: dict[int, torch.Tensor]):
@@ -352,7 +352,7 @@ class WeightMatcher:
     def _plain_update(self, slot, mats, col, total):
         """Add the change of ``sa @ sb[:, col].T`` since this occurrence's last call to the
         family's float64 sum ``total`` (the whole product on the first call; None: start
-        the sum) and return the sum. ``mats`` is (``sa``, ``sa.T``, ``sb.T``), contiguous.
+        the sum) and return the sum. ``mats`` is [``sa``, ``sa.T`` or None, ``sb.T``].
 
         When only a few columns moved the change is ``sa[:, D] @ (sb[:, new D] - sb[:, old
         D]).T``: a neighbouring group whose permutation moved on a set S of its units moves
@@ -360,7 +360,7 @@ class WeightMatcher:
         of the descent move few units). The occurrence's own float32 product is kept,
         updated in place, only to take it out of the sum when a later call recomputes it
         whole; the sum itself takes each change once, in float64."""
-        sa, sa_t, sb_t = mats
+        sa, _, sb_t = mats
         ncol = sb_t.shape[0]
         col = torch.arange(ncol) if col is None else col
         prev = self._plain.get(slot)
@@ -372,8 +372,10 @@ class WeightMatcher:
             if len(moved) * 2 < ncol:
                 dev = sa.device
                 d_new, d_old, m = (t.to(dev) for t in (col[moved], col_old[moved], moved))
-                delta = sa_t.index_select(0, m).T @ (sb_t.index_select(0, d_new)
-                                                     - sb_t.index_select(0, d_old))
+                if mats[1] is None:
+                    mats[1] = sa.T.contiguous()
+                delta = mats[1].index_select(0, m).T @ (sb_t.index_select(0, d_new)
+                                                        - sb_t.index_select(0, d_old))
                 c_old.add_(delta)
                 total.add_(delta.double())  # (a mixed-dtype add_ is several times slower)
                 self._plain[slot] = (c_old, col)
