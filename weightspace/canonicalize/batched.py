@@ -257,32 +257,52 @@ class LapCarry:
                 self.kept[(i, g)] = (x[r].copy(), v[r].copy())
 
 
-def batched_weight_matching(spec: Spec, A: list[dict], B: list[dict],
+def stacked_apply(spec: Spec, perms: dict[str, torch.Tensor],
+                  stacked: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """:func:`~weightspace.symmetry.apply` for a stack of models of a plain spec: ``perms``
+    maps each group to [N, n] (model ``b``'s permutation in row ``b``), ``stacked`` each
+    key to [N, ...]; the same tensors as applying each model's permutations one model at
+    a time (a gather copies values exactly), one gather per member."""
+    out = dict(stacked)
+    for member, layout in spec.layouts.items():
+        key, axis = parse_member(member)
+        if key in out:
+            out[key] = _take(out[key], axis, perms[layout[1]])
+    return out
+
+
+def batched_weight_matching(spec: Spec, A: list[dict] | dict[str, torch.Tensor],
+                            B: list[dict] | dict[str, torch.Tensor],
                             init: list[Perms] | None = None, max_iter: int = 100,
                             seed: int = 0, carry: LapCarry | None = None,
                             ids: list | None = None) -> list[Perms]:
     """Weight matching of ``B[b]`` to ``A[b]`` for every ``b`` at once (plain specs);
+    ``A`` and ``B`` are lists of state dicts or already stacked (key -> [N, ...]).
     ``carry`` keeps the LAPs' warm starts for the next call, by model id (``ids``, one per
     pair; default the positions)."""
     keys = sorted({parse_member(m)[0] for m in spec.layouts})
 
-    def stack(states: list[dict]) -> dict[str, torch.Tensor]:
+    def stack(states) -> dict[str, torch.Tensor]:
+        if isinstance(states, dict):
+            return {k: states[k].float() for k in keys}
         return {k: torch.stack([s[k].float() for s in states]) for k in keys}
     m = BatchedMatcher(spec, stack(A), stack(B))
+    nb = m.n
     sizes = spec.group_sizes
     start = {g: torch.stack([p[g] for p in init]) if init else
-             torch.arange(sizes[g]).expand(len(B), -1) for g in m.members}
-    ids = list(range(len(B))) if ids is None else list(ids)
+             torch.arange(sizes[g]).expand(nb, -1) for g in m.members}
+    ids = list(range(nb)) if ids is None else list(ids)
     laps = carry.stack(ids, {g: sizes[g] for g in m.members}) if carry is not None else None
     perms, _ = m.run(start, max_iter=max_iter, seed=seed, lap_states=laps)
     if carry is not None:
         carry.keep(ids, laps)
     out = []
-    for b in range(len(B)):
+    for b in range(nb):
         full = {g.name: torch.arange(g.size) for g in spec.groups}
         full.update({g: p[b].clone() for g, p in perms.items()})
         out.append(full)
     return out
 
 
-__all__ = ["BatchedMatcher", "LapCarry", "batched_weight_matching", "supports"]
+__all__ = ["BatchedMatcher", "LapCarry", "batched_weight_matching", "stacked_apply",
+           "supports"]
