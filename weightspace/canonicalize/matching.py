@@ -284,15 +284,17 @@ class WeightMatcher:
         return hit
 
     def _plain_mats(self, key: str, oi: int, o: _Occ) -> list:
-        """[A's matrix, its transpose (None until an update needs it), B's transpose] of a
-        plain occurrence, built once. The other groups' permutations move B's *columns*; on
-        the transposes they are rows, and gathering whole contiguous rows is several times
-        faster than gathering columns (the product with a transposed operand costs the
-        same)."""
+        """[A's matrix, its transpose (None until an update needs it), B's transpose,
+        whether the tensor has one column per unit] of a plain occurrence, built once. The
+        other groups' permutations move B's *columns*; on the transposes they are rows, and
+        gathering whole contiguous rows is several times faster than gathering columns (the
+        product with a transposed operand costs the same). A's few moved columns of a
+        convolution are gathered one kernel block per unit instead (no transposed copy)."""
         hit = self._mat.get((key, oi))
         if hit is None:
             hit = self._mat[(key, oi)] = [self._matrix(self.A[key], o), None,
-                                          self._matrix(self.B[key], o, transposed=True)]
+                                          self._matrix(self.B[key], o, transposed=True),
+                                          self.A[key].dim() <= 2]
         return hit
 
     def _columns(self, key: str, o: _Occ, src: dict[int, torch.Tensor]):
@@ -360,7 +362,7 @@ class WeightMatcher:
         of the descent move few units). The occurrence's own float32 product is kept,
         updated in place, only to take it out of the sum when a later call recomputes it
         whole; the sum itself takes each change once, in float64."""
-        sa, _, sb_t = mats
+        sa, _, sb_t, _ = mats
         ncol = sb_t.shape[0]
         col = torch.arange(ncol) if col is None else col
         prev = self._plain.get(slot)
@@ -372,10 +374,13 @@ class WeightMatcher:
             if len(moved) * 2 < ncol:
                 dev = sa.device
                 d_new, d_old, m = (t.to(dev) for t in (col[moved], col_old[moved], moved))
-                if mats[1] is None:
-                    mats[1] = sa.T.contiguous()
-                delta = mats[1].index_select(0, m).T @ (sb_t.index_select(0, d_new)
-                                                        - sb_t.index_select(0, d_old))
+                if not mats[3]:  # a kernel per unit: gather A's columns as blocks
+                    a_m = _columns_of(sa, m)
+                else:  # one column per unit: from A's transpose, built once
+                    if mats[1] is None:
+                        mats[1] = sa.T.contiguous()
+                    a_m = mats[1].index_select(0, m).T
+                delta = a_m @ (sb_t.index_select(0, d_new) - sb_t.index_select(0, d_old))
                 c_old.add_(delta)
                 total.add_(delta.double())  # (a mixed-dtype add_ is several times slower)
                 self._plain[slot] = (c_old, col)
