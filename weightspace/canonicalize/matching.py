@@ -26,6 +26,7 @@ solves are one algorithm.)
 """
 from __future__ import annotations
 
+import functools
 import random
 import time
 from dataclasses import dataclass, field
@@ -55,6 +56,13 @@ class Family:
     @property
     def groups(self) -> list[str]:
         return [self.top, *self.children]
+
+
+@functools.lru_cache(maxsize=64)
+def _arange(n: int) -> torch.Tensor:
+    """``torch.arange(n)``, shared: the identity index, read and never written (the descent
+    asks for the same few lengths thousands of times)."""
+    return torch.arange(n)
 
 
 # ------------------------------------------------------------------------ layout geometry
@@ -239,7 +247,7 @@ class WeightMatcher:
 
     # -- B with every group but ``skip`` applied (only the axes that need it) -------------
     def _local(self, perms: Perms, skip) -> Perms:
-        return {g: (torch.arange(p.shape[-1]).expand_as(p) if g in skip else p)
+        return {g: (_arange(p.shape[-1]).expand_as(p) if g in skip else p)
                 for g, p in perms.items()}
 
     def _sources(self, key: str, local: Perms, skip) -> dict[int, torch.Tensor]:
@@ -249,7 +257,7 @@ class WeightMatcher:
             names = layout_groups(layout)
             if names and not all(n in skip for n in names):
                 idx = layout_index(layout, local, self.parents)
-                if not torch.equal(idx, torch.arange(len(idx))):
+                if not torch.equal(idx, _arange(len(idx))):
                     out[axis] = idx
         return out
 
@@ -316,9 +324,9 @@ class WeightMatcher:
             return None
         rest = torch.zeros(1, dtype=torch.long)
         for b in others:
-            sb = src.get(b, torch.arange(shape[b]))
+            sb = src.get(b, _arange(shape[b]))
             rest = (rest[:, None] * shape[b] + sb[None, :]).reshape(-1)
-        sigma = torch.arange(m) if sigma is None else sigma
+        sigma = _arange(m) if sigma is None else sigma
         return (sigma[:, None] * len(rest) + rest[None, :]).reshape(-1)
 
     def _contribution(self, fam: Family, key: str, perms: Perms, total):
@@ -364,7 +372,7 @@ class WeightMatcher:
         whole; the sum itself takes each change once, in float64."""
         sa, _, sb_t, _ = mats
         ncol = sb_t.shape[0]
-        col = torch.arange(ncol) if col is None else col
+        col = _arange(ncol) if col is None else col
         prev = self._plain.get(slot)
         if prev is not None:
             c_old, col_old = prev
@@ -385,7 +393,7 @@ class WeightMatcher:
                 total.add_(delta.double())  # (a mixed-dtype add_ is several times slower)
                 self._plain[slot] = (c_old, col)
                 return total
-        c = sa @ (sb_t if torch.equal(col, torch.arange(ncol)) else
+        c = sa @ (sb_t if torch.equal(col, _arange(ncol)) else
                   sb_t.index_select(0, col.to(sb_t.device)))
         if total is None:
             total = c.to(torch.float64, copy=True)
@@ -413,7 +421,7 @@ class WeightMatcher:
     @staticmethod
     def family_value(plain, nested, perms: Perms, fam: Family) -> float:
         top = perms[fam.top]
-        ar = torch.arange(len(top))
+        ar = _arange(len(top))
         val = 0.0
         if plain is not None:
             val += float(plain[ar, top.to(plain.device)].sum())
