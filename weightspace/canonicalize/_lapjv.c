@@ -93,10 +93,12 @@ static Py_ssize_t warm_init(Lap *L) {
     return nfree;
 }
 
-/* Augmenting row reduction (two passes, bounded work). Returns the rows still free. */
-static Py_ssize_t arr(Lap *L, Py_ssize_t nfree) {
+/* Augmenting row reduction (`passes` passes, bounded work). Returns the rows still free.
+ * A warm start runs one pass: its free rows mostly go back to where they were, and a
+ * second pass measured slower than the augmenting paths it saves. */
+static Py_ssize_t arr(Lap *L, Py_ssize_t nfree, int passes) {
     Py_ssize_t n = L->n;
-    for (int pass = 0; pass < 2 && nfree > 0; pass++) {
+    for (int pass = 0; pass < passes && nfree > 0; pass++) {
         Py_ssize_t k = 0, prev = nfree, budget = 8 * n + 16;
         nfree = 0;
         while (k < prev) {
@@ -319,7 +321,7 @@ static int solve_one(Lap *L, int warm, double rel, Py_ssize_t *freed) {
     }
     Py_ssize_t nfree = warm || rank_one_start(L) ? warm_init(L) : cold_init(L);
     *freed = nfree;
-    nfree = arr(L, nfree);
+    nfree = arr(L, nfree, warm ? 1 : 2);
     augment(L, nfree);
     return certify(L, rel * scale);
 }
