@@ -362,7 +362,7 @@ class WeightMatcher:
     def _plain_update(self, slot, mats, col, total):
         """Add the change of ``sa @ sb[:, col].T`` since this occurrence's last call to the
         family's float64 sum ``total`` (the whole product on the first call; None: start
-        the sum) and return the sum. ``mats`` is [``sa``, ``sa.T`` or None, ``sb.T``].
+        the sum) and return the sum. ``mats``: see :meth:`_plain_mats`.
 
         When only a few columns moved the change is ``sa[:, D] @ (sb[:, new D] - sb[:, old
         D]).T``: a neighbouring group whose permutation moved on a set S of its units moves
