@@ -31,6 +31,10 @@ def costs(kind: str, n: int, rng) -> np.ndarray:
     if kind == "rank1+noise":  # weight-matching costs of conv layers are close to this
         return np.outer(rng.standard_normal(n), rng.standard_normal(n)) \
             + 1e-3 * rng.standard_normal((n, n))
+    if kind == "offsets+rank1+noise":  # rows and columns shifted, a rank-one core, noise
+        return rng.standard_normal((n, 1)) * 5 + rng.standard_normal((1, n)) * 5 \
+            + np.outer(rng.standard_normal(n), rng.standard_normal(n)) \
+            + 0.3 * rng.standard_normal((n, n))
     return np.outer(rng.standard_normal(n), rng.standard_normal(n))  # rank one
 
 
@@ -59,7 +63,8 @@ SIZES = [1, 2, 3, 7, 64, 200, pytest.param(513, marks=pytest.mark.slow)]
 
 
 @needs_ext
-@pytest.mark.parametrize("kind", ["float", "int", "ties", "rank1+noise"])
+@pytest.mark.parametrize("kind", ["float", "int", "ties", "rank1+noise",
+                                  "offsets+rank1+noise"])
 @pytest.mark.parametrize("n", SIZES)
 def test_cold_and_warm_reach_the_optimum(kind, n):
     """Cold; then nearby problems (as in later sweeps) warm-started from the last state;
@@ -67,7 +72,7 @@ def test_cold_and_warm_reach_the_optimum(kind, n):
     assignment for continuous costs (a unique optimum)."""
     rng = np.random.default_rng(n)
     c = costs(kind, n, rng)
-    unique = kind in ("float", "rank1+noise")
+    unique = kind in ("float", "rank1+noise", "offsets+rank1+noise")
     p, state = solve(torch.tensor(c))
     check(c, p, unique)
     check(c, lap(torch.tensor(c)), unique)

@@ -3,10 +3,10 @@
  * Minimises sum_i m[i, x[i]] with m = sign * cost (sign -1: maximise cost). The column
  * duals v are the whole state: for a row i assigned to column x[i], x[i] minimises
  * m[i, j] - v[j] over j (the row dual u[i] is that minimum). A warm start keeps the
- * previous x and v, frees every row whose column is no longer its minimum for the new
- * costs, re-seats the free rows by augmenting row reduction and, for those left, by
+ * previous v, re-seats every row by augmenting row reduction and, for those left, by
  * shortest augmenting paths (Dijkstra on reduced costs). A cold start takes v from column
- * reduction with reduction transfer, as in Jonker & Volgenant (1987).
+ * reduction with reduction transfer, as in Jonker & Volgenant (1987), or, for costs close
+ * to rank one after centring, from the rank-one part's own duals.
  *
  * Every answer is checked before it is returned: with u[i] = m[i, x[i]] - v[x[i]], every
  * reduced cost m[i, j] - u[i] - v[j] must be >= -tol. Then no assignment is cheaper by more
@@ -76,27 +76,23 @@ static Py_ssize_t cold_init(Lap *L) {
     return nfree;
 }
 
-/* Warm start: keep every row whose column still minimises its reduced cost. */
+/* Warm start: the previous column duals, every row free. Keeping the rows whose column
+ * still minimises their reduced cost measured slower: with the costs moved, a third of
+ * them are not tight (even when the answer has not changed), and one pass of augmenting
+ * row reduction from the kept duals re-seats nearly every row at its old column for the
+ * price of the tightness check (the previous assignment itself is not needed). */
 static Py_ssize_t warm_init(Lap *L) {
-    Py_ssize_t n = L->n, i, j, nfree = 0;
-    for (j = 0; j < n; j++) L->y[j] = -1;
-    for (i = 0; i < n; i++) {
-        int64_t xi = L->x[i];
-        if (xi < 0 || xi >= n || L->y[xi] >= 0) { L->x[i] = -1; L->free_[nfree++] = i; continue; }
-        double own = M(L, i, xi) - L->v[xi];
-        int tight = 1;
-        for (j = 0; j < n; j++)
-            if (M(L, i, j) - L->v[j] < own) { tight = 0; break; }
-        if (tight) { L->y[xi] = i; }
-        else { L->x[i] = -1; L->free_[nfree++] = i; }
-    }
-    return nfree;
+    Py_ssize_t n = L->n;
+    for (Py_ssize_t j = 0; j < n; j++) { L->y[j] = -1; L->x[j] = -1; L->free_[j] = j; }
+    return n;
 }
 
-/* Augmenting row reduction (two passes, bounded work). Returns the rows still free. */
-static Py_ssize_t arr(Lap *L, Py_ssize_t nfree) {
+/* Augmenting row reduction (`passes` passes, bounded work). Returns the rows still free.
+ * A warm start runs one pass: its free rows mostly go back to where they were, and a
+ * second pass measured slower than the augmenting paths it saves. */
+static Py_ssize_t arr(Lap *L, Py_ssize_t nfree, int passes) {
     Py_ssize_t n = L->n;
-    for (int pass = 0; pass < 2 && nfree > 0; pass++) {
+    for (int pass = 0; pass < passes && nfree > 0; pass++) {
         Py_ssize_t k = 0, prev = nfree, budget = 8 * n + 16;
         nfree = 0;
         while (k < prev) {
@@ -184,6 +180,113 @@ static void augment(Lap *L, Py_ssize_t nfree) {
     }
 }
 
+/* Sums with four independent accumulators (one running sum is a chain of dependent
+ * additions, which the compiler may not reorder). */
+static double dot(const double *p, const double *q, Py_ssize_t n) {
+    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    Py_ssize_t j = 0;
+    for (; j + 4 <= n; j += 4) {
+        s0 += p[j] * q[j]; s1 += p[j + 1] * q[j + 1];
+        s2 += p[j + 2] * q[j + 2]; s3 += p[j + 3] * q[j + 3];
+    }
+    for (; j < n; j++) s0 += p[j] * q[j];
+    return (s0 + s1) + (s2 + s3);
+}
+
+static double sum(const double *p, Py_ssize_t n) {
+    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    Py_ssize_t j = 0;
+    for (; j + 4 <= n; j += 4) { s0 += p[j]; s1 += p[j + 1]; s2 += p[j + 2]; s3 += p[j + 3]; }
+    for (; j < n; j++) s0 += p[j];
+    return (s0 + s1) + (s2 + s3);
+}
+
+typedef struct { double key; int64_t idx; } Keyed;
+
+static int by_key(const void *p, const void *q) {
+    const Keyed *a = p, *b = q;
+    if (a->key != b->key) return a->key < b->key ? -1 : 1;
+    return (a->idx > b->idx) - (a->idx < b->idx);
+}
+
+#define RANK_ONE_SHARE 0.3  /* the top singular value's share of the centred costs' energy */
+
+/* Cold start for costs close to rank one after centring, m[i, j] ~ r[i] + k[j] + a[i] b[j]
+ * (weight-matching costs of convolutions are: the column-reduction start leaves nearly
+ * every row free there, and the augmenting paths get long). The rank-one part is
+ * minimised by pairing a in increasing order with b in decreasing order; along that
+ * pairing the column duals v[t+1] = v[t] + (a[t] + a[t+1]) / 2 * (b[t+1] - b[t]) are
+ * feasible for it (the midpoint of the interval its neighbours allow), and k is added
+ * back. The warm start then re-seats every row from these duals; they are close to
+ * optimal, so the augmenting paths are short. a and b come from a few power iterations
+ * on the centred matrix (never formed). Returns 1 when it set v, 0 when the costs are not
+ * close enough to rank one (the usual cold start is then used). */
+__attribute__((noinline))  /* kept out of solve_one: inlined, it slowed the warm path */
+static int rank_one_start(Lap *L) {
+    Py_ssize_t n = L->n, i, j;
+    if (n < 8) return 0;
+    double *r = malloc((size_t)(4 * n) * sizeof(double));
+    Keyed *ka = malloc((size_t)(2 * n) * sizeof(Keyed));
+    if (!r || !ka) { free(r); free(ka); return 0; }
+    double *k = r + n, *a = r + 2 * n, *b = r + 3 * n, g = 0, sq = 0, rr = 0, kk = 0;
+    Keyed *kb = ka + n;
+    int ok = 0;
+    for (j = 0; j < n; j++) k[j] = 0;
+    for (i = 0; i < n; i++) {
+        const double *row = L->c + i * n;
+        for (j = 0; j < n; j++) k[j] += row[j];
+        double s = L->sign * sum(row, n);
+        sq += dot(row, row, n);
+        r[i] = s / n;
+        g += s;
+    }
+    for (j = 0; j < n; j++) k[j] *= L->sign;
+    g /= (double)n * n;
+    for (j = 0; j < n; j++) { k[j] /= n; kk += k[j] * k[j]; }
+    for (i = 0; i < n; i++) rr += r[i] * r[i];
+    double total = sq - n * rr - n * kk + (double)n * n * g * g, s2 = 0, prev = -1;
+    if (!(total > 1e-300)) goto done;
+    for (j = 0; j < n; j++) b[j] = sin(1.0 + 0.7548776662 * j);
+    for (int it = 0; it < 12; it++) {
+        double sb = 0, kb_ = 0, na = 0;
+        for (j = 0; j < n; j++) { sb += b[j]; kb_ += k[j] * b[j]; }
+        for (i = 0; i < n; i++) {
+            const double *row = L->c + i * n;
+            a[i] = L->sign * dot(row, b, n) - r[i] * sb - kb_ + g * sb;
+            na += a[i] * a[i];
+        }
+        if (!(na > 0)) goto done;
+        na = 1.0 / sqrt(na);
+        double sa = 0, ra = 0;
+        for (i = 0; i < n; i++) { a[i] *= na; sa += a[i]; ra += r[i] * a[i]; }
+        for (j = 0; j < n; j++) b[j] = 0;
+        for (i = 0; i < n; i++) {
+            const double *row = L->c + i * n;
+            double ai = L->sign * a[i];
+            for (j = 0; j < n; j++) b[j] += ai * row[j];
+        }
+        s2 = 0;
+        for (j = 0; j < n; j++) { b[j] -= k[j] * sa + ra - g * sa; s2 += b[j] * b[j]; }
+        if (s2 < RANK_ONE_SHARE * total && s2 < prev * 1.05) goto done;  /* stalled short */
+        if (s2 <= prev * (1 + 1e-4)) break;  /* converged */
+        prev = s2;
+    }
+    if (s2 < RANK_ONE_SHARE * total) goto done;
+    for (i = 0; i < n; i++) { ka[i].key = a[i]; ka[i].idx = i; kb[i].key = -b[i]; kb[i].idx = i; }
+    qsort(ka, (size_t)n, sizeof(Keyed), by_key);
+    qsort(kb, (size_t)n, sizeof(Keyed), by_key);
+    L->v[kb[0].idx] = 0;
+    for (Py_ssize_t t = 0; t + 1 < n; t++)
+        L->v[kb[t + 1].idx] = L->v[kb[t].idx] + 0.5 * (ka[t].key + ka[t + 1].key)
+                              * (b[kb[t + 1].idx] - b[kb[t].idx]);
+    for (j = 0; j < n; j++) L->v[j] += k[j];
+    ok = 1;
+done:
+    free(r);
+    free(ka);
+    return ok;
+}
+
 /* 0: certified optimal; 1: a reduced cost below -tol (or not a permutation). */
 static int certify(Lap *L, double tol) {
     Py_ssize_t n = L->n, i, j;
@@ -207,9 +310,9 @@ static int solve_one(Lap *L, int warm, double rel, Py_ssize_t *freed) {
         if (!(a <= 1e300)) return 2;  /* also NaN */
         if (a > scale) scale = a;
     }
-    Py_ssize_t nfree = warm ? warm_init(L) : cold_init(L);
+    Py_ssize_t nfree = warm || rank_one_start(L) ? warm_init(L) : cold_init(L);
     *freed = nfree;
-    nfree = arr(L, nfree);
+    nfree = arr(L, nfree, warm ? 1 : 2);
     augment(L, nfree);
     return certify(L, rel * scale);
 }

@@ -61,12 +61,21 @@ def _members(spec: Spec) -> dict[str, list[tuple[str, int]]]:
 
 
 def _take(t: torch.Tensor, axis: int, idx: torch.Tensor) -> torch.Tensor:
-    """``t`` [N, ...] with ``t[b]`` indexed by ``idx[b]`` along ``axis`` (of the model)."""
+    """``t`` [N, ...] with ``t[b]`` indexed by ``idx[b]`` along ``axis`` (of the model).
+
+    One row gather: ``t`` seen as rows of the axes after ``axis`` (contiguous), one index
+    per (model, leading position, unit); an element-wise gather with an expanded index
+    reads one index per element and is several times slower."""
     ax = axis + 1
-    shape = [1] * t.dim()
-    shape[0], shape[ax] = idx.shape
+    nb, n = idx.shape
+    pre = int(np.prod(t.shape[1:ax], dtype=np.int64))
+    post = int(np.prod(t.shape[ax + 1:], dtype=np.int64))
     idx = idx.to(t.device)
-    return t.gather(ax, idx.view(shape).expand(*t.shape[:ax], idx.shape[1], *t.shape[ax + 1:]))
+    base = (torch.arange(nb, device=t.device)[:, None] * pre
+            + torch.arange(pre, device=t.device)[None, :]) * t.shape[ax]      # [N, pre]
+    rows = (base[:, :, None] + idx[:, None, :]).reshape(-1)                   # [N * pre * n]
+    out = t.reshape(-1, post).index_select(0, rows)
+    return out.view(*t.shape[:ax], n, *t.shape[ax + 1:])
 
 
 def _mat(t: torch.Tensor, axis: int) -> torch.Tensor:
@@ -104,6 +113,7 @@ class BatchedMatcher:
         self.big: dict[str, list[tuple[str, int]]] = {}
         self.small: dict[str, list[tuple[str, int]]] = {}
         self._a_small: dict[str, torch.Tensor] = {}
+        self._a_mats: dict[tuple[str, int], torch.Tensor] = {}
         for g, ms in self.members.items():
             rest = {m: self.A[m[0]][0].numel() // self.A[m[0]].shape[m[1] + 1] for m in ms}
             self.small[g] = [m for m in ms if rest[m] <= SMALL]
@@ -112,6 +122,13 @@ class BatchedMatcher:
                 self.big[g], self.small[g] = ms, []
             else:
                 self._a_small[g] = torch.cat([_mat(self.A[k], a) for k, a in self.small[g]], 2)
+
+    def _a_mat(self, key: str, axis: int) -> torch.Tensor:
+        """A's [N, n, rest] matrix of a member, built once (A never changes)."""
+        hit = self._a_mats.get((key, axis))
+        if hit is None:
+            hit = self._a_mats[(key, axis)] = _mat(self.A[key], axis)
+        return hit
 
     def _permuted(self, perms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Every B with every group's permutation applied."""
@@ -126,7 +143,8 @@ class BatchedMatcher:
         m = None
         whole = len(rows) == self.n
         for key, axis in self.big[g]:
-            a = _mat(self.A[key] if whole else self.A[key][rows], axis)
+            a = self._a_mat(key, axis)
+            a = a if whole else a[rows]
             b = _mat(Bp[key] if whole else Bp[key][rows], axis)
             prod = torch.bmm(a, b.transpose(1, 2))
             m = prod if m is None else m.add_(prod)
@@ -141,9 +159,13 @@ class BatchedMatcher:
         return cost
 
     def objective(self, Bp: dict) -> torch.Tensor:
-        """[N] float64 (on the CPU): ``sum <A_b, P_b(B_b)>``."""
-        return sum((self.A[k].double() * Bp[k].double()).flatten(1).sum(1)
-                   for k in self.A).cpu()
+        """[N] float64 (on the CPU): ``sum <A_b, P_b(B_b)>``, each tensor's part one
+        batched float32 dot product (the descent adds its steps' float64 gains to it and
+        reads it only to scale its acceptance threshold, 1e-9 of it: the rounding matters
+        only to a step whose gain is that close to the threshold)."""
+        n = self.n
+        return sum(torch.bmm(self.A[k].reshape(n, 1, -1), Bp[k].reshape(n, -1, 1)).reshape(n)
+                   .double() for k in self.A).cpu()
 
     def run(self, perms: dict[str, torch.Tensor], max_iter: int = 100, seed: int = 0,
             lap_states: dict | None = None) -> tuple[dict[str, torch.Tensor], dict]:
@@ -235,32 +257,52 @@ class LapCarry:
                 self.kept[(i, g)] = (x[r].copy(), v[r].copy())
 
 
-def batched_weight_matching(spec: Spec, A: list[dict], B: list[dict],
+def stacked_apply(spec: Spec, perms: dict[str, torch.Tensor],
+                  stacked: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """:func:`~weightspace.symmetry.apply` for a stack of models of a plain spec: ``perms``
+    maps each group to [N, n] (model ``b``'s permutation in row ``b``), ``stacked`` each
+    key to [N, ...]; the same tensors as applying each model's permutations one model at
+    a time (a gather copies values exactly), one gather per member."""
+    out = dict(stacked)
+    for member, layout in spec.layouts.items():
+        key, axis = parse_member(member)
+        if key in out:
+            out[key] = _take(out[key], axis, perms[layout[1]])
+    return out
+
+
+def batched_weight_matching(spec: Spec, A: list[dict] | dict[str, torch.Tensor],
+                            B: list[dict] | dict[str, torch.Tensor],
                             init: list[Perms] | None = None, max_iter: int = 100,
                             seed: int = 0, carry: LapCarry | None = None,
                             ids: list | None = None) -> list[Perms]:
     """Weight matching of ``B[b]`` to ``A[b]`` for every ``b`` at once (plain specs);
+    ``A`` and ``B`` are lists of state dicts or already stacked (key -> [N, ...]).
     ``carry`` keeps the LAPs' warm starts for the next call, by model id (``ids``, one per
     pair; default the positions)."""
     keys = sorted({parse_member(m)[0] for m in spec.layouts})
 
-    def stack(states: list[dict]) -> dict[str, torch.Tensor]:
+    def stack(states) -> dict[str, torch.Tensor]:
+        if isinstance(states, dict):
+            return {k: states[k].float() for k in keys}
         return {k: torch.stack([s[k].float() for s in states]) for k in keys}
     m = BatchedMatcher(spec, stack(A), stack(B))
+    nb = m.n
     sizes = spec.group_sizes
     start = {g: torch.stack([p[g] for p in init]) if init else
-             torch.arange(sizes[g]).expand(len(B), -1) for g in m.members}
-    ids = list(range(len(B))) if ids is None else list(ids)
+             torch.arange(sizes[g]).expand(nb, -1) for g in m.members}
+    ids = list(range(nb)) if ids is None else list(ids)
     laps = carry.stack(ids, {g: sizes[g] for g in m.members}) if carry is not None else None
     perms, _ = m.run(start, max_iter=max_iter, seed=seed, lap_states=laps)
     if carry is not None:
         carry.keep(ids, laps)
     out = []
-    for b in range(len(B)):
+    for b in range(nb):
         full = {g.name: torch.arange(g.size) for g in spec.groups}
         full.update({g: p[b].clone() for g, p in perms.items()})
         out.append(full)
     return out
 
 
-__all__ = ["BatchedMatcher", "LapCarry", "batched_weight_matching", "supports"]
+__all__ = ["BatchedMatcher", "LapCarry", "batched_weight_matching", "stacked_apply",
+           "supports"]

@@ -26,6 +26,7 @@ solves are one algorithm.)
 """
 from __future__ import annotations
 
+import functools
 import random
 import time
 from dataclasses import dataclass, field
@@ -55,6 +56,13 @@ class Family:
     @property
     def groups(self) -> list[str]:
         return [self.top, *self.children]
+
+
+@functools.lru_cache(maxsize=64)
+def _arange(n: int) -> torch.Tensor:
+    """``torch.arange(n)``, shared: the identity index, read and never written (the descent
+    asks for the same few lengths thousands of times)."""
+    return torch.arange(n)
 
 
 # ------------------------------------------------------------------------ layout geometry
@@ -111,8 +119,26 @@ def _sorted_rows(keys: list[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
     return rows[torch.from_numpy(order)]
 
 
+_FAMILIES: dict[tuple, list[Family]] = {}  # the last few specs' families, by content
+
+
 def families(spec: Spec) -> list[Family]:
-    """Group the spec's groups into families and locate every occurrence on every axis."""
+    """Group the spec's groups into families and locate every occurrence on every axis.
+
+    The answer depends only on the spec's groups and layouts; the last few are kept by
+    their content (a zoo or a benchmark matches many pairs of one architecture). The
+    families are read, never changed, by their users."""
+    key = (repr([(g.name, g.size, g.parent) for g in spec.groups]),
+           repr(sorted(spec.layouts.items())))
+    hit = _FAMILIES.get(key)
+    if hit is None:
+        hit = _FAMILIES[key] = _families(spec)
+        while len(_FAMILIES) > 8:
+            _FAMILIES.pop(next(iter(_FAMILIES)))
+    return hit
+
+
+def _families(spec: Spec) -> list[Family]:
     sizes = spec.group_sizes
     parents = {g.name: g.parent for g in spec.groups}
     fams = {g.name: Family(g.name, []) for g in spec.groups if g.parent is None}
@@ -142,6 +168,26 @@ def families(spec: Spec) -> list[Family]:
                 raise ValueError(f"{member}: per-block group {c['name']} outside its "
                                  f"parent's product")
     return [f for f in fams.values() if f.occs]
+
+
+def _columns_of(t: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+    """``t[:, col]`` (a copy). A weight's columns are (unit, kernel position) pairs and a
+    permutation moves whole units, so ``col`` is usually made of runs of ``r`` consecutive
+    columns starting at multiples of ``r``: then the gather takes one index per run from
+    ``t`` viewed as [rows, ncol / r, r] (several times faster than one index per column)."""
+    n = len(col)
+    if n > 1 and t.shape[1] > 1 and t.is_contiguous():
+        step = col[1:] - col[:-1]
+        breaks = (step != 1).nonzero()
+        r = int(breaks[0]) + 1 if len(breaks) else n
+        if r > 1 and n % r == 0 and t.shape[1] % r == 0:
+            runs = col.view(-1, r)
+            first = runs[:, 0]
+            if bool((first % r == 0).all()) and torch.equal(
+                    runs, first[:, None] + torch.arange(r, device=col.device)):
+                return t.view(t.shape[0], -1, r).index_select(1, first // r).reshape(
+                    t.shape[0], n)
+    return t.index_select(1, col)
 
 
 @dataclass
@@ -194,14 +240,14 @@ class WeightMatcher:
         self._plain: dict = {}
         self._solved: dict = {}
         self._lap: dict[str, LapState | None] = {}  # family -> warm start of its next LAP
-        self._total: dict = {}  # family -> (its plain contributions, their float64 sum)
+        self._total: dict = {}  # family -> float64 sum of its plain contributions
         self.fam_keys = {f.top: sorted({o.key for o in f.occs}) for f in self.fams}
         self.quadratic = {f.top for f in self.fams if any(
             len({o.axis for o in f.occs if o.key == k}) > 1 for k in self.fam_keys[f.top])}
 
     # -- B with every group but ``skip`` applied (only the axes that need it) -------------
     def _local(self, perms: Perms, skip) -> Perms:
-        return {g: (torch.arange(p.shape[-1]).expand_as(p) if g in skip else p)
+        return {g: (_arange(p.shape[-1]).expand_as(p) if g in skip else p)
                 for g, p in perms.items()}
 
     def _sources(self, key: str, local: Perms, skip) -> dict[int, torch.Tensor]:
@@ -211,7 +257,7 @@ class WeightMatcher:
             names = layout_groups(layout)
             if names and not all(n in skip for n in names):
                 idx = layout_index(layout, local, self.parents)
-                if not torch.equal(idx, torch.arange(len(idx))):
+                if not torch.equal(idx, _arange(len(idx))):
                     out[axis] = idx
         return out
 
@@ -221,22 +267,42 @@ class WeightMatcher:
             t = t.index_select(axis, idx.to(t.device))
         return t
 
+    def _matrix(self, t: torch.Tensor, o: _Occ, transposed: bool = False) -> torch.Tensor:
+        """``t``'s slice of one occurrence as a [rows, m * rest] matrix (or its transpose,
+        contiguous): a view where the layout allows, else one copy."""
+        idx = o.idx.reshape(-1, o.idx.shape[-1])
+        rows = idx.reshape(-1).to(self.device)
+        whole = len(rows) == t.shape[o.axis] and \
+            torch.equal(rows.cpu(), torch.arange(len(rows)))
+        if whole and transposed and idx.shape[1] == 1:  # the axis last: one copy (or a view)
+            return t.movedim(o.axis, -1).reshape(-1, len(rows)).contiguous()
+        if whole:  # the axis itself, in order: a view on axis 0, else one transposing copy
+            mat = t.movedim(o.axis, 0).reshape(idx.shape[0], -1)
+        else:
+            mat = t.index_select(o.axis, rows).movedim(o.axis, 0).reshape(idx.shape[0], -1)
+        return mat.T.contiguous() if transposed else mat
+
     def _mats(self, key: str, oi: int, o: _Occ):
         """A's and B's slices of one occurrence as [rows, m * rest] matrices (built once:
         A never changes, and B's other permutations become one column gather)."""
         hit = self._mat.get((key, oi))
         if hit is None:
-            idx = o.idx.reshape(-1, o.idx.shape[-1])
-            rows = idx.reshape(-1).to(self.device)
+            hit = self._mat[(key, oi)] = (self._matrix(self.A[key], o),
+                                          self._matrix(self.B[key], o))
+        return hit
 
-            whole = o.axis == 0 and len(rows) == self.A[key].shape[0] and \
-                torch.equal(rows.cpu(), torch.arange(len(rows)))
-
-            def mat(t):
-                if whole:  # the axis itself, in order: a view, no copy
-                    return t.reshape(idx.shape[0], -1)
-                return t.movedim(o.axis, 0)[rows].reshape(idx.shape[0], -1)
-            hit = self._mat[(key, oi)] = (mat(self.A[key]), mat(self.B[key]))
+    def _plain_mats(self, key: str, oi: int, o: _Occ) -> list:
+        """[A's matrix, its transpose (None until an update needs it), B's transpose,
+        whether the tensor has one column per unit] of a plain occurrence, built once. The
+        other groups' permutations move B's *columns*; on the transposes they are rows, and
+        gathering whole contiguous rows is several times faster than gathering columns (the
+        product with a transposed operand costs the same). A's few moved columns of a
+        convolution are gathered one kernel block per unit instead (no transposed copy)."""
+        hit = self._mat.get((key, oi))
+        if hit is None:
+            hit = self._mat[(key, oi)] = [self._matrix(self.A[key], o), None,
+                                          self._matrix(self.B[key], o, transposed=True),
+                                          self.A[key].dim() <= 2]
         return hit
 
     def _columns(self, key: str, o: _Occ, src: dict[int, torch.Tensor]):
@@ -258,98 +324,104 @@ class WeightMatcher:
             return None
         rest = torch.zeros(1, dtype=torch.long)
         for b in others:
-            sb = src.get(b, torch.arange(shape[b]))
+            sb = src.get(b, _arange(shape[b]))
             rest = (rest[:, None] * shape[b] + sb[None, :]).reshape(-1)
-        sigma = torch.arange(m) if sigma is None else sigma
+        sigma = _arange(m) if sigma is None else sigma
         return (sigma[:, None] * len(rest) + rest[None, :]).reshape(-1)
 
-    def _contribution(self, fam: Family, key: str, perms: Perms):
+    def _contribution(self, fam: Family, key: str, perms: Perms, total):
+        """Bring the family's plain float64 sum ``total`` (None: not yet built) up to date
+        for the tensor ``key`` and return it with the nested (per-block) costs of ``key``.
+        Nothing is recomputed while the other groups acting on ``key`` keep their
+        versions."""
         deps = tuple(sorted((g, self.version[g]) for g in self.key_groups[key]
                             if g not in fam.groups))
         hit = self._cache.get((fam.top, key))
         if hit is not None and hit[0] == deps:
-            return hit[1]
+            return total, hit[1]
         skip = set(fam.groups)
         src = self._sources(key, self._local(perms, skip), skip)
-        plain, nested = None, {}
+        nested = {}
         for oi, o in enumerate(fam.occs):
             if o.key != key:
                 continue
-            sa, sb = self._mats(key, (fam.top, oi), o)
             col = self._columns(key, o, src)
             if o.child is None:
-                c = self._plain_cost((fam.top, key, oi), sa, sb, col)
-                plain = c if plain is None else plain + c
+                total = self._plain_update((fam.top, key, oi),
+                                           self._plain_mats(key, (fam.top, oi), o), col, total)
             else:
+                sa, sb = self._mats(key, (fam.top, oi), o)
                 if col is not None:
-                    sb = sb.index_select(1, col.to(sb.device))
+                    sb = _columns_of(sb, col.to(sb.device))
                 h, d, _ = o.idx.shape
                 c = torch.einsum("ijr,hkr->ihjk", sa.view(h, d, -1), sb.view(h, d, -1))
                 nested[o.child] = c if o.child not in nested else nested[o.child] + c
-        self._cache[(fam.top, key)] = (deps, (plain, nested))
-        return plain, nested
+        self._cache[(fam.top, key)] = (deps, nested)
+        return total, nested
 
-    def _plain_cost(self, slot, sa, sb, col):
-        """``sa @ sb[:, col].T``, updated from the previous value when only a few columns
-        moved: the change is ``sa[:, D] @ (sb[:, new D] - sb[:, old D]).T`` (late sweeps
-        of the descent move few units, so this is much cheaper than a full product)."""
-        ncol = sb.shape[1]
-        col = torch.arange(ncol) if col is None else col
+    def _plain_update(self, slot, mats, col, total):
+        """Add the change of ``sa @ sb[:, col].T`` since this occurrence's last call to the
+        family's float64 sum ``total`` (the whole product on the first call; None: start
+        the sum) and return the sum. ``mats``: see :meth:`_plain_mats`.
+
+        When only a few columns moved the change is ``sa[:, D] @ (sb[:, new D] - sb[:, old
+        D]).T``: a neighbouring group whose permutation moved on a set S of its units moves
+        the columns of S only, so the update costs ``|S| / n`` of the product (late sweeps
+        of the descent move few units). The occurrence's own float32 product is kept,
+        updated in place, only to take it out of the sum when a later call recomputes it
+        whole; the sum itself takes each change once, in float64."""
+        sa, _, sb_t, _ = mats
+        ncol = sb_t.shape[0]
+        col = _arange(ncol) if col is None else col
         prev = self._plain.get(slot)
         if prev is not None:
             c_old, col_old = prev
             moved = (col != col_old).nonzero().flatten()
+            if len(moved) == 0:
+                return total
             if len(moved) * 2 < ncol:
-                if len(moved) == 0:
-                    return c_old
                 dev = sa.device
                 d_new, d_old, m = (t.to(dev) for t in (col[moved], col_old[moved], moved))
-                c = c_old + sa.index_select(1, m) @ (sb.index_select(1, d_new)
-                                                     - sb.index_select(1, d_old)).T
-                self._plain[slot] = (c, col)
-                return c
-        c = sa @ (sb if torch.equal(col, torch.arange(ncol)) else
-                  sb.index_select(1, col.to(sb.device))).T
+                if not mats[3]:  # a kernel per unit: gather A's columns as blocks
+                    a_m = _columns_of(sa, m)
+                else:  # one column per unit: from A's transpose, built once
+                    if mats[1] is None:
+                        mats[1] = sa.T.contiguous()
+                    a_m = mats[1].index_select(0, m).T
+                delta = a_m @ (sb_t.index_select(0, d_new) - sb_t.index_select(0, d_old))
+                c_old.add_(delta)
+                total.add_(delta.double())  # (a mixed-dtype add_ is several times slower)
+                self._plain[slot] = (c_old, col)
+                return total
+        c = sa @ (sb_t if torch.equal(col, _arange(ncol)) else
+                  sb_t.index_select(0, col.to(sb_t.device)))
+        if total is None:
+            total = c.to(torch.float64, copy=True)
+        else:
+            total.add_(c.double())
+            if prev is not None:
+                total.sub_(prev[0].double())
         self._plain[slot] = (c, col)
-        return c
+        return total
 
     def family_cost(self, fam: Family, perms: Perms):
         """(plain [n, n] float64 or None, {child: [H, H, d, d]}) summed over the family's
-        params. The plain sum is the family's own buffer: read it, do not change it."""
-        parts, nested = {}, {}
-        for key in sorted({o.key for o in fam.occs}):
-            p, ns = self._contribution(fam, key, perms)
-            if p is not None:
-                parts[key] = p
+        params. The plain sum is the family's own buffer, kept across calls and updated
+        only by the contributions whose other groups moved (biases, norms and the layers
+        beside a group that did not move cost nothing; the LAP takes float64: one
+        conversion, no re-summing): read it, do not change it."""
+        total, nested = self._total.get(fam.top), {}
+        for key in self.fam_keys[fam.top]:
+            total, ns = self._contribution(fam, key, perms, total)
             for c, s in ns.items():
                 nested[c] = s.clone() if c not in nested else nested[c].add_(s)
-        return self._plain_total(fam.top, parts), nested
-
-    def _plain_total(self, top: str, parts: dict):
-        """The float64 sum of a family's plain contributions, kept per family and updated
-        only by those recomputed since its last call (a recomputed contribution is a new
-        tensor; a cached one is the same object). Most contributions of a family (biases,
-        norms, the layers beside a group that did not move) do not change from one sweep to
-        the next, and the LAP takes float64: one conversion, no re-summing."""
-        if not parts:
-            return None
-        prev = self._total.get(top)
-        if prev is None or prev[0].keys() != parts.keys():
-            total = None
-            for p in parts.values():
-                total = p.to(torch.float64, copy=True) if total is None else total.add_(p)
-        else:
-            old, total = prev
-            for k, p in parts.items():
-                if p is not old[k]:
-                    total.add_(p).sub_(old[k])
-        self._total[top] = (parts, total)
-        return total
+        self._total[fam.top] = total
+        return total, nested
 
     @staticmethod
     def family_value(plain, nested, perms: Perms, fam: Family) -> float:
         top = perms[fam.top]
-        ar = torch.arange(len(top))
+        ar = _arange(len(top))
         val = 0.0
         if plain is not None:
             val += float(plain[ar, top.to(plain.device)].sum())
@@ -458,7 +530,8 @@ class WeightMatcher:
         return runs
 
     def _inner(self, key: str, perms: Perms) -> float:
-        return float((self.A[key] * self._permuted_b(key, perms, set())).sum())
+        a, b = self.A[key], self._permuted_b(key, perms, set())
+        return float(torch.dot(a.reshape(-1), b.reshape(-1)))  # no product tensor
 
     def objective(self, perms: Perms) -> float:
         """``sum <A, P(B)>`` over the parameters the spec permutes."""
@@ -470,7 +543,8 @@ def l2_distance(A: dict, B: dict) -> float:
     tot = 0.0
     for k, a in A.items():
         if a.is_floating_point() and k in B:
-            tot += float((a.float() - B[k].to(a.device).float()).pow(2).sum())
+            d = a.float() - B[k].to(a.device).float()
+            tot += float(d.mul_(d).sum())  # squares in place: one temporary, same sum
     return tot ** 0.5
 
 

@@ -44,11 +44,11 @@ from ..functional import check_compatible, mean_states
 from ..parallel import LOCAL, Progress, Shard, gather_perms, shard as current_shard
 from ..symmetry import apply, identity_perms, invert
 from ..symmetry.cache import zoo_spec
-from ..symmetry.structure import Spec
+from ..symmetry.structure import Spec, parse_member
 from ..zoo.datasets import load_dataset
 from ..zoo.store import Zoo, ZooError, finished
+from .batched import LapCarry, batched_weight_matching, stacked_apply, supports
 from .feature_barycenter import feature_barycenter_perms
-from .batched import LapCarry, batched_weight_matching, supports
 from .matching import l2_distance
 from .methods import METHODS, WEIGHT_SPACE_METHODS, align, get_align_method
 from .restarts import align_with_restarts
@@ -190,6 +190,16 @@ def canonical_states(zoo_dir, method: str = "wm", reference: str = "barycenter",
     return Canonical(manifest, entries, loaded, aligned, perms, spec, model, data, report)
 
 
+def _batched_path(spec: Spec, method: str, batched: bool, kw: dict) -> bool:
+    """Whether a shard's matches run as one batched weight matching."""
+    return batched and method == "wm" and supports(spec) and set(kw) <= {"max_iter"}
+
+
+def _stacked(states: list[dict]) -> dict[str, torch.Tensor]:
+    """The zoo as one [N, ...] tensor per key."""
+    return {k: torch.stack([s[k] for s in states]) for k in states[0]}
+
+
 def _match_shard(spec: Spec, targets: dict[int, dict], states, method, inits: dict, seed: int,
                  batched: bool, laps: LapCarry | None = None, **kw) -> dict:
     """Align ``states[i]`` to ``targets[i]`` for every ``i`` of this process's shard: one
@@ -199,7 +209,7 @@ def _match_shard(spec: Spec, targets: dict[int, dict], states, method, inits: di
     ids = sorted(targets)
     if not ids:
         return {}
-    if batched and method == "wm" and supports(spec) and set(kw) <= {"max_iter"}:
+    if _batched_path(spec, method, batched, kw):
         out = batched_weight_matching(spec, [targets[i] for i in ids], [states[i] for i in ids],
                                       init=[inits[i] for i in ids] if inits else None,
                                       seed=seed, carry=laps, ids=ids, **kw)
@@ -232,9 +242,20 @@ def barycenter_perms(spec: Spec, states: list[dict], method: str = "wm", seed: i
     best = None
     history = []
     rounds = 0
+    # weight matching on a plain spec keeps the zoo stacked ([N, ...] per tensor): the
+    # permutations, the mean and the targets of a round are a few whole-stack operations
+    # (the same values as model by model) and the matching reads the stacks as they are
+    stacked = _stacked(states) if _batched_path(spec, method, batched, kw) else None
     for rounds in range(1, max_rounds + 1):
-        aligned = [apply(spec, perms[i], s) for i, s in enumerate(states)]
-        center = mean_states(aligned)
+        if stacked is None:
+            aligned = [apply(spec, perms[i], s) for i, s in enumerate(states)]
+            center = mean_states(aligned)
+        else:
+            al = stacked_apply(spec, {g: torch.stack([perms[i][g] for i in range(n)])
+                                      for g in spec.group_sizes}, stacked)
+            aligned = [{k: t[i] for k, t in al.items()} for i in range(n)]  # views
+            center = {k: t.mean(0) if t.is_floating_point() else t[0].clone()
+                      for k, t in al.items()}
         total = _sq_to(aligned, center)
         history.append((total / n) ** 0.5)
         if best is not None and total >= best[0]:
@@ -243,10 +264,23 @@ def barycenter_perms(spec: Spec, states: list[dict], method: str = "wm", seed: i
         best = (total, {i: dict(p) for i, p in perms.items()})
         if converged or rounds == max_rounds:
             break
-        targets = {i: {k: (v * n - aligned[i][k]) / (n - 1) if v.is_floating_point() else v
-                       for k, v in center.items()} for i in items}
-        mine = _match_shard(spec, targets, states, method, perms, seed + 1000 * rounds,
-                            batched, laps, **kw)
+        if stacked is None:
+            targets = {i: {k: (v * n - aligned[i][k]) / (n - 1) if v.is_floating_point()
+                           else v for k, v in center.items()} for i in items}
+            mine = _match_shard(spec, targets, states, method, perms, seed + 1000 * rounds,
+                                batched, laps, **kw)
+        else:
+            rows = torch.tensor(list(items), dtype=torch.long)
+            whole = list(items) == list(range(n))
+            keys = {parse_member(m)[0] for m in spec.layouts}
+            targets = {k: (center[k] * n - (al[k] if whole else al[k][rows])) / (n - 1)
+                       for k in keys}
+            mine_b = {k: stacked[k] if whole else stacked[k][rows] for k in keys}
+            out = batched_weight_matching(spec, targets, mine_b,
+                                          init=[perms[i] for i in items],
+                                          seed=seed + 1000 * rounds, carry=laps,
+                                          ids=list(items), **kw)
+            mine = dict(zip(items, out))
         bar.step(len(mine), 1, torch.tensor(history[-1]))
         perms = gather_perms(shard, mine)
     bar.close()
