@@ -401,6 +401,8 @@ def test_generate_run_end_to_end_and_skips_finished_stages(raw_zoo, tmp_path, ca
     assert set(cfg["defaults"]) == {"pca", "condition"}
     # the probe ran before the fit and is recorded with the generator
     assert cfg["mixability"]["verdict"] in ("mixable", "not mixable")
+    # ... and it is the report of the chosen canonicalization, not measured twice
+    assert cfg["mixability"]["mixtures"] == choice["reports"][choice["chosen"]]["mixtures"]
     assert len(cfg["mixability"]["singles"]) == canon_models(out / "canonical")
     st = json.loads((out / "samples" / "manifest.json").read_text())["settings"]
     assert set(st["defaults"]) == {"condition", "guidance", "mix", "correction"} and \

@@ -11,15 +11,18 @@ from weightspace.symmetry import spec as discover
 from weightspace.zoo.train import init_model
 
 LN = "vgg11?width=0.0625&norm=ln&in_chans=1&pools=3"
+VIT = ("timm:vit_tiny_patch16_224?img_size=8&patch_size=2&in_chans=1&depth=1&num_classes=10"
+       "&embed_dim=24&num_heads=3")
 
 
-def test_repair_restores_the_mixture_of_per_channel_statistics_exactly(digits):
+@pytest.mark.parametrize("arch", [LN, VIT])
+def test_repair_restores_the_mixture_of_per_channel_statistics_exactly(digits, arch):
     """Three (untrained, so far apart) LayerNorm nets mixed 0.5 / 0.3 / 0.2: after REPAIR
     every correctable unit's mean and std on the calibration data are the weighted mix of
-    the endpoints', to float tolerance; without it they are not."""
-    sp = discover(LN, (1, 1, 8, 8))
-    net = build(LN)
-    states = [init_model(LN, s).state_dict() for s in (1, 2, 3)]
+    the endpoints', to float tolerance; without it they are not (a ViT's too)."""
+    sp = discover(arch, (1, 1, 8, 8))
+    net = build(arch)
+    states = [init_model(arch, s).state_dict() for s in (1, 2, 3)]
     w = [0.5, 0.3, 0.2]
     x = digits["train"][0][:512]
     targets = repairable(sp, net)

@@ -90,3 +90,13 @@ def test_the_chosen_canonical_zoo_is_kept_and_written_as_measured(zoos, tmp_path
         orig, _, _ = read_checkpoint(zoos / "indep" / e["file"])
         back = restore(tmp_path / "c", e["id"])
         assert all(torch.equal(back[k], orig[k]) for k in orig)
+
+
+def test_the_advice_does_not_suggest_a_canonicalization_measured_no_better(zoos):
+    rec = choose_canonicalization(zoos / "indep", candidates=("none", "am"), draws=2,
+                                  max_rounds=2)
+    for rep in rec["reports"].values():
+        if rep["advice"]:
+            assert "activation-matching" not in rep["advice"]
+    alone = probe_zoo(zoos / "indep", "none", draws=2)
+    assert "activation-matching" in alone.advice  # not compared: still a lever

@@ -45,18 +45,21 @@ class FitResult(Result):
     skipped: bool = False
 
 
-def probe_mixability(zoo_dir, show: bool) -> dict:
+def probe_mixability(zoo_dir, show: bool, measured: dict | None = None) -> dict:
     """The zoo's mixability (:func:`~weightspace.merge.probe.probe_zoo`, the zoo as it is):
     samples are affine mixtures of its models, so this says before the fit whether they
     can be accurate. Printed to standard error when ``show``; the advice line (samples will
     be near-copies or inaccurate, and the lever to use) always is. A zoo the probe cannot
-    measure (no dataset here, fewer than two models) gets ``{"skipped": why}``."""
+    measure (no dataset here, fewer than two models) gets ``{"skipped": why}``.
+    ``measured``: the report of this zoo that the caller's probe already made (``generate
+    run``'s choice of canonicalization), printed and kept instead of measuring again."""
     import sys
 
     from ..errors import WeightspaceError
+    from ..merge.mixing import MixabilityReport
     from ..merge.probe import probe_zoo
     try:
-        rep = probe_zoo(zoo_dir)
+        rep = MixabilityReport.from_dict(measured) if measured else probe_zoo(zoo_dir)
     except WeightspaceError as e:
         return {"skipped": str(e)}
     lines = rep.table() if show else ([rep.advice] if rep.advice else [])
@@ -149,7 +152,8 @@ def _progress(total: int, initial: int, show: bool):
 def fit_generator(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
                   pca: bool | None = None, condition: str | None = AUTO,
                   progress: bool = True, checkpoint_every: int = 500,
-                  until: int | None = None, probe: bool = True, **overrides) -> FitResult:
+                  until: int | None = None, probe: bool | dict = True,
+                  **overrides) -> FitResult:
     """Encode the zoo, train (or resume) the flow, save the generator.
 
     ``settings`` (or its fields as keyword ``overrides``: ``steps=``, ``width=``,
@@ -163,7 +167,8 @@ def fit_generator(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
     (:func:`~.config.default_condition`). ``pca=False`` / ``condition=None`` (or
     ``"none"``) turn them off. Each default taken is in the result's and ``config.json``'s
     ``defaults`` (value and why). ``probe`` measures the zoo's mixability first
-    (:func:`probe_mixability`; recorded as ``mixability``). The parameters are the recipe's
+    (:func:`probe_mixability`; recorded as ``mixability``; a dict: the report the caller
+    measured on this zoo already). The parameters are the recipe's
     and the run's (resume, progress, checkpoints), validated together before any work."""
     t0 = time.perf_counter()
     out = check_output(out_dir, "dir")
@@ -176,7 +181,8 @@ def fit_generator(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
     # (user code without allow_code) or does not fit the zoo's tensors
     check_state(build(arch), first, str(Zoo(zoo_dir).model_path(entries[0]["id"])))
     zoo_err = val_errors.result()
-    mixable = probe_mixability(zoo_dir, progress and shard().is_main) if probe else None
+    mixable = probe_mixability(zoo_dir, progress and shard().is_main,
+                               probe if isinstance(probe, dict) else None) if probe else None
     pca, condition, defaults = fit_defaults(s, entries, first, pca, condition)
     cond = cn = None
     if condition is not None:

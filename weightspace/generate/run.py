@@ -248,7 +248,8 @@ def _canonicalize(st: _Stages, zoo_dir, manifest: dict, seed: int, data_root, pr
     return {**rep, "choice": choice}
 
 
-def _fit(st: _Stages, s: FlowSettings, pca, condition, progress) -> FitResult:
+def _fit(st: _Stages, s: FlowSettings, pca, condition, progress,
+         measured: dict | None = None) -> FitResult:
     """Stage 2: the generator in ``generator/`` (resumed when interrupted)."""
     t = st.fresh(st.gen, "the canonical zoo was rebuilt")
     cfg = _finished_fit(st.gen, st.canon, s, pca, condition)
@@ -259,7 +260,8 @@ def _fit(st: _Stages, s: FlowSettings, pca, condition, progress) -> FitResult:
                          train_seconds=cfg.get("train_seconds"),
                          defaults=cfg.get("defaults", {}), skipped=True)
     st.begin(2, "fit", f"{s.steps} steps on {st.canon} -> {st.gen}")
-    fit = fit_generator(st.canon, st.gen, s, pca=pca, condition=condition, progress=progress)
+    fit = fit_generator(st.canon, st.gen, s, pca=pca, condition=condition, progress=progress,
+                        probe=measured or True)
     resumed = f", resumed from step {fit.resumed_from}" if fit.resumed_from else ""
     st.done(2, "fit", t, f" ({fit.models} models, code dim {fit.dim}{resumed}); "
                          f"{describe_defaults(fit.defaults)}")
@@ -349,7 +351,10 @@ def run_generation(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
     check_state(build(arch), state, str(first))  # user code only with allow_code
     st = _Stages(out, log)
     canon_rep = _canonicalize(st, zoo_dir, manifest, seed, data_root, progress, canonicalize)
-    fit = _fit(st, s, pca, condition, progress)
+    # the mixability of the chosen canonical zoo, measured by the probe that chose it
+    choice = (canon_rep or {}).get("choice") or {}
+    fit = _fit(st, s, pca, condition, progress,
+               (choice.get("reports") or {}).get(choice.get("chosen")))
     smp = _sample(st, n, seed, ss, data_root)
     report = _audit(st, ensemble, seed, data_root)
     return RunResult(out=str(out), canonical=str(st.canon), generator=str(st.gen),

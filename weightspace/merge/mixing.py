@@ -176,10 +176,17 @@ class MixabilityReport:
     @classmethod
     def from_json(cls, text: str) -> "MixabilityReport":
         try:
-            d = json.loads(text)
+            return cls.from_dict(json.loads(text))
+        except ValueError as e:
+            raise MixError(f"not a mixability report ({e})") from None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MixabilityReport":
+        """The report back from :meth:`to_dict` (derived numbers are recomputed)."""
+        try:
             names = {f for f in cls.__dataclass_fields__}
             return cls(**{k: v for k, v in d.items() if k in names})
-        except (ValueError, TypeError) as e:
+        except (TypeError, AttributeError) as e:
             raise MixError(f"not a mixability report ({e})") from None
 
     def table(self) -> list[str]:
@@ -207,10 +214,11 @@ def _advice(report: MixabilityReport, levers: list[str]) -> str:
 
 
 def levers(method: str, correction: str, model: nn.Module, spec: Spec | None,
-           init: str | None = None) -> list[str]:
-    """What can make this zoo's mixtures accurate that is not already in use."""
+           init: str | None = None, tried: tuple[str, ...] = ()) -> list[str]:
+    """What can make this zoo's mixtures accurate that is not already in use, nor
+    measured no better (``tried``: the canonicalizations the caller compared)."""
     out = []
-    if method not in ("am", "ste"):
+    if method not in ("am", "ste") and not {"am", "ste"} & set(tried):
         out.append("activation-matching canonicalization (method am)")
     if correction != "repair" and not has_batchnorm(model) and spec is not None \
             and repairable(spec, model):
@@ -237,7 +245,8 @@ def _subsets(n: int, k: int, draws: int, gen: torch.Generator) -> list[list[int]
 def mixability(states: list[dict], model: nn.Module, spec: Spec | None, data_val,
                data_train, correction: str = "auto", draws: int = DRAWS, seed: int = 0,
                sizes: tuple[int, ...] = SIZES, target: float = MIX_TARGET,
-               method: str = "given", init: str | None = None) -> MixabilityReport:
+               method: str = "given", init: str | None = None,
+               tried: tuple[str, ...] = ()) -> MixabilityReport:
     """Validation accuracy of random equal-weight means of ``sizes`` models of the
     canonical ``states`` (``draws`` each, distinct models, drawn from ``seed``), corrected
     as samples will be (:func:`mix`), against the single models'.
@@ -245,7 +254,8 @@ def mixability(states: list[dict], model: nn.Module, spec: Spec | None, data_val
     ``data_val``: ``(x, y)`` validation split (never test); ``data_train``: train inputs
     or a dataset (the correction calibrates there); ``method``: how the states were
     canonicalized (for the report and the advice); ``init``: the zoo's initialisation
-    kind, if known. The verdict is ``not mixable`` when the worst size's mean accuracy is
+    kind, if known; ``tried``: canonicalizations measured against this one (the advice
+    does not suggest them). The verdict is ``not mixable`` when the worst size's mean accuracy is
     more than ``target`` below the singles' mean; ``advice`` then says which lever to use.
     """
     n = len(states)
@@ -279,7 +289,7 @@ def mixability(states: list[dict], model: nn.Module, spec: Spec | None, data_val
     ok = rep.loss <= target
     rep.verdict = "mixable" if ok else "not mixable"
     if not ok:
-        rep.advice = _advice(rep, levers(method, how, net, spec, init))
+        rep.advice = _advice(rep, levers(method, how, net, spec, init, tried))
     return rep
 
 

@@ -35,14 +35,16 @@ def probe_zoo(zoo_dir, method: str | None = None, reference: str = "barycenter",
               correction: str = "auto", draws: int = DRAWS, seed: int = 0,
               target: float = MIX_TARGET, sizes: tuple[int, ...] = SIZES, data_root=None,
               device="cpu", max_rounds: int = 20, progress: bool = False,
-              keep: dict | None = None, **method_kw) -> MixabilityReport:
+              keep: dict | None = None, tried: tuple[str, ...] = (),
+              **method_kw) -> MixabilityReport:
     """The mixability of ``zoo_dir``'s finished models once canonicalized by ``method``
     (to ``reference``; ``none``: as they are; None: a canonical zoo as it is, any other
     zoo as it is too). Validation split of the zoo's dataset; the correction calibrates
     on its train split. See :func:`.mixing.mixability`. ``keep``: a dict that receives
     the canonicalized zoo (``keep["canonical"]``, a
     :class:`~weightspace.canonicalize.zoo.Canonical`) so that it can be written without
-    aligning again."""
+    aligning again; ``tried``: the other canonicalizations compared with this one (the
+    advice line does not suggest them)."""
     zoo = Zoo(zoo_dir)
     manifest = zoo.read()
     ds = manifest.get("dataset", {})
@@ -80,7 +82,7 @@ def probe_zoo(zoo_dir, method: str | None = None, reference: str = "barycenter",
     states, model, data = placed(dev, [{k: v for k, v in s.items()} for s in states], model,
                                  data)
     rep = mixability(states, model, spec, data["val"], data, correction, draws, seed, sizes,
-                     target, method, _init_kind(manifest))
+                     target, method, _init_kind(manifest), tuple(tried))
     rep.notes = notes + rep.notes
     return rep
 
@@ -120,7 +122,8 @@ def choose_canonicalization(zoo_dir, candidates: tuple[str, ...] | None = None,
         got: dict = {}
         reports[m] = probe_zoo(zoo_dir, m, "barycenter", correction, draws, seed, target,
                                data_root=data_root, device=device, max_rounds=max_rounds,
-                               keep=got, **(options or {}).get(m, {}))
+                               keep=got, tried=tuple(candidates),
+                               **(options or {}).get(m, {}))
         if best is None or reports[m].score > reports[best].score:
             best = m  # only the best so far is kept in memory
             if keep is not None:
