@@ -6,7 +6,8 @@ on the same examples, then overstates the chosen setting's accuracy. This study 
 finished ``generate run`` directory (its canonical zoo and its generator, conditioned on
 ``val_acc``), fits a second generator on the same canonical zoo conditioned on
 ``val_acc_half`` (the default now: accuracy on half of the validation split), and for
-every sampling setting of the grid measures ``--nets`` networks of each generator on the
+every sampling setting of the grid measures ``--nets`` networks (BatchNorm recalibrated
+on ``--calibration`` train examples, as the sampler does) of each generator on the
 validation and the test split. Per generator it prints, for each setting, the accuracy
 difference with the zoo on the examples the choice uses (every validation example for
 ``val_acc``; the other half for ``val_acc_half``) next to the test difference, their
@@ -31,16 +32,12 @@ from weightspace.generate.flow import sample
 from weightspace.generate.halves import choice_examples
 from weightspace.generate.novelty import max_iou
 from weightspace.generate.sample import Correction
-from weightspace.generate.store import load_generator
+from weightspace.generate.store import load_generator, load_zoo_states
 from weightspace.zoo.datasets import load_dataset
-from weightspace.zoo.store import Zoo
 
 
 def zoo_errors(zoo_dir: Path, arch: str, data) -> tuple[torch.Tensor, torch.Tensor]:
-    from weightspace.checkpoint import load_checkpoint
-    zoo = Zoo(zoo_dir)
-    states = [load_checkpoint(zoo.model_path(e["id"]))[0] for e in zoo.read()["models"]
-              if e.get("status") == "done"]
+    _, _, states, _ = load_zoo_states(zoo_dir)
     return errors(arch, states, *data["val"]), errors(arch, states, *data["test"])
 
 
@@ -95,8 +92,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--nets", type=int, default=64)
-    ap.add_argument("--calibration", type=int, default=256)
+    ap.add_argument("--nets", type=int, default=48)
+    ap.add_argument("--calibration", type=int, default=512)
     a = ap.parse_args()
     torch.set_num_threads(1)
     a.out.mkdir(parents=True, exist_ok=True)

@@ -53,10 +53,11 @@ def _cli(args: list[str], threads: int) -> float:
     return time.perf_counter() - t
 
 
-def run_one(out: Path, family: str, kind: str, seed: int, threads: int) -> dict:
+def run_one(out: Path, family: str, kind: str, seed: int, threads: int, run_name: str = "run"
+            ) -> dict:
     arch, dataset, models, flags = FAMILIES[family]
     root = out / family / f"{kind}-{seed}"
-    zoo, run = root / "zoo", root / "run"
+    zoo, run = root / "zoo", root / run_name
     t_zoo = _cli(["zoo", "train", "--arch", arch, "--dataset", dataset, "--models",
                   str(models), "--seed0", str(seed), *flags, *KINDS[kind], "--out", str(zoo)],
                  threads)
@@ -77,7 +78,7 @@ def run_one(out: Path, family: str, kind: str, seed: int, threads: int) -> dict:
            "canonicalization": choice["chosen"], "probe": probe,
            "sampling": {k: smp.get(k) for k in ("method", "steps", "guidance", "mix",
                                                  "correction")},
-           "zoo_s": t_zoo, "run_s": t_run}
+           "zoo_s": t_zoo, "run_s": t_run, "run_name": run_name}
     row["meets"] = {"accuracy": row["gen_acc"] >= row["zoo_acc"] - TARGET_ACC,
                     "noise_curve": row["margin"] > 0,
                     "novelty": row["novelty"] <= row["zoo_loo_novelty"] + TARGET_NOVELTY}
@@ -87,7 +88,8 @@ def run_one(out: Path, family: str, kind: str, seed: int, threads: int) -> dict:
 def validation_side(out: Path, r: dict) -> dict:
     """What the sampling choice saw on validation for the setting it chose: the accuracy
     difference with the zoo, its lower bound, and whether it took the setting as accurate."""
-    path = out / r["family"] / f"{r['kind']}-{r['seed']}" / "run" / "samples" / "manifest.json"
+    path = out / r["family"] / f"{r['kind']}-{r['seed']}" / r.get("run_name", "run") / \
+        "samples" / "manifest.json"
     st = json.loads(path.read_text())["settings"]
     ch = st.get("guidance_choice") or {}
     pick = [g for g in ch.get("grid", []) if (g["method"], g["steps"], g["guidance"], g["mix"])
@@ -135,10 +137,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="runs/heldout")
     p.add_argument("--table", action="store_true", help="print the finished rows' table")
+    p.add_argument("--tag", default="", help="run again into RUN_DIR/run-TAG (the zoo is "
+                   "reused) with rows in rows-TAG.jsonl: the same zoos on newer code")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows_path = out / "rows.jsonl"
+    rows_path = out / (f"rows-{args.tag}.jsonl" if args.tag else "rows.jsonl")
+    run_name = f"run-{args.tag}" if args.tag else "run"
     rows = [json.loads(s) for s in rows_path.read_text().splitlines()] \
         if rows_path.is_file() else []
     if not args.table:
@@ -148,7 +153,7 @@ def main() -> None:
                     if any((r["family"], r["kind"], r["seed"]) == (family, kind, seed)
                            for r in rows):
                         continue
-                    row = run_one(out, family, kind, seed, args.threads)
+                    row = run_one(out, family, kind, seed, args.threads, run_name)
                     rows.append(row)
                     with rows_path.open("a") as f:
                         f.write(json.dumps(row) + "\n")

@@ -3,9 +3,13 @@ a setting is taken for accuracy only when its lower confidence bound says so, so
 a small validation split does not pick a setting that is worse on new data."""
 import torch
 
-from weightspace.generate.choose import (NOVELTY_SLACK, accuracy_bound, choose_by_bound,
-                                         choose_setting)
-from weightspace.generate.config import ACC_TARGET, ACC_TOLERANCE
+import pytest
+
+from weightspace.generate import choose
+from weightspace.generate.choose import (NOVELTY_SLACK, accuracy_bound, candidates,
+                                         choose_by_bound, choose_setting, sweep)
+from weightspace.generate.config import (ACC_TARGET, ACC_TOLERANCE, GUIDANCE_GRID, MIX_GRID,
+                                         SOLVER_GRID)
 
 
 def test_accuracy_bound_is_paired_and_exact_on_identical_errors():
@@ -64,3 +68,43 @@ def test_bound_rule_holds_on_new_data_where_the_old_rule_does_not():
         ok_old += gaps[old] <= ACC_TARGET
     assert ok_new / trials >= 0.9, ok_new
     assert ok_new > ok_old, (ok_new, ok_old)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_two_stage_sweep_chooses_what_measuring_every_setting_fully_chooses(seed, monkeypatch):
+    """Synthetic settings that trade accuracy for novelty: the screen (a quarter of the
+    networks for every setting, then the rule's finalists on all) picks the setting the
+    one-stage sweep picks, measuring far fewer networks."""
+    options = candidates(SOLVER_GRID, GUIDANCE_GRID, MIX_GRID, True)
+    n_sweep, n_val = 40, 216
+    gen = torch.Generator().manual_seed(seed)
+    p = torch.rand(n_val, generator=gen) ** 6 * 0.6
+    zoo = torch.rand(8, n_val, generator=gen) < p
+    groups = sorted({o._replace(mix=1) for o in options})
+    gap = {o: float(g) for o, g in zip(options, torch.rand(len(options), generator=gen) * 0.04)}
+    counted = []
+
+    def draw(base, count):  # (group, row, row mod n_sweep): the same codes for a count
+        j = torch.arange(count, dtype=torch.float64)
+        return torch.stack([torch.full((count,), float(groups.index(base))), j,
+                            j % n_sweep], 1)
+
+    def measure(codes):  # each network's errors, from its setting and its index alone
+        counted.append(len(codes))
+        out = []
+        for g, j, i in codes.tolist():  # an average of rows i, i + n_sweep, ...
+            o = groups[int(g)]._replace(mix=round(2 * (j - i) / n_sweep) + 1)
+            rng = torch.Generator().manual_seed(1000 * options.index(o) + round(i))
+            out.append(torch.rand(n_val, generator=rng) < (p + gap[o]).clamp(0, 1))
+        return torch.stack(out)
+
+    two, _, rec = sweep(options, draw, measure, n_sweep, True, zoo)
+    cost_two = sum(counted)
+    assert rec["screen_networks"] == n_sweep // choose.SWEEP_SCREEN
+    assert sum(g["networks"] == n_sweep for g in rec["grid"]) == choose.SWEEP_FINALISTS
+    counted.clear()
+    monkeypatch.setattr(choose, "SWEEP_FINALISTS", len(options))
+    one, _, rec1 = sweep(options, draw, measure, n_sweep, True, zoo)
+    assert all(g["networks"] == n_sweep for g in rec1["grid"])
+    assert two == one
+    assert cost_two < 0.5 * sum(counted) == 0.5 * len(options) * n_sweep

@@ -232,9 +232,13 @@ def test_conditional_generator_pipeline(tiny_zoo, tmp_path, monkeypatch):
     assert all(g["passes"] <= PASS_BUDGET for g in choice["grid"])
     assert choice["networks_per_setting"] == pipeline.sweep_samples(int(
         m["n"]), 1) == min(int(m["n"]), pipeline.SWEEP_SAMPLES)
-    diff = {key: g["val_acc_vs_zoo"] for key, g in grid.items()}
-    lower = {key: g["val_acc_lower_bound"] for key, g in grid.items()}
-    novelty = {key: g["val_novelty"] for key, g in grid.items()}
+    # chosen among the finalists, those measured on every network of the sweep
+    final = {key: g for key, g in grid.items()
+             if g["networks"] == choice["networks_per_setting"]}
+    assert len(final) == choice["finalists"] < len(grid)
+    diff = {key: g["val_acc_vs_zoo"] for key, g in final.items()}
+    lower = {key: g["val_acc_lower_bound"] for key, g in final.items()}
+    novelty = {key: g["val_novelty"] for key, g in final.items()}
     passes = {key: g["passes"] for key, g in grid.items()}
     assert (m["method"], m["steps"], m["guidance"], m["mix"]) == choose_by_bound(
         diff, lower, novelty, choice["novelty_limit"],

@@ -58,6 +58,21 @@ def accuracy_bound(wrong: torch.Tensor, zoo_wrong: torch.Tensor,
     return float(d.mean()), float(d.mean()) - z * se
 
 
+def order_by_bound(diff: dict, lower: dict, novelty: dict, limit: float,
+                   target: float = ACC_TARGET, cost=None) -> list:
+    """Every setting, in the order :func:`choose_by_bound` prefers them: the accurate and
+    novel enough first (most novel first), then the accurate ones (most novel first), then
+    the rest (highest lower bound first); ties go to the higher lower bound, then the
+    smaller ``cost(key)``."""
+    pos = cost or (lambda k: k)
+
+    def key(k):
+        if lower[k] >= -target:
+            return (0 if novelty[k] <= limit else 1, novelty[k], -lower[k], pos(k))
+        return (2, -lower[k], novelty[k], pos(k))
+    return sorted(diff, key=key)
+
+
 def choose_by_bound(diff: dict, lower: dict, novelty: dict, limit: float,
                     target: float = ACC_TARGET, cost=None):
     """The setting to sample with, from validation measurements: ``diff[k]`` / ``lower[k]``
@@ -69,20 +84,15 @@ def choose_by_bound(diff: dict, lower: dict, novelty: dict, limit: float,
     (``novelty <= limit``), the most novel; if none is novel enough, the most novel
     accurate one; if none is accurate, the one with the highest lower bound. Ties go to the
     smaller ``cost(key)``. Returns ``(key, rule)``."""
-    pos = cost or (lambda k: k)
-    accurate = [k for k in diff if lower[k] >= -target]
-    both = [k for k in accurate if novelty[k] <= limit]
-    if both:
-        return min(both, key=lambda k: (novelty[k], -lower[k], pos(k))), \
-            (f"the most novel on validation among those accurate (accuracy lower bound "
-             f"within {target:g} of the zoo's) and novel enough (novelty <= {limit:.3f})")
-    if accurate:
-        return min(accurate, key=lambda k: (novelty[k], -lower[k], pos(k))), \
-            (f"nothing both accurate and novel enough (novelty <= {limit:.3f}): the most "
-             f"novel accurate one")
-    return min(diff, key=lambda k: (-lower[k], novelty[k], pos(k))), \
-        (f"nothing accurate (accuracy lower bound within {target:g} of the zoo's): the "
-         f"highest lower bound")
+    k = order_by_bound(diff, lower, novelty, limit, target, cost)[0]
+    if lower[k] < -target:
+        return k, (f"nothing accurate (accuracy lower bound within {target:g} of the zoo's): "
+                   f"the highest lower bound")
+    if novelty[k] > limit:
+        return k, (f"nothing both accurate and novel enough (novelty <= {limit:.3f}): the "
+                   f"most novel accurate one")
+    return k, (f"the most novel on validation among those accurate (accuracy lower bound "
+               f"within {target:g} of the zoo's) and novel enough (novelty <= {limit:.3f})")
 
 
 class Setting(NamedTuple):
@@ -127,6 +137,8 @@ SWEEP_NUMBERS = 100_000_000  # ... and at most this many decoded weights per set
 # decoding dominates the choice there
 SWEEP_MIN_SAMPLES = 16
 SWEEP_CALIBRATION = 512  # train examples BatchNorm statistics are recomputed on while choosing
+SWEEP_SCREEN = 4  # the first stage measures every setting on 1 / SWEEP_SCREEN of the networks
+SWEEP_FINALISTS = 6  # ... and the rule's first SWEEP_FINALISTS go on to all of them
 
 
 def sweep_samples(n: int, numbers: int) -> int:
@@ -138,44 +150,80 @@ def sweep_samples(n: int, numbers: int) -> int:
 
 def sweep(options: list[Setting], draw, measure, n_sweep: int, guided: bool,
           zoo_err: torch.Tensor | None):
-    """Measure every option on ``n_sweep`` networks and choose one.
+    """Measure the options on ``n_sweep`` networks each and choose one, in two stages:
+    every option on the first ``n_sweep // SWEEP_SCREEN`` networks, then the rule's first
+    :data:`SWEEP_FINALISTS` on all ``n_sweep``, the choice being made among those (the
+    accuracy bound's noise is mostly the examples', which both stages share, so the
+    screen ranks the options nearly as the full count does, at a fraction of the cost).
 
-    ``draw(setting, count)`` returns ``count`` codes of one (solver, guidance) setting;
-    each mix K averages the first ``n_sweep * K`` of one draw, so options differing only in
-    mix share it. ``measure(codes)`` returns the [n_sweep, n_val] bool errors of the
-    decoded networks. ``zoo_err`` [N, n_val] is where each zoo model errs (None: no
-    novelty, the best accuracy wins). Returns ``(chosen, val_acc by option, record)``."""
+    ``draw(setting, count)`` returns ``count`` codes of one (solver, guidance) setting, the
+    same codes for the same count; each mix K averages the first ``n_sweep * K`` of one
+    draw, so options differing only in mix share it. ``measure(codes)`` returns the
+    [networks, n_val] bool errors of the decoded networks. ``zoo_err`` [N, n_val] is where
+    each zoo model errs (None: no novelty, the best accuracy wins). Returns ``(chosen,
+    val_acc by option, record)``."""
     from .novelty import max_iou
-    acc, novelty, diff, lower, groups = {}, {}, {}, {}, {}
+    groups, wrong = {}, {}
     for o in options:
         groups.setdefault(o._replace(mix=1), []).append(o.mix)
-    for base, ks in groups.items():
+    screen = max(1, n_sweep // SWEEP_SCREEN) if len(options) > SWEEP_FINALISTS else n_sweep
+    limit = None if zoo_err is None else \
+        float(max_iou(zoo_err, zoo_err, leave_one_out=True).mean()) + NOVELTY_SLACK
+
+    def nets(base, ks):
         every = draw(base, n_sweep * max(ks))
-        for k in ks:
-            wrong = measure(averaged(every[:n_sweep * k], k))
-            o = base._replace(mix=k)
-            acc[o] = 1.0 - float(wrong.float().mean())
-            if zoo_err is not None:
-                novelty[o] = float(max_iou(wrong, zoo_err).mean())
-                diff[o], lower[o] = accuracy_bound(wrong, zoo_err)
+        return {base._replace(mix=k): averaged(every[:n_sweep * k], k) for k in ks}
+
+    def summary(keys):
+        acc = {o: 1.0 - float(wrong[o].float().mean()) for o in keys}
+        if zoo_err is None:
+            return acc, None, None, None
+        bounds = {o: accuracy_bound(wrong[o], zoo_err) for o in keys}
+        novelty = {o: float(max_iou(wrong[o], zoo_err).mean()) for o in keys}
+        return acc, {o: b[0] for o, b in bounds.items()}, \
+            {o: b[1] for o, b in bounds.items()}, novelty
 
     def cost(o):
         return (o.passes(guided) or 0, o.guidance, o.mix)
+
+    def ranked(keys):
+        acc, diff, lower, novelty = summary(keys)
+        if zoo_err is None:
+            return sorted(keys, key=lambda o: (-acc[o], cost(o)))
+        return order_by_bound(diff, lower, novelty, limit, cost=cost)
+
+    for base, ks in groups.items():  # stage 1: every option on the screen's networks
+        for o, codes in nets(base, ks).items():
+            wrong[o] = measure(codes[:screen])
+    finalists = ranked(options)[:SWEEP_FINALISTS] if screen < n_sweep else list(options)
+    for base, ks in groups.items():  # stage 2: the finalists on the rest
+        todo = [k for k in ks if base._replace(mix=k) in finalists and screen < n_sweep]
+        if todo:
+            for o, codes in nets(base, ks).items():
+                if o.mix in todo:
+                    wrong[o] = torch.cat([wrong[o], measure(codes[screen:])])
+    acc, diff, lower, novelty = summary(finalists)
     if zoo_err is None:
-        limit = None
         chosen, rule = choose_setting(acc, None, None, cost=cost)
     else:
-        limit = float(max_iou(zoo_err, zoo_err, leave_one_out=True).mean()) + NOVELTY_SLACK
         chosen, rule = choose_by_bound(diff, lower, novelty, limit, cost=cost)
+    if screen < n_sweep:
+        rule += (f"; among the {len(finalists)} settings the rule ranked first on "
+                 f"{screen} networks each")
+    s_acc, s_diff, s_lower, s_novelty = summary(options)  # each on what it was measured on
     record = {"rule": rule, "novelty_limit": limit, "pass_budget": PASS_BUDGET,
               "accuracy_target": ACC_TARGET, "confidence_z": CONFIDENCE_Z,
-              "networks_per_setting": n_sweep,
+              "networks_per_setting": n_sweep, "screen_networks": screen,
+              "finalists": len(finalists),
               "zoo_val_acc": None if zoo_err is None else 1 - float(zoo_err.float().mean()),
               "grid": [{"method": o.method, "steps": o.steps, "guidance": o.guidance,
                         "mix": o.mix, "passes": o.passes(guided), "val_acc": a,
-                        "val_acc_vs_zoo": diff.get(o), "val_acc_lower_bound": lower.get(o),
-                        "val_novelty": novelty.get(o)} for o, a in acc.items()]}
-    return chosen, acc, record
+                        "networks": len(wrong[o]),
+                        "val_acc_vs_zoo": s_diff and s_diff[o],
+                        "val_acc_lower_bound": s_lower and s_lower[o],
+                        "val_novelty": s_novelty and s_novelty[o]}
+                       for o, a in s_acc.items()]}
+    return chosen, s_acc, record
 
 
 choose_guidance = choose_setting  # the old name
