@@ -50,9 +50,8 @@ def add_parser(sub) -> None:
     f.add_argument("--condition", metavar="NAME", default=AUTO,
                    help="condition on a per-model metric (e.g. val_acc) or hyperparameter "
                         "(e.g. weight_decay), with classifier-free guidance at sampling; "
-                        "none: unconditional (default: auto, val_acc_half: accuracy on half "
-                        "of the validation split, the sampling choice using the other half; "
-                        "val_acc where the split cannot be loaded)")
+                        "none: unconditional (default: auto, val_acc when every finished "
+                        "model has it)")
     f.add_argument("--p-uncond", type=float_range(0, 1, hi_open=True), default=FS.p_uncond,
                    help="probability of dropping the condition in training (0.1)")
     f.add_argument("--no-ot", action="store_true", help="no minibatch OT coupling")
@@ -109,10 +108,8 @@ def add_parser(sub) -> None:
                         "alignment method")
     _recipe_args(r)
     r.add_argument("--condition", metavar="NAME", default=AUTO,
-                   help="fit condition: a metric or hyperparameter name, val_acc_half, or "
-                        "none (default: auto, val_acc_half: the zoo's accuracy on half of "
-                        "the validation split, the sampling choice being made on the "
-                        "other half; val_acc where that split cannot be loaded)")
+                   help="fit condition: a metric or hyperparameter name, or none (default: "
+                        "auto, val_acc when every finished model has it)")
     r.add_argument("-n", type=int_range(1, 100_000), default=100, help="samples (100)")
     _solver_args(r, "--sample-steps")
     r.add_argument("--target", metavar="VALUE", default=AUTO,

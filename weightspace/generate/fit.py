@@ -18,11 +18,10 @@ from ..errors import check_output, make_dir
 from ..parallel import shard
 from ..results import Result
 from ..zoo.store import Zoo
-from .config import (AUTO, OFF, Condition, FlowSettings, GenerateError, default_pca,
-                     default_record)
+from .config import (AUTO, OFF, Condition, FlowSettings, GenerateError, default_condition,
+                     default_pca, default_record)
 from .encoding import Encoding
 from .flow import check_velocity_config, train_flow
-from .halves import HALF_CONDITION, default_half_condition, half_condition_values
 from .novelty import ZooValErrors
 from .store import (ENCODING, FORMAT, VERSION, ZOO_ERRORS, resume_state, save_training_state,
                     scan_zoo, write_config)
@@ -69,13 +68,9 @@ def probe_mixability(zoo_dir, show: bool, measured: dict | None = None) -> dict:
     return rep.to_dict()
 
 
-def condition_values(entries: list[dict], name: str, where: str = "",
-                     zoo_err: torch.Tensor | None = None) -> torch.Tensor:
+def condition_values(entries: list[dict], name: str, where: str = "") -> torch.Tensor:
     """One number per model for the condition ``name``: a metric (not a test one: the
-    generator must not be steered by the test split), a hyperparameter of the zoo, or
-    :data:`~.halves.HALF_CONDITION` (from the zoo's validation errors ``zoo_err``)."""
-    if name == HALF_CONDITION:
-        return half_condition_values(zoo_err, where)
+    generator must not be steered by the test split) or a hyperparameter of the zoo."""
     if name.startswith("test"):
         raise GenerateError(f"cannot condition on {name!r}: test metrics are for evaluation "
                             f"only (use a val_ or train_ metric)")
@@ -105,18 +100,16 @@ def check_fit_args(s: FlowSettings, pca, condition, checkpoint_every: int = 1) -
                             f"{condition!r}")
 
 
-def fit_defaults(s: FlowSettings, entries: list[dict], first: dict, pca, condition,
-                 zoo_err: torch.Tensor | None = None):
+def fit_defaults(s: FlowSettings, entries: list[dict], first: dict, pca, condition):
     """(pca, condition, defaults): the recipe's choice for each of ``pca`` (None) and
-    ``condition`` ("auto") not passed, recorded with its reason. ``zoo_err``: the zoo's
-    validation errors (the default condition is measured on half of them)."""
+    ``condition`` ("auto") not passed, recorded with its reason."""
     defaults = {}
     if pca is None:
         numbers = sum(v.numel() for v in first.values() if v.is_floating_point())
         pca, why = default_pca(len(entries), numbers, s.velocity)
         defaults["pca"] = default_record(pca, why)
     if condition == AUTO:
-        condition, why = default_half_condition(entries, zoo_err)
+        condition, why = default_condition(entries)
         defaults["condition"] = default_record(condition or OFF, why)
     elif condition == OFF:
         condition = None
@@ -170,10 +163,8 @@ def fit_generator(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
     classifier-free dropout ``p_uncond``); ``sample_zoo(condition=value, guidance=w)``
     steers by it. Not passed, both follow the measured recipe: ``pca=None`` is a PCA code
     whenever the zoo has fewer models than parameters (:func:`~.config.default_pca`);
-    ``condition="auto"`` is the zoo's accuracy on half of the validation split,
-    :data:`~.halves.HALF_CONDITION` (sampling chooses its settings on the other half), or
-    ``val_acc`` where the zoo's validation errors cannot be measured here
-    (:func:`~.halves.default_half_condition`). ``pca=False`` / ``condition=None`` (or
+    ``condition="auto"`` is ``val_acc`` when every finished model has it
+    (:func:`~.config.default_condition`). ``pca=False`` / ``condition=None`` (or
     ``"none"``) turn them off. Each default taken is in the result's and ``config.json``'s
     ``defaults`` (value and why). ``probe`` measures the zoo's mixability first
     (:func:`probe_mixability`; recorded as ``mixability``; a dict: the report the caller
@@ -192,10 +183,10 @@ def fit_generator(zoo_dir, out_dir, settings: FlowSettings | None = None, *,
     zoo_err = val_errors.result()
     mixable = probe_mixability(zoo_dir, progress and shard().is_main,
                                probe if isinstance(probe, dict) else None) if probe else None
-    pca, condition, defaults = fit_defaults(s, entries, first, pca, condition, zoo_err)
+    pca, condition, defaults = fit_defaults(s, entries, first, pca, condition)
     cond = cn = None
     if condition is not None:
-        raw = condition_values(entries, condition, f"{zoo_dir}: ", zoo_err)
+        raw = condition_values(entries, condition, f"{zoo_dir}: ")
         cn = Condition.fit(condition, raw)
         cond = cn.normalise(raw).float()
     make_dir(out)

@@ -24,7 +24,6 @@ from .config import (AUTO, GUIDANCE_GRID, MIX_GRID, OFF, SOLVER_GRID, Condition,
                      GenerateError, SampleSettings, default_record, default_sampling,
                      solver_name)
 from .flow import sample
-from .halves import choice_examples
 from .store import load_generator, load_zoo_errors
 
 MAX_SAMPLES = 100_000
@@ -190,25 +189,17 @@ def _write(zoo: Zoo, codes, enc, arch, data, record: dict, correct: Correction
 
 
 def _choose(options: list[Setting], draw, enc, arch: str, data, n: int, guided: bool,
-            zoo_err, correct: Correction, condition: str | None):
+            zoo_err, correct: Correction):
     """(chosen, validation accuracy by option, record): the only option, or the one
-    :func:`~.choose.sweep` picks on the validation examples a generator conditioned on
-    ``condition`` (its name) did not see (:func:`~.halves.choice_examples`)."""
+    :func:`~.choose.sweep` picks on the validation split."""
     if len(options) == 1:
         return options[0], None, None
-    x, y = data["val"]
-    idx, which = choice_examples(condition, len(y))
-    if idx is not None:
-        x, y = x[idx], y[idx]
-        zoo_err = None if zoo_err is None else zoo_err[:, idx]
 
     def measure(codes):
         drawn = correct([enc.decode(x) for x in codes], codes, SWEEP_CALIBRATION)
-        return errors(arch, drawn, x, y)
+        return errors(arch, drawn, *data["val"])
     n_sweep = sweep_samples(n, sum(math.prod(sh) for sh in enc.shapes))
-    chosen, acc, record = sweep(options, lambda st, k: draw(st, k)[0], measure, n_sweep,
-                                guided, zoo_err)
-    return chosen, acc, {**record, "examples": len(y), "examples_why": which}
+    return sweep(options, lambda st, k: draw(st, k)[0], measure, n_sweep, guided, zoo_err)
 
 
 def sample_zoo(gen_dir, out_dir, n: int, steps: int | None = None, method: str | None = None,
@@ -258,14 +249,12 @@ def sample_zoo(gen_dir, out_dir, n: int, steps: int | None = None, method: str |
                          MIX_GRID if mix == AUTO else (mix,), c is not None)
     chosen, val_acc, choice = _choose(options, draw, enc, arch, data, n, c is not None,
                                       load_zoo_errors(Path(gen_dir), len(data["val"][1])),
-                                      correct, cn.name if cn else None)
+                                      correct)
     method, steps, guidance, mix = chosen
     for name, value in (("guidance", guidance), ("mix", mix),
                         ("solver", solver_name(method, steps))):
         if name in defaults and defaults[name]["value"] == AUTO:
             defaults[name]["chosen"] = value
-            if choice:
-                defaults[name]["why"] += f" (on {choice['examples_why']})"
     t = time.perf_counter()  # the chosen setting is sampled again: this is the timed run
     codes, nfe = draw(chosen, n * mix)
     codes = averaged(codes, mix)
