@@ -38,6 +38,9 @@ FAMILIES = {  # name: (arch, dataset, models, zoo train flags) -- the families t
     "resnet20": ("resnet20?width=1&in_chans=1", "digits", 48, ["--epochs", "5", *SGD]),
     "vgg11-ln": ("vgg11?width=0.125&norm=ln&in_chans=1&pools=3", "digits", 48,
                  ["--epochs", "20", "--lr", "1e-3"]),
+    "vgg11-ln-quarter": ("vgg11?width=0.25&norm=ln&in_chans=1&pools=3", "digits", 48,
+                         ["--epochs", "20", "--lr", "1e-3"]),  # the width whose am + REPAIR
+    # mixtures the issue measured accurate (width 1/8 does not mix)
     "vit": (VIT, "digits", 48, ["--epochs", "20", "--lr", "1e-3"]),
 }
 KINDS = {"independent": [], "shared": ["--shared-init"]}
