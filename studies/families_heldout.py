@@ -43,7 +43,8 @@ FAMILIES = {  # name: (arch, dataset, models, zoo train flags) -- the families t
     # mixtures the issue measured accurate (width 1/8 does not mix)
     "vit": (VIT, "digits", 48, ["--epochs", "20", "--lr", "1e-3"]),
 }
-KINDS = {"independent": [], "shared": ["--shared-init"]}
+KINDS = {"independent": [], "shared": ["--shared-init"],
+         "spawn2": ["--spawn-epoch", "2"]}  # all branch from one parent trained 2 epochs
 TARGET_ACC, TARGET_NOVELTY = 0.01, 0.05
 
 
