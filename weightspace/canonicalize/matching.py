@@ -567,12 +567,19 @@ class WeightMatcher:
 
 
 def l2_distance(A: dict, B: dict) -> float:
-    """Euclidean distance over the floating-point tensors two state dicts share."""
-    tot = 0.0
+    """Euclidean distance over the floating-point tensors two state dicts share.
+
+    Each tensor's difference is squared in place in one temporary, reused from tensor to
+    tensor (a view of the same shape: the same sum as a fresh tensor; a fresh one per
+    tensor is as much fresh memory as the model)."""
+    tot, buf = 0.0, None
     for k, a in A.items():
         if a.is_floating_point() and k in B:
-            d = a.float() - B[k].to(a.device).float()
-            tot += float(d.mul_(d).sum())  # squares in place: one temporary, same sum
+            a, b = a.float(), B[k].to(a.device).float()
+            if buf is None or buf.numel() < a.numel() or buf.device != a.device:
+                buf = torch.empty(a.numel(), dtype=torch.float32, device=a.device)
+            d = torch.sub(a, b, out=buf[:a.numel()].view(a.shape))
+            tot += float(d.mul_(d).sum())
     return tot ** 0.5
 
 
