@@ -9,7 +9,8 @@ Baselines:
 
 * ``scipy-only`` — weightspace's own matching with every LAP solved cold by scipy (the
   path before the warm-started solver): the same permutations are asserted, and the
-  time is split into cost matrices, LAPs and the rest for both.
+  time is split into cost matrices, LAPs and the rest for both. The two alternate, ours
+  first then scipy-only first (8 runs each, x16 2): a pair's time is the median.
 
 Pairs (the same pair for every method): two ``mlp:64-512-512-512-10`` and two
 ``resnet20?width=4`` (BatchNorm, one input channel) trained on digits; two independently
@@ -168,7 +169,7 @@ DEVICE = "cpu"  # --device: where weightspace's cost matrices run (baselines sta
 BASELINES = True  # --no-baselines: only weightspace against its scipy-only path
 
 
-def bench_pair(name, ref, A, B, repeat=4, port=True, rebasin=True):
+def bench_pair(name, ref, A, B, repeat=8, port=True, rebasin=True):
     port, rebasin = port and BASELINES, rebasin and BASELINES
     model = build(ref).eval()
     x = torch.randn(input_shape(ref, model) if "in_chans=1" not in ref else (1, 1, 8, 8))
