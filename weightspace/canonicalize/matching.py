@@ -221,8 +221,9 @@ class WeightMatcher:
         self.device = torch.device(device) if device is not None else \
             next(iter(A.values())).device
         keys = sorted({o.key for f in self.fams for o in f.occs})
-        self.A = {k: A[k].to(self.device, torch.float32) for k in keys}
-        self.B = {k: B[k].to(self.device, torch.float32) for k in keys}
+        # (detached: the costs need no gradient, and their buffers are written in place)
+        self.A = {k: A[k].detach().to(self.device, torch.float32) for k in keys}
+        self.B = {k: B[k].detach().to(self.device, torch.float32) for k in keys}
         self.axes: dict[str, list[tuple[int, tuple]]] = {}
         for member, layout in spec.layouts.items():
             key, axis = parse_member(member)
@@ -575,7 +576,7 @@ def l2_distance(A: dict, B: dict) -> float:
     tot, buf = 0.0, None
     for k, a in A.items():
         if a.is_floating_point() and k in B:
-            a, b = a.float(), B[k].to(a.device).float()
+            a, b = a.detach().float(), B[k].detach().to(a.device).float()
             if buf is None or buf.numel() < a.numel() or buf.device != a.device:
                 buf = torch.empty(a.numel(), dtype=torch.float32, device=a.device)
             d = torch.sub(a, b, out=buf[:a.numel()].view(a.shape))
