@@ -4,4 +4,4 @@ from setuptools import Extension, setup
 
 setup(ext_modules=[Extension("weightspace.canonicalize._lapjv",
                              ["weightspace/canonicalize/_lapjv.c"],
-                             extra_compile_args=["-O3"], optional=True)])
+                             extra_compile_args=["-O3", "-ffp-contract=off"], optional=True)])

@@ -9,7 +9,8 @@ Baselines:
 
 * ``scipy-only`` — weightspace's own matching with every LAP solved cold by scipy (the
   path before the warm-started solver): the same permutations are asserted, and the
-  time is split into cost matrices, LAPs and the rest for both.
+  time is split into cost matrices, LAPs and the rest for both. The two alternate, ours
+  first then scipy-only first (8 runs each, x16 2): a pair's time is the median.
 
 Pairs (the same pair for every method): two ``mlp:64-512-512-512-10`` and two
 ``resnet20?width=4`` (BatchNorm, one input channel) trained on digits; two independently
@@ -168,7 +169,7 @@ DEVICE = "cpu"  # --device: where weightspace's cost matrices run (baselines sta
 BASELINES = True  # --no-baselines: only weightspace against its scipy-only path
 
 
-def bench_pair(name, ref, A, B, repeat=3, port=True, rebasin=True):
+def bench_pair(name, ref, A, B, repeat=8, port=True, rebasin=True):
     port, rebasin = port and BASELINES, rebasin and BASELINES
     model = build(ref).eval()
     x = torch.randn(input_shape(ref, model) if "in_chans=1" not in ref else (1, 1, 8, 8))
@@ -178,18 +179,33 @@ def bench_pair(name, ref, A, B, repeat=3, port=True, rebasin=True):
     rows = []
     from weightspace.canonicalize.assignment import STATS, scipy_only
     STATS.reset()
-    SPLIT.reset()
-    secs, (perms, rep) = timed(lambda: weight_matching(spec, A, B, device=DEVICE), repeat)
+    # the two paths alternate (ours first, then scipy-only first, ...): neither always
+    # pays the first run's fresh memory, nor always runs on the warmer machine
+    runs = {True: [], False: []}  # scipy-only? -> [(seconds, cost, LAP, perms, report)]
+    out = {}
+    for r in range(repeat):
+        for scipy in ((False, True) if r % 2 == 0 else (True, False)):
+            SPLIT.reset()
+            with scipy_only(scipy):
+                if not scipy:
+                    STATS.reset()
+                secs, out[scipy] = timed(lambda: weight_matching(spec, A, B, device=DEVICE), 1)
+                if not scipy:
+                    stats = f"{STATS.warm} warm + {STATS.cold} cold solves, " \
+                            f"{STATS.fallback} fallbacks"
+            runs[scipy].append((secs, SPLIT.cost, SPLIT.lap))
+    (perms, rep), (p_sc, rep_sc) = out[False], out[True]
+
+    def note(scipy: bool, sweeps: int) -> str:
+        t = [statistics.median(x[i] for x in runs[scipy]) for i in range(3)]
+        return f"{sweeps} sweeps; cost {t[1]:.3f} / LAP {t[2]:.3f} / other " \
+               f"{t[0] - t[1] - t[2]:.3f} s (medians)"
+    secs = statistics.median(x[0] for x in runs[False])
     ours = (secs, rep.l2_after)
-    rows.append(("weightspace wm", secs, rep.l2_after,
-                 f"{rep.iterations} sweeps; {split_note(secs, repeat)}"))
-    stats = f"{STATS.warm} warm + {STATS.cold} cold solves, {STATS.fallback} fallbacks"
-    with scipy_only():
-        secs, (p_sc, rep_sc) = timed(lambda: weight_matching(spec, A, B, device=DEVICE),
-                                     repeat)
+    rows.append(("weightspace wm", secs, rep.l2_after, note(False, rep.iterations)))
     same = all(torch.equal(perms[g], p_sc[g]) for g in perms)
-    rows.append(("scipy-only wm", secs, rep_sc.l2_after,
-                 f"{rep_sc.iterations} sweeps; {split_note(secs, repeat)}"))
+    rows.append(("scipy-only wm", statistics.median(x[0] for x in runs[True]),
+                 rep_sc.l2_after, note(True, rep_sc.iterations)))
     assert same and rep_sc.l2_after == rep.l2_after, f"{name}: permutations differ"
     if port:
         try:
@@ -305,7 +321,7 @@ def main():
         bench_pair("initialised timm resnet18 pair", "timm:resnet18", a, b)
     if "w16" in want:
         a, b = init_pair("resnet20?width=16")
-        bench_pair("initialised ResNet-20 x16 pair", "resnet20?width=16", a, b, repeat=1,
+        bench_pair("initialised ResNet-20 x16 pair", "resnet20?width=16", a, b, repeat=2,
                    rebasin=False)
     if "zoo" in want:
         bench_zoo("mlp:64-64-64-10", 128, HParams(epochs=30), root=args.zoo_root)

@@ -8,7 +8,9 @@ from those duals: one pass of augmenting row reduction re-seats the rows (most a
 old column) and shortest augmenting paths place the few left. (Keeping the rows that are
 still tight measured slower: with the costs moved, a third of them are not.) A first solve
 starts from row and column reduction, or, on costs close to rank one after centring
-(convolutions), from the duals of their rank-one part.
+(convolutions), from the duals of their rank-one part. The loops over whole rows (most of
+a warm solve) run four columns at a time where the CPU has AVX2, with the same steps and
+duals as the plain C that other machines run (``_lapjv.simd`` switches it, for tests).
 
 Every answer of the extension is certified in float64 before it is used: with the row duals
 ``u_i`` taken on the assignment, every reduced cost ``-c_ij - u_i - v_j`` is ``>= -tol``

@@ -221,8 +221,9 @@ class WeightMatcher:
         self.device = torch.device(device) if device is not None else \
             next(iter(A.values())).device
         keys = sorted({o.key for f in self.fams for o in f.occs})
-        self.A = {k: A[k].to(self.device, torch.float32) for k in keys}
-        self.B = {k: B[k].to(self.device, torch.float32) for k in keys}
+        # (detached: the costs need no gradient, and their buffers are written in place)
+        self.A = {k: A[k].detach().to(self.device, torch.float32) for k in keys}
+        self.B = {k: B[k].detach().to(self.device, torch.float32) for k in keys}
         self.axes: dict[str, list[tuple[int, tuple]]] = {}
         for member, layout in spec.layouts.items():
             key, axis = parse_member(member)
@@ -238,6 +239,7 @@ class WeightMatcher:
         self._cache: dict = {}
         self._mat: dict = {}
         self._plain: dict = {}
+        self._scratch: dict = {}  # (use, shape, dtype) -> a temporary reused across calls
         self._solved: dict = {}
         self._lap: dict[str, LapState | None] = {}  # family -> warm start of its next LAP
         self._total: dict = {}  # family -> float64 sum of its plain contributions
@@ -359,6 +361,21 @@ class WeightMatcher:
         self._cache[(fam.top, key)] = (deps, nested)
         return total, nested
 
+    def _buf(self, use: str, shape, dtype, device) -> torch.Tensor:
+        """A temporary of this shape, reused by every later call for the same ``use``:
+        the cost updates make the same few large temporaries thousands of times, and a
+        fresh one is fresh memory for the operating system to hand over page by page."""
+        key = (use, tuple(shape), dtype, device)
+        hit = self._scratch.get(key)
+        if hit is None:
+            hit = self._scratch[key] = torch.empty(shape, dtype=dtype, device=device)
+        return hit
+
+    def _as64(self, t: torch.Tensor) -> torch.Tensor:
+        """``t.double()`` in a reused buffer (the same values: read it before the next
+        call)."""
+        return self._buf("f64", t.shape, torch.float64, t.device).copy_(t)
+
     def _plain_update(self, slot, mats, col, total):
         """Add the change of ``sa @ sb[:, col].T`` since this occurrence's last call to the
         family's float64 sum ``total`` (the whole product on the first call; None: start
@@ -369,7 +386,8 @@ class WeightMatcher:
         the columns of S only, so the update costs ``|S| / n`` of the product (late sweeps
         of the descent move few units). The occurrence's own float32 product is kept,
         updated in place, only to take it out of the sum when a later call recomputes it
-        whole; the sum itself takes each change once, in float64."""
+        whole; the sum itself takes each change once, in float64. The temporaries (the
+        gathered rows, the change, its float64 copy) live in reused buffers."""
         sa, _, sb_t, _ = mats
         ncol = sb_t.shape[0]
         col = _arange(ncol) if col is None else col
@@ -388,19 +406,30 @@ class WeightMatcher:
                     if mats[1] is None:
                         mats[1] = sa.T.contiguous()
                     a_m = mats[1].index_select(0, m).T
-                delta = a_m @ (sb_t.index_select(0, d_new) - sb_t.index_select(0, d_old))
+                shape = (len(moved), sb_t.shape[1])
+                diff = torch.index_select(sb_t, 0, d_new,
+                                          out=self._buf("rows", shape, sb_t.dtype, dev))
+                diff.sub_(torch.index_select(sb_t, 0, d_old,
+                                             out=self._buf("rows2", shape, sb_t.dtype, dev)))
+                delta = torch.matmul(a_m, diff, out=self._buf("delta", c_old.shape,
+                                                              c_old.dtype, dev))
                 c_old.add_(delta)
-                total.add_(delta.double())  # (a mixed-dtype add_ is several times slower)
+                total.add_(self._as64(delta))  # (a mixed-dtype add_ is several times slower)
                 self._plain[slot] = (c_old, col)
                 return total
-        c = sa @ (sb_t if torch.equal(col, _arange(ncol)) else
-                  sb_t.index_select(0, col.to(sb_t.device)))
+        if torch.equal(col, _arange(ncol)):
+            c = sa @ sb_t
+        else:
+            gathered = torch.index_select(sb_t, 0, col.to(sb_t.device),
+                                          out=self._buf("rows", sb_t.shape, sb_t.dtype,
+                                                        sb_t.device))
+            c = sa @ gathered
         if total is None:
             total = c.to(torch.float64, copy=True)
         else:
-            total.add_(c.double())
+            total.add_(self._as64(c))
             if prev is not None:
-                total.sub_(prev[0].double())
+                total.sub_(self._as64(prev[0]))
         self._plain[slot] = (c, col)
         return total
 
@@ -539,12 +568,19 @@ class WeightMatcher:
 
 
 def l2_distance(A: dict, B: dict) -> float:
-    """Euclidean distance over the floating-point tensors two state dicts share."""
-    tot = 0.0
+    """Euclidean distance over the floating-point tensors two state dicts share.
+
+    Each tensor's difference is squared in place in one temporary, reused from tensor to
+    tensor (a view of the same shape: the same sum as a fresh tensor; a fresh one per
+    tensor is as much fresh memory as the model)."""
+    tot, buf = 0.0, None
     for k, a in A.items():
         if a.is_floating_point() and k in B:
-            d = a.float() - B[k].to(a.device).float()
-            tot += float(d.mul_(d).sum())  # squares in place: one temporary, same sum
+            a, b = a.detach().float(), B[k].detach().to(a.device).float()
+            if buf is None or buf.numel() < a.numel() or buf.device != a.device:
+                buf = torch.empty(a.numel(), dtype=torch.float32, device=a.device)
+            d = torch.sub(a, b, out=buf[:a.numel()].view(a.shape))
+            tot += float(d.mul_(d).sum())
     return tot ** 0.5
 
 
