@@ -347,7 +347,7 @@ def memory(tmp: Path, tensors: int = 32, size: int = 1 << 20) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    head = (f"| setting | method | chosen | " + " | ".join(TASKS) +
+    head = ("| setting | method | chosen | " + " | ".join(TASKS) +
             " | mean acc | mean norm | merge s | search s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:

@@ -9,8 +9,7 @@ from scipy.optimize import linear_sum_assignment
 from weightspace.arch import build, input_shape
 from weightspace.canonicalize import WeightMatcher
 from weightspace.canonicalize import assignment as asg
-from weightspace.canonicalize.assignment import (STATS, LapState, lap, lap_batch, objective,
-                                                 scipy_only, solve)
+from weightspace.canonicalize.assignment import (STATS, LapState, lap, lap_batch, scipy_only, solve)
 from weightspace.symmetry import identity_perms, symmetry_of
 
 needs_ext = pytest.mark.skipif(not asg.available(), reason="C extension not built")
