@@ -159,6 +159,22 @@ def test_a_failed_certificate_falls_back_to_scipy(monkeypatch):
     assert STATS.fallback == 5
 
 
+@needs_ext
+def test_constant_costs_warm_started_from_any_duals_certify_without_fallback():
+    """All-equal costs (every assignment optimal) from random assignments and duals: the
+    certificate's tolerance follows the duals too, so their rounding is not a failed check
+    (a tolerance from the costs alone is zero here and fell back to scipy)."""
+    STATS.reset()
+    for n in (2, 5, 16, 33, 64):
+        for seed in range(6):
+            rng = np.random.default_rng(seed)
+            for value, scale in ((0.0, 1.0), (0.0, 1e3), (3.0, 1.0)):
+                c = np.full((n, n), value)
+                start = LapState(rng.permutation(n).astype(np.int64), rng.random(n) * scale)
+                assert is_perm(solve(c, start)[0], n)
+    assert STATS.fallback == 0
+
+
 def test_non_finite_costs_fail_like_scipy():
     c = np.zeros((4, 4))
     c[1, 2] = np.nan

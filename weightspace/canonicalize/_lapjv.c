@@ -435,9 +435,17 @@ done:
     return ok;
 }
 
-/* 0: certified optimal; 1: a reduced cost below -tol (or not a permutation). */
-static int certify(Lap *L, double tol) {
+/* 0: certified optimal; 1: a reduced cost below -tol (or not a permutation). ``tol`` is
+ * rel * the larger of max |cost| and max |column dual|: reduced costs are computed from
+ * both, so their rounding scales with the larger (on an all-zero cost warm-started from
+ * nonzero duals, a tolerance from the costs alone would be zero and fail on rounding). */
+static int certify(Lap *L, double rel, double scale) {
     Py_ssize_t n = L->n, i;
+    for (i = 0; i < n; i++) {
+        double a = fabs(L->v[i]);
+        if (a > scale) scale = a;
+    }
+    double tol = rel * scale;
     for (i = 0; i < n; i++) {
         int64_t xi = L->x[i];
         if (xi < 0 || L->y[xi] != i) return 1;
@@ -448,7 +456,7 @@ static int certify(Lap *L, double tol) {
 }
 
 /* Solve one problem: 0 certified, 1 failed check, 2 a non-finite cost (not solved);
- * sets *freed (rows the start left free). The tolerance is rel * max |cost|. */
+ * sets *freed (rows the start left free). The tolerance is rel * max |cost| (or |dual|). */
 static int solve_one(Lap *L, int warm, double rel, Py_ssize_t *freed) {
     Py_ssize_t n = L->n;
     double scale = 0.0;
@@ -458,7 +466,7 @@ static int solve_one(Lap *L, int warm, double rel, Py_ssize_t *freed) {
     nfree = arr(L, nfree, warm ? 1 : 2);
     if (nfree < 0) return 1;
     augment(L, nfree);
-    return certify(L, rel * scale);
+    return certify(L, rel, scale);
 }
 
 static int take(PyObject *o, Py_buffer *b, int writable) {

@@ -14,7 +14,8 @@ duals as the plain C that other machines run (``_lapjv.simd`` switches it, for t
 
 Every answer of the extension is certified in float64 before it is used: with the row duals
 ``u_i`` taken on the assignment, every reduced cost ``-c_ij - u_i - v_j`` is ``>= -tol``
-(``tol`` relative to the largest cost), so no assignment is better by more than ``n * tol``.
+(``tol`` relative to the largest cost or column dual, whichever is larger: the reduced
+costs round at that scale), so no assignment is better by more than ``n * tol``.
 A failed certificate, a non-finite cost, or a build without the extension falls back to
 ``scipy.optimize.linear_sum_assignment`` (exact; :data:`STATS` counts every fallback).
 :func:`scipy_only` switches the extension off (the baseline of the benchmarks and tests).
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-REL_TOL = 1e-10  # certificate: reduced costs >= -REL_TOL * max |cost|
+REL_TOL = 1e-10  # certificate: reduced costs >= -REL_TOL * max(|cost|, |column dual|)
 
 
 @dataclass
