@@ -195,13 +195,14 @@ def sweep(options: list[Setting], draw, measure, n_sweep: int, guided: bool,
     for base, ks in groups.items():  # stage 1: every option on the screen's networks
         for o, codes in nets(base, ks).items():
             wrong[o] = measure(codes[:screen])
-    finalists = ranked(options)[:SWEEP_FINALISTS] if screen < n_sweep else list(options)
-    for base, ks in groups.items():  # stage 2: the finalists on the rest
-        todo = [k for k in ks if base._replace(mix=k) in finalists and screen < n_sweep]
-        if todo:
-            for o, codes in nets(base, ks).items():
-                if o.mix in todo:
-                    wrong[o] = torch.cat([wrong[o], measure(codes[screen:])])
+    finalists = list(options)
+    if screen < n_sweep:  # stage 2: the rule's first on the rest of the networks
+        finalists = ranked(options)[:SWEEP_FINALISTS]
+        for base, ks in groups.items():
+            if any(base._replace(mix=k) in finalists for k in ks):
+                for o, codes in nets(base, ks).items():
+                    if o in finalists:
+                        wrong[o] = torch.cat([wrong[o], measure(codes[screen:])])
     acc, diff, lower, novelty = summary(finalists)
     if zoo_err is None:
         chosen, rule = choose_setting(acc, None, None, cost=cost)
