@@ -203,15 +203,18 @@ def sweep(options: list[Setting], draw, measure, n_sweep: int, guided: bool,
                 for o, codes in nets(base, ks).items():
                     if o in finalists:
                         wrong[o] = torch.cat([wrong[o], measure(codes[screen:])])
-    acc, diff, lower, novelty = summary(finalists)
+    s_acc, s_diff, s_lower, s_novelty = summary(options)  # each on what it was measured on
+
+    def among(d):
+        return {o: d[o] for o in finalists}
     if zoo_err is None:
-        chosen, rule = choose_setting(acc, None, None, cost=cost)
+        chosen, rule = choose_setting(among(s_acc), None, None, cost=cost)
     else:
-        chosen, rule = choose_by_bound(diff, lower, novelty, limit, cost=cost)
+        chosen, rule = choose_by_bound(among(s_diff), among(s_lower), among(s_novelty),
+                                       limit, cost=cost)
     if screen < n_sweep:
         rule += (f"; among the {len(finalists)} settings the rule ranked first on "
                  f"{screen} networks each")
-    s_acc, s_diff, s_lower, s_novelty = summary(options)  # each on what it was measured on
     record = {"rule": rule, "novelty_limit": limit, "pass_budget": PASS_BUDGET,
               "accuracy_target": ACC_TARGET, "confidence_z": CONFIDENCE_Z,
               "networks_per_setting": n_sweep, "screen_networks": screen,
