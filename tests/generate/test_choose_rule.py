@@ -25,6 +25,30 @@ def test_accuracy_bound_is_paired_and_exact_on_identical_errors():
     assert d < -0.8 and lo <= d
 
 
+def test_projected_bound_is_the_bound_of_the_full_count():
+    """A screen measures a setting on a quarter of the networks; the bound projected to
+    the full count is, on average over draws, the bound measuring all of them gives (the
+    few networks' own noise taken out, the examples' kept), and tighter than the
+    screen's own bound."""
+    gen = torch.Generator().manual_seed(0)
+    full, screen, projected = [], [], []
+    for _ in range(100):
+        p = torch.rand(216, generator=gen) ** 3 * 0.6
+        zoo = torch.rand(8, 216, generator=gen) < p
+        nets = torch.rand(100, 216, generator=gen) < (p + 0.02).clamp(0, 1)
+        d, lo = accuracy_bound(nets, zoo)
+        full.append(d - lo)
+        d, lo = accuracy_bound(nets[:25], zoo)
+        screen.append(d - lo)
+        d, lo = accuracy_bound(nets[:25], zoo, networks=100)
+        projected.append(d - lo)
+    full, screen, projected = (sum(v) / len(v) for v in (full, screen, projected))
+    assert screen > full
+    assert abs(projected - full) < 0.2 * (screen - full), (full, screen, projected)
+    same = accuracy_bound(nets, zoo, networks=100)           # nothing to project
+    assert same == accuracy_bound(nets, zoo)
+
+
 def test_choose_by_bound_on_hand_made_settings():
     diff = {"a": -0.03, "b": -0.002, "c": 0.0, "d": -0.004}
     lower = {"a": -0.05, "b": -0.008, "c": -0.004, "d": -0.009}

@@ -46,16 +46,30 @@ def choose_setting(acc: dict, novelty: dict | None, limit: float | None, cost=No
 
 
 def accuracy_bound(wrong: torch.Tensor, zoo_wrong: torch.Tensor,
-                   z: float = CONFIDENCE_Z) -> tuple[float, float]:
+                   z: float = CONFIDENCE_Z, networks: int | None = None
+                   ) -> tuple[float, float]:
     """(difference, lower bound): the mean accuracy of the networks of ``wrong`` [M, n]
     minus the zoo's (``zoo_wrong`` [N, n]) on the same n examples, and its one-sided lower
     confidence bound. Paired by example (both err on the hard ones), so the bound is
     ``mean(d) - z * std(d) / sqrt(n)`` with ``d`` the per-example difference of the share
-    of networks that are right."""
-    d = (1 - wrong.double().mean(0)) - (1 - zoo_wrong.double().mean(0))
-    n = d.numel()
-    se = float(d.std(unbiased=True)) / n ** 0.5 if n > 1 else float("inf")
-    return float(d.mean()), float(d.mean()) - z * se
+    of networks that are right.
+
+    ``networks`` (> M): the bound these settings would get measured on that many networks
+    with the same per-example accuracies. The variance of ``d`` is the examples' own plus
+    the binomial noise of sampling M networks per example (``p (1 - p) / M``, estimated
+    without bias from the shares); the second shrinks as ``M / networks``. A screen on few
+    networks ranks settings by this projection, so that a novel setting, whose networks
+    disagree more, is not dropped for noise that measuring it fully would remove."""
+    right = 1 - wrong.double().mean(0)
+    d = right - (1 - zoo_wrong.double().mean(0))
+    n, m = d.numel(), wrong.shape[0]
+    if n < 2:
+        return float(d.mean()), float("-inf")
+    var = float(d.var(unbiased=True))
+    if networks is not None and networks > m > 1:
+        noise = float((right * (1 - right)).mean()) / (m - 1)  # E[p (1 - p)] / M
+        var = max(var - noise * (1 - m / networks), 0.0)
+    return float(d.mean()), float(d.mean()) - z * (var / n) ** 0.5
 
 
 def order_by_bound(diff: dict, lower: dict, novelty: dict, limit: float,
@@ -152,9 +166,12 @@ def sweep(options: list[Setting], draw, measure, n_sweep: int, guided: bool,
           zoo_err: torch.Tensor | None):
     """Measure the options on ``n_sweep`` networks each and choose one, in two stages:
     every option on the first ``n_sweep // SWEEP_SCREEN`` networks, then the rule's first
-    :data:`SWEEP_FINALISTS` on all ``n_sweep``, the choice being made among those (the
-    accuracy bound's noise is mostly the examples', which both stages share, so the
-    screen ranks the options nearly as the full count does, at a fraction of the cost).
+    :data:`SWEEP_FINALISTS` on all ``n_sweep``, the choice being made among those. The screen
+    ranks by the bounds the options would get on all ``n_sweep`` networks
+    (:func:`accuracy_bound` with ``networks``): the examples' noise, which both stages
+    share, stays, and the few networks' own noise, which is widest for the most novel
+    options, is taken out, so the screen ranks the options as the full count would, at a
+    fraction of the cost.
 
     ``draw(setting, count)`` returns ``count`` codes of one (solver, guidance) setting, the
     same codes for the same count; each mix K averages the first ``n_sweep * K`` of one
@@ -174,11 +191,11 @@ def sweep(options: list[Setting], draw, measure, n_sweep: int, guided: bool,
         every = draw(base, n_sweep * max(ks))
         return {base._replace(mix=k): averaged(every[:n_sweep * k], k) for k in ks}
 
-    def summary(keys):
+    def summary(keys, networks=None):
         acc = {o: 1.0 - float(wrong[o].float().mean()) for o in keys}
         if zoo_err is None:
             return acc, None, None, None
-        bounds = {o: accuracy_bound(wrong[o], zoo_err) for o in keys}
+        bounds = {o: accuracy_bound(wrong[o], zoo_err, networks=networks) for o in keys}
         novelty = {o: float(max_iou(wrong[o], zoo_err).mean()) for o in keys}
         return acc, {o: b[0] for o, b in bounds.items()}, \
             {o: b[1] for o, b in bounds.items()}, novelty
@@ -186,8 +203,8 @@ def sweep(options: list[Setting], draw, measure, n_sweep: int, guided: bool,
     def cost(o):
         return (o.passes(guided) or 0, o.guidance, o.mix)
 
-    def ranked(keys):
-        acc, diff, lower, novelty = summary(keys)
+    def ranked(keys):  # by the bounds the options would get on all n_sweep networks
+        acc, diff, lower, novelty = summary(keys, n_sweep)
         if zoo_err is None:
             return sorted(keys, key=lambda o: (-acc[o], cost(o)))
         return order_by_bound(diff, lower, novelty, limit, cost=cost)
