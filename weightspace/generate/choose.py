@@ -67,7 +67,7 @@ def accuracy_bound(wrong: torch.Tensor, zoo_wrong: torch.Tensor,
         return float(d.mean()), float("-inf")
     var = float(d.var(unbiased=True))
     if networks is not None and networks > m > 1:
-        noise = float((right * (1 - right)).mean()) / (m - 1)  # E[p (1 - p)] / M
+        noise = float((right * (1 - right)).mean()) / (m - 1)  # unbiased p (1 - p) / M
         var = max(var - noise * (1 - m / networks), 0.0)
     return float(d.mean()), float(d.mean()) - z * (var / n) ** 0.5
 
