@@ -57,10 +57,13 @@ def _cli(args: list[str], threads: int) -> float:
     return time.perf_counter() - t
 
 
-def run_one(out: Path, family: str, kind: str, seed: int, threads: int, run_name: str = "run"
-            ) -> dict:
+def run_one(out: Path, family: str, kind: str, seed: int, threads: int, run_name: str = "run",
+            val_size: int | None = None) -> dict:
     arch, dataset, models, flags = FAMILIES[family]
-    root = out / family / f"{kind}-{seed}"
+    if val_size:  # a larger validation split than the dataset's default (not a default)
+        dataset += f"{'&' if '?' in dataset else '?'}val_size={val_size}"
+    label = f"{kind}+val{val_size}" if val_size else kind
+    root = out / family / f"{label}-{seed}"
     zoo, run = root / "zoo", root / run_name
     t_zoo = _cli(["zoo", "train", "--arch", arch, "--dataset", dataset, "--models",
                   str(models), "--seed0", str(seed), *flags, *KINDS[kind], "--out", str(zoo)],
@@ -74,7 +77,7 @@ def run_one(out: Path, family: str, kind: str, seed: int, threads: int, run_name
     probe = {m: {"score": r.get("score"), "mixtures": {k: sum(v) / len(v) for k, v in
                                                         (r.get("mixtures") or {}).items()},
                  "singles": r.get("single_mean")} for m, r in choice["reports"].items()}
-    row = {"family": family, "kind": kind, "seed": seed, "arch": arch, "models": models,
+    row = {"family": family, "kind": label, "seed": seed, "arch": arch, "models": models,
            "zoo_acc": z["acc_mean"], "gen_acc": g["acc_mean"],
            "novelty": g["max_iou_mean"], "zoo_loo_novelty": z["max_iou_loo_mean"],
            "margin": g["noise_margin"]["at_mean"],
@@ -143,6 +146,8 @@ def main() -> None:
     p.add_argument("--table", action="store_true", help="print the finished rows' table")
     p.add_argument("--tag", default="", help="run again into RUN_DIR/run-TAG (the zoo is "
                    "reused) with rows in rows-TAG.jsonl: the same zoos on newer code")
+    p.add_argument("--val-size", type=int, help="train the zoos with this many validation "
+                   "examples (the dataset option val_size; the rows say +valN)")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -154,10 +159,12 @@ def main() -> None:
         for family in args.family or list(FAMILIES):
             for kind in args.kind or ["independent"]:
                 for seed in args.seeds:
-                    if any((r["family"], r["kind"], r["seed"]) == (family, kind, seed)
+                    label = f"{kind}+val{args.val_size}" if args.val_size else kind
+                    if any((r["family"], r["kind"], r["seed"]) == (family, label, seed)
                            for r in rows):
                         continue
-                    row = run_one(out, family, kind, seed, args.threads, run_name)
+                    row = run_one(out, family, kind, seed, args.threads, run_name,
+                                  args.val_size)
                     rows.append(row)
                     with rows_path.open("a") as f:
                         f.write(json.dumps(row) + "\n")

@@ -132,3 +132,46 @@ def test_two_stage_sweep_chooses_what_measuring_every_setting_fully_chooses(seed
     assert all(g["networks"] == n_sweep for g in rec1["grid"])
     assert two == one
     assert cost_two < 0.5 * sum(counted) == 0.5 * len(options) * n_sweep
+
+
+def _tiled(wrong: torch.Tensor, k: int) -> torch.Tensor:
+    """The same networks on ``k`` copies of every example (the per-example spread kept)."""
+    return wrong.repeat(1, k)
+
+
+def test_undecided_says_how_many_validation_examples_would_decide():
+    """A novel setting as accurate as the zoo on average, whose bound on 216 examples is
+    wider than the target: the diagnosis names it and the example count at which its bound
+    reaches the target, and the bound on that many examples (the same spread) does."""
+    gen = torch.Generator().manual_seed(0)
+    p = torch.rand(216, generator=gen) ** 3 * 0.8
+    zoo = torch.rand(16, 216, generator=gen) < p
+    q = p[torch.randperm(216, generator=gen)]             # as accurate, errs elsewhere
+    novel = torch.rand(100, 216, generator=gen) < q
+    close = zoo.repeat(7, 1)[:100]                          # copies: accurate, not novel
+    diff, lower = {}, {}
+    for name, w in (("novel", novel), ("copies", close)):
+        diff[name], lower[name] = accuracy_bound(w, zoo)
+    novelty = {"novel": 0.3, "copies": 0.9}
+    assert lower["novel"] < -ACC_TARGET <= lower["copies"]  # the split cannot show it
+    u = choose.undecided(diff, lower, novelty, 0.5, 216)
+    assert u["setting"] == "novel" and u["examples_needed"] > 216
+    k = -(-u["examples_needed"] // 216)
+    assert accuracy_bound(_tiled(novel, k), _tiled(zoo, k))[1] >= -ACC_TARGET - 1e-3
+    assert accuracy_bound(_tiled(novel, k - 1), _tiled(zoo, k - 1))[1] < -ACC_TARGET
+    msg = choose.describe_undecided(u, 0.5)
+    assert "\n" not in msg and str(u["examples_needed"]) in msg and "val_size" in msg
+    assert choose.undecided(diff, {**lower, "novel": -0.005}, novelty, 0.5, 216) is None
+
+
+def test_undecided_says_when_the_novel_settings_are_not_accurate():
+    """Novel settings more than the target below the zoo on average: no number of
+    examples helps, and the line points at the mixtures instead."""
+    diff = {"a": -0.03, "b": -0.05, "c": 0.0}
+    lower = {"a": -0.045, "b": -0.07, "c": -0.004}
+    novelty = {"a": 0.4, "b": 0.35, "c": 0.8}
+    u = choose.undecided(diff, lower, novelty, 0.5, 216)
+    assert u["setting"] == "a" and u["examples_needed"] is None
+    assert "probe" in choose.describe_undecided(u, 0.5)
+    u = choose.undecided(diff, lower, {k: 0.9 for k in diff}, 0.5, 216)
+    assert u["setting"] is None and "near-copies" in choose.describe_undecided(u, 0.5)

@@ -186,6 +186,9 @@ def run(args) -> int:
         res = sample_zoo(args.gen, args.out, args.n, seed=args.seed, data_root=args.data_root,
                          settings=_sampling(args, args.steps, args.condition))
         print(describe_defaults(res["defaults"]), file=sys.stderr)
+        why = (res["guidance_choice"] or {}).get("undecided")
+        if why:
+            print(why["message"], file=sys.stderr)
         print(json.dumps(res.to_json(), indent=1) if args.json else
               f"sampled {res['n']} networks in {res['seconds']:.2f} s ({res['nfe']} function "
               f"evaluations, {solver_name(res['method'], res['steps'])}" +

@@ -6,6 +6,7 @@ target of the zoo's with confidence; :func:`choose_setting` without the zoo's er
 test split never chooses."""
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -107,6 +108,54 @@ def choose_by_bound(diff: dict, lower: dict, novelty: dict, limit: float,
                    f"most novel accurate one")
     return k, (f"the most novel on validation among those accurate (accuracy lower bound "
                f"within {target:g} of the zoo's) and novel enough (novelty <= {limit:.3f})")
+
+
+def undecided(diff: dict, lower: dict, novelty: dict, limit: float, examples: int,
+              target: float = ACC_TARGET) -> dict | None:
+    """Why no setting is both accurate and novel enough (None when one is), for the user:
+    is it the validation split, too small to show a novel setting accurate, or are the
+    novel settings less accurate than the target allows?
+
+    The bound's half-width ``diff - lower`` shrinks as ``1 / sqrt(examples)`` (``z * std /
+    sqrt(n)`` with the per-example spread unchanged), so a novel-enough setting whose
+    difference is above ``-target`` would be shown accurate on about ``examples * (width /
+    (diff + target)) ** 2`` examples. Of the novel-enough settings, the one that needs the
+    fewest; when every one is below ``-target`` already, the most accurate of them
+    (``examples_needed`` None: more data would not make it accurate)."""
+    novel = [k for k in diff if novelty[k] <= limit]
+    if any(lower[k] >= -target for k in novel):
+        return None
+    if not novel:
+        return {"setting": None, "examples": examples, "examples_needed": None}
+    need = {k: math.ceil(examples * ((diff[k] - lower[k]) / (diff[k] + target)) ** 2)
+            for k in novel if diff[k] + target > 0}
+    k = min(need, key=lambda k: (need[k], novelty[k])) if need else \
+        max(novel, key=lambda k: (diff[k], -novelty[k]))
+    return {"setting": k, "diff": diff[k], "lower": lower[k], "novelty": novelty[k],
+            "examples": examples, "examples_needed": need.get(k)}
+
+
+def describe_undecided(u: dict, limit: float, target: float = ACC_TARGET) -> str:
+    """One plain line from :func:`undecided`."""
+    level = 50 * (1 + math.erf(CONFIDENCE_Z / 2 ** 0.5))  # the bound's one-sided level
+    head = "no sampling setting was shown on validation to be both accurate (within " \
+        f"{target * 100:g} point of the zoo with {level:.0f}% confidence) and novel (novelty " \
+        f"<= {limit:.3f}): "
+    if u["setting"] is None:
+        return head + "none reached that novelty; samples will be near-copies of zoo models"
+    s = u["setting"]
+    name = f"{s.method} x{s.steps}, guidance {s.guidance:g}, mix {s.mix}" \
+        if isinstance(s, Setting) else str(s)
+    if u["examples_needed"] is None:
+        return head + (f"the most accurate novel one ({name}) is {-u['diff'] * 100:.1f} "
+                       f"points below the zoo: mixtures of these canonical models are not "
+                       f"accurate enough (see the mixability probe), so samples will be "
+                       f"near-copies or inaccurate")
+    return head + (f"the closest novel one ({name}) is {u['diff'] * 100:+.1f} points from the "
+                   f"zoo on average, but {u['examples']} validation examples cannot show it is "
+                   f"within {target * 100:g} point (lower bound {u['lower'] * 100:+.1f}); about "
+                   f"{u['examples_needed']} would (the dataset option `val_size=N` when the "
+                   f"zoo is trained)")
 
 
 class Setting(NamedTuple):
@@ -232,10 +281,16 @@ def sweep(options: list[Setting], draw, measure, n_sweep: int, guided: bool,
     if screen < n_sweep:
         rule += (f"; among the {len(finalists)} settings the rule ranked first on "
                  f"{screen} networks each")
+    why = None
+    if zoo_err is not None:  # every option as measured on all n_sweep networks would be
+        _, p_diff, p_lower, p_novelty = summary(options, n_sweep)
+        why = undecided(p_diff, p_lower, p_novelty, limit, zoo_err.shape[1])
     record = {"rule": rule, "novelty_limit": limit, "pass_budget": PASS_BUDGET,
               "accuracy_target": ACC_TARGET, "confidence_z": CONFIDENCE_Z,
               "networks_per_setting": n_sweep, "screen_networks": screen,
               "finalists": len(finalists),
+              "undecided": why and {**why, "setting": why["setting"] and why["setting"]._asdict(),
+                                    "message": describe_undecided(why, limit)},
               "zoo_val_acc": None if zoo_err is None else 1 - float(zoo_err.float().mean()),
               "grid": [{"method": o.method, "steps": o.steps, "guidance": o.guidance,
                         "mix": o.mix, "passes": o.passes(guided), "val_acc": a,

@@ -128,8 +128,8 @@ class _Stages:
         self.canon, self.gen = out / "canonical", out / "generator"
         self.smp, self.rep = out / "samples", out / "report"
 
-    def note(self, i: int, name: str, text: str) -> None:
-        self.notes[name] = text
+    def note(self, i: int, name: str, text: str, key: str | None = None) -> None:
+        self.notes[key or name] = text
         self.log(f"[{i}/{len(STAGES)}] {name}: {text}")
 
     def begin(self, i: int, name: str, text: str) -> None:
@@ -289,6 +289,9 @@ def _sample(st: _Stages, n: int, seed: int, ss: SampleSettings, data_root) -> Sa
     st.done(3, "sample", t, f" ({solver_name(res.method, res.steps)}, guidance "
                             f"{res.guidance:g}, mix {res.mix}, mean test acc "
                             f"{res.mean_test_acc:.4f}); {describe_defaults(res.defaults)}")
+    why = (res.guidance_choice or {}).get("undecided")
+    if why:
+        st.note(3, "sample", why["message"], key="sample_choice")
     return res
 
 
