@@ -282,9 +282,11 @@ def sweep(options: list[Setting], draw, measure, n_sweep: int, guided: bool,
         rule += (f"; among the {len(finalists)} settings the rule ranked first on "
                  f"{screen} networks each")
     why = None
-    if zoo_err is not None:  # every option as measured on all n_sweep networks would be
-        _, p_diff, p_lower, p_novelty = summary(options, n_sweep)
-        why = undecided(p_diff, p_lower, p_novelty, limit, zoo_err.shape[1])
+    if zoo_err is not None:  # every option's bound as measured on all n_sweep networks
+        bounds = {o: accuracy_bound(wrong[o], zoo_err, networks=n_sweep) for o in options}
+        why = undecided({o: b[0] for o, b in bounds.items()},
+                        {o: b[1] for o, b in bounds.items()}, s_novelty, limit,
+                        zoo_err.shape[1])
     record = {"rule": rule, "novelty_limit": limit, "pass_budget": PASS_BUDGET,
               "accuracy_target": ACC_TARGET, "confidence_z": CONFIDENCE_Z,
               "networks_per_setting": n_sweep, "screen_networks": screen,
