@@ -77,7 +77,8 @@ def test_dropout_models_train_batched_and_differ():
 
 @pytest.mark.parametrize("bad,match", [
     ({"epochs": 0}, "epochs must be >= 1"), ({"lr": -1.0}, "lr must be a positive"),
-    ({"optimizer": "lbfgs"}, "optimizer must be one of"), ({"batch_size": 2.5}, "batch_size must be int"),
+    ({"optimizer": "lbfgs"}, "optimizer must be one of"),
+    ({"batch_size": 2.5}, "batch_size must be int"),
 ])
 def test_bad_hparams(bad, match):
     with pytest.raises(TrainError, match=match):
@@ -197,7 +198,7 @@ def test_cli_list_and_eval_json(tmp_path, capsys):
 @pytest.mark.parametrize("args,match", [
     (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
     (["--dataset", "mnist", "--data-root", "{tmp}/nothing"], "missing train-images-idx3-ubyte"),
-    (["--arch", "mlp:784-10"], "does not accept digits inputs"),
+    (["--arch", "mlp:784-10"], "does not accept digits?val_size=432 inputs"),
     (["--models", "0"], "--models: 0 is out of range"),
     (["--epochs", "0"], "--epochs: 0 is out of range"),
     (["--arch", "mlp:64-3"], "has 10 classes"),
@@ -223,6 +224,28 @@ def test_cli_existing_zoo_with_other_settings(tmp_path, capsys):
     assert "different settings" in capsys.readouterr().err
     assert Path(out, "manifest.json").read_text() == before
     assert main(base + ["--lr", "0.1", "--force"]) == 0
+
+
+def test_cli_default_dataset_new_zoo_and_resume(tmp_path, capsys):
+    """No --dataset: a new zoo gets digits with a 432-example validation split (recorded by
+    that name); an existing zoo keeps its own dataset, so resuming one made on plain
+    `digits` (216) neither re-carves its splits nor counts as other settings."""
+    base = ["zoo", "train", "--arch", MLP, "--models", "1", "--epochs", "1", "--no-progress"]
+    assert main(base + ["--out", str(tmp_path / "new")]) == 0
+    d = Zoo(tmp_path / "new").read()["dataset"]
+    assert d["name"] == "digits?val_size=432"
+    assert d["splits"] == {"train": 1006, "val": 432, "test": 359}
+    assert "note: --dataset digits?val_size=432 (default: 432 validation examples" in \
+        capsys.readouterr().err
+    old = str(tmp_path / "old")
+    assert main(base + ["--dataset", "digits", "--out", old]) == 0
+    assert "note: --dataset" not in capsys.readouterr().err  # given, not a default
+    assert main(["zoo", "train", "--arch", MLP, "--models", "2", "--epochs", "1",
+                 "--no-progress", "--out", old]) == 0
+    assert "note: --dataset digits (default: the zoo's own)" in capsys.readouterr().err
+    m = Zoo(old).read()
+    assert m["dataset"]["name"] == "digits" and m["dataset"]["splits"]["val"] == 216
+    assert [e["status"] for e in m["models"]] == ["done", "done"]
 
 
 def test_eval_of_missing_zoo(tmp_path, capsys):

@@ -24,9 +24,11 @@ def add_parser(sub) -> None:
                                   "models. Under `accelerate launch` the models are sharded "
                                   "across processes with identical results.")
     t.add_argument("--arch", required=True, help="architecture reference, e.g. mlp:64-64-64-10")
-    t.add_argument("--dataset", default="digits",
-                   help="digits (default), fashion-mnist, mnist, cifar10, cifar100; options "
-                        "like fashion-mnist?train_size=5000")
+    t.add_argument("--dataset", default=None,
+                   help="digits, fashion-mnist, mnist, cifar10, cifar100; options like "
+                        "fashion-mnist?train_size=5000 or digits?val_size=432 (default: the "
+                        "zoo's own when --out holds one, else digits?val_size=432: 432 "
+                        "validation examples, enough to choose a generator's sampling)")
     t.add_argument("--data-root", default=None, help="where the dataset files are")
     t.add_argument("--models", type=int_range(1, 100_000), required=True,
                    help="models per grid point")
@@ -121,6 +123,24 @@ def _import(args) -> int:
     return 0
 
 
+def _dataset(args) -> tuple[str, str | None]:
+    """(dataset, the note saying it was a default or None): --dataset, else the dataset of
+    the zoo in --out (resuming it never re-carves its splits), else :data:`ZOO_DEFAULT`."""
+    from ..zoo import Zoo, ZooError
+    from ..zoo.datasets import ZOO_DEFAULT
+    if args.dataset is not None:
+        return args.dataset, None
+    zoo = Zoo(args.out)
+    try:
+        name = zoo.read()["dataset"]["name"] if zoo.exists() else None
+    except (ZooError, KeyError, TypeError):
+        name = None  # train_zoo says what is wrong with it
+    why = "the zoo's own" if isinstance(name, str) else \
+        "432 validation examples: enough to choose a generator's sampling settings"
+    name = name if isinstance(name, str) else ZOO_DEFAULT
+    return name, f"note: --dataset {name} (default: {why})"
+
+
 def _train(args) -> int:
     from ..zoo import load_grid, train_zoo
     check_output(args.out, "dir", "--out")
@@ -134,7 +154,8 @@ def _train(args) -> int:
         print(f"note: the shared initialisation is seed {args.seed0} (default: --seed0)",
               file=sys.stderr)
         shared = args.seed0
-    res = train_zoo(args.out, args.arch, args.dataset, hp, models=args.models,
+    dataset, note = _dataset(args)
+    res = train_zoo(args.out, args.arch, dataset, hp, models=args.models,
                     seed0=args.seed0, grid=grid, checkpoints_per_model=args.checkpoints_per_model,
                     chunk_size=args.chunk_size, batched=args.batched, force=args.force,
                     data_root=args.data_root, allow_code=args.allow_code,
@@ -143,6 +164,8 @@ def _train(args) -> int:
                     spawn_epoch=args.spawn_epoch)
     if res.get("skipped") is None:  # not the main process of a multi-process run
         return 0
+    if note:  # after the run: an error stays the one line it is
+        print(note, file=sys.stderr)
     if args.json:
         print(json.dumps(res, indent=1))
         return 0

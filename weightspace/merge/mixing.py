@@ -60,7 +60,8 @@ def resolve_correction(model: nn.Module, spec: Spec | None, correction: str = "a
 
 
 def _calibration(data) -> torch.Tensor:
-    """Train inputs to calibrate on: a Dataset's train split (first CALIBRATION_EXAMPLES) or a tensor."""
+    """Train inputs to calibrate on: a Dataset's train split (its first
+    CALIBRATION_EXAMPLES) or a tensor."""
     if isinstance(data, torch.Tensor):
         return data
     try:
@@ -209,8 +210,8 @@ def _advice(report: MixabilityReport, levers: list[str]) -> str:
     sizes = " / ".join(f"{report.mixture_mean(k):.2f}" for k in report.mixtures)
     return (f"mixtures of {' / '.join(report.mixtures)} canonical models reach {sizes} "
             f"validation accuracy against {report.single_mean:.2f} for single models: "
-            f"generated samples will be near-copies of zoo models or inaccurate; "
-            f"use {', or '.join(levers)}")
+            f"generated samples, which mix canonical models, may be near-copies of zoo "
+            f"models or inaccurate; for accurate mixtures use {', or '.join(levers)}")
 
 
 def levers(method: str, correction: str, model: nn.Module, spec: Spec | None,
