@@ -4,12 +4,12 @@ Weight matching solves one LAP per family per sweep, and after the first sweeps 
 close to the one solved before: its costs moved a little, its optimal assignment moved in a
 few rows. The solver here (the C extension ``_lapjv``, Jonker-Volgenant) keeps what a solve
 found, the assignment and the column duals (:class:`LapState`), and starts the next solve
-from those duals: one pass of augmenting row reduction re-seats the rows (most at their
-old column) and shortest augmenting paths place the few left. (Keeping the rows that are
-still tight measured slower: with the costs moved, a third of them are not.) A first solve
-starts from row and column reduction, or, on costs close to rank one after centring
-(convolutions), from the duals of their rank-one part. The loops over whole rows (most of
-a warm solve) run four columns at a time where the CPU has AVX2, with the same steps and
+from those duals: a shortest augmenting path re-seats each row, most in one step at their
+old column. (Keeping the rows that are still tight measured slower: with the costs moved,
+a third of them are not.) A first solve starts from row and column reduction, or, on costs
+close to rank one after centring (convolutions), from the duals of their rank-one part.
+Each Dijkstra step is one pass over all columns, and those passes (most of a solve) run
+four columns at a time where the CPU has AVX2, with the same steps and
 duals as the plain C that other machines run (``_lapjv.simd`` switches it, for tests).
 
 Every answer of the extension is certified in float64 before it is used: with the row duals
