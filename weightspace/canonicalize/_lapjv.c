@@ -248,8 +248,10 @@ static int64_t step(Lap *L, int64_t i, double h) {
 
 /* A shortest augmenting path from each free row (Dijkstra on the reduced costs m - v from
  * d = +inf; the columns whose path is final are listed in col), then the duals of those
- * columns move by their distance short of the path's end, and the path is flipped. */
-static void augment(Lap *L, Py_ssize_t nfree) {
+ * columns move by their distance short of the path's end, and the path is flipped.
+ * Returns -1 when no open column is reachable (reduced costs overflowed to +inf: the
+ * solve fails and the caller answers another way), else 0. */
+static int augment(Lap *L, Py_ssize_t nfree) {
     Py_ssize_t n = L->n;
     int64_t *col = L->col;
     double *d = L->d, *v = L->v;
@@ -260,6 +262,7 @@ static void augment(Lap *L, Py_ssize_t nfree) {
         for (j = 0; j < n; j++) { d[j] = INFINITY; L->done[j] = 0; }
         for (;;) {
             int64_t j1 = step(L, i, h);
+            if (j1 < 0) return -1;
             mn = d[j1];
             if (L->y[j1] < 0) { end = j1; break; }
             L->done[j1] = -1;
@@ -276,6 +279,7 @@ static void augment(Lap *L, Py_ssize_t nfree) {
             if (ii == fr) break;
         }
     }
+    return 0;
 }
 
 /* Sums with four independent accumulators (one running sum is a chain of dependent
@@ -413,7 +417,7 @@ static int solve_one(Lap *L, int warm, double rel, Py_ssize_t *freed) {
     if (bounds(L->c, n * n, &scale)) return 2;  /* also NaN */
     Py_ssize_t nfree = warm || rank_one_start(L) ? warm_init(L) : cold_init(L);
     *freed = nfree;
-    augment(L, nfree);
+    if (augment(L, nfree)) return 1;
     return certify(L, rel, scale);
 }
 
