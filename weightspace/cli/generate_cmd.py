@@ -50,8 +50,8 @@ def add_parser(sub) -> None:
     f.add_argument("--condition", metavar="NAME", default=AUTO,
                    help="condition on a per-model metric (e.g. val_acc) or hyperparameter "
                         "(e.g. weight_decay), with classifier-free guidance at sampling; "
-                        "none: unconditional (default: auto, val_acc when every finished "
-                        "model has it)")
+                        "none: unconditional (default: auto, train_loss when every "
+                        "finished model has it, else val_acc)")
     f.add_argument("--p-uncond", type=float_range(0, 1, hi_open=True), default=FS.p_uncond,
                    help="probability of dropping the condition in training (0.1)")
     f.add_argument("--no-ot", action="store_true", help="no minibatch OT coupling")
@@ -70,8 +70,8 @@ def add_parser(sub) -> None:
     s.add_argument("--seed", type=SEED, default=0)
     s.add_argument("--condition", metavar="VALUE", default=AUTO,
                    help="target value of the generator's condition (its own units), max / "
-                        "min / mean of the zoo's values, or none (default: max when the "
-                        "generator is conditional)")
+                        "min / mean of the zoo's values, or none (default: the zoo's best "
+                        "value when the generator is conditional: min for a loss, else max)")
     s.add_argument("--guidance", default=None,
                    help="classifier-free guidance weight w (1 = plain conditional), or "
                         f"auto: the w among {GUIDANCE_GRID[0]:g}-{GUIDANCE_GRID[-1]:g} with "
@@ -109,12 +109,13 @@ def add_parser(sub) -> None:
     _recipe_args(r)
     r.add_argument("--condition", metavar="NAME", default=AUTO,
                    help="fit condition: a metric or hyperparameter name, or none (default: "
-                        "auto, val_acc when every finished model has it)")
+                        "auto, train_loss when every finished model has it, else val_acc)")
     r.add_argument("-n", type=int_range(1, 100_000), default=100, help="samples (100)")
     _solver_args(r, "--sample-steps")
     r.add_argument("--target", metavar="VALUE", default=AUTO,
                    help="sampling target of the condition (a value, max / min / mean, or "
-                        "none; default: max when the generator is conditional)")
+                        "none; default: the zoo's best value when the generator is conditional: "
+                        "min for a loss, else max)")
     r.add_argument("--guidance", default=None,
                    help="guidance weight, or auto (default: auto with a condition, else 1)")
     _mix_arg(r)

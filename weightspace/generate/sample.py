@@ -216,7 +216,8 @@ def sample_zoo(gen_dir, out_dir, n: int, steps: int | None = None, method: str |
     :data:`~.config.MIX_GRID` within the pass budget, by :func:`~.choose.choose_setting`
     on :func:`~.choose.sweep_samples` networks per setting. The test split never chooses.
     ``condition`` steers a conditional generator (a value, ``"max"`` / ``"min"`` /
-    ``"mean"``, or ``"none"``); not passed: the zoo's best value. Each default taken is in
+    ``"mean"``, or ``"none"``); not passed: the zoo's best value (the lowest of a loss,
+    :func:`~.config.best_value`). Each default taken is in
     the result's and the manifest's ``defaults``, with the value chosen. (The settings are
     also separate parameters, as before :class:`~.config.SampleSettings`, so that existing
     callers keep working; that is why this function takes so many.)"""
