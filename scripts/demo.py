@@ -8,9 +8,9 @@
 4. canonicalize the zoo (weight matching to its barycenter) and measure the loss barrier
    between two of its models before and after alignment;
 5. ``generate run`` on the canonical zoo with the default recipe: fit a flow-matching
-   generator (a PCA code, conditioned on each model's training loss), sample 100 new
-   networks (classifier-free guidance towards the zoo's lowest training loss, the weight
-   chosen on validation) and audit them on test against the zoo and the baselines,
+   generator (a PCA code, conditioned on validation accuracy), sample 100 new networks
+   (classifier-free guidance towards the zoo's best validation accuracy, the weight chosen
+   on validation) and audit them on test against the zoo and the baselines,
    including the curve of zoo models plus noise.
 """
 from __future__ import annotations
@@ -101,7 +101,7 @@ def main() -> None:
         shutil.rmtree(OUT / d, ignore_errors=True)
     # `weightspace generate run` as a function: the zoo is canonical already (step 4), so
     # it fits, samples and audits; every setting left out is the default recipe: a PCA
-    # code, conditioned on the training loss; sampling asks for the zoo's best (lowest),
+    # code, conditioned on validation accuracy; sampling asks for the zoo's best value,
     # with the ODE solver, guidance weight and mix chosen on the validation split within
     # 20 network passes per network (the audit below is on test)
     run = run_generation(canon, OUT, steps=GEN_STEPS, n=100, progress=True, log=print)

@@ -318,22 +318,21 @@ def test_defaults_are_the_measured_recipe_and_recorded(tiny_zoo, tmp_path, capsy
     assert main(["generate", "fit", str(tiny_zoo), "--out", str(gen), "--steps", "5",
                  "--width", "16", "--depth", "1", "--no-progress"]) == 0
     err = capsys.readouterr().err
-    assert "defaults: pca=True" in err and "condition=train_loss" in err
+    assert "defaults: pca=True" in err and "condition=val_acc" in err
     cfg = json.loads((gen / "config.json").read_text())
-    assert cfg["encoding"]["pca"] and cfg["condition"]["name"] == "train_loss"
+    assert cfg["encoding"]["pca"] and cfg["condition"]["name"] == "val_acc"
     assert set(cfg["defaults"]) == {"pca", "condition"}
     assert cfg["defaults"]["pca"]["value"] is True and "6 models <" in \
         cfg["defaults"]["pca"]["why"] and cfg["defaults"]["pca"]["evidence"] == EVIDENCE
-    assert cfg["defaults"]["condition"]["value"] == "train_loss"
-    # sampling with no options: the zoo's best (lowest) train_loss, guidance chosen on
-    # validation
+    assert cfg["defaults"]["condition"]["value"] == "val_acc"
+    # sampling with no options: the zoo's best val_acc, guidance chosen on validation
     assert main(["generate", "sample", str(gen), "-n", "3", "--out", str(tmp_path / "s")]) == 0
     err = capsys.readouterr().err
-    assert "condition=min" in err and "guidance=auto" in err and "mix=auto" in err and \
+    assert "condition=max" in err and "guidance=auto" in err and "mix=auto" in err and \
         "solver=auto" in err
     st = json.loads((tmp_path / "s" / "manifest.json").read_text())["settings"]
-    assert st["condition"] == cfg["condition"]["min"] and st["guidance_val_acc"]
-    assert st["defaults"]["condition"]["value"] == "min"
+    assert st["condition"] == cfg["condition"]["max"] and st["guidance_val_acc"]
+    assert st["defaults"]["condition"]["value"] == "max"
     assert st["defaults"]["guidance"]["value"] == "auto"
     assert st["defaults"]["guidance"]["chosen"] == st["guidance"]
     # explicit flags turn each default off, and nothing is then recorded as automatic
@@ -362,12 +361,12 @@ def test_defaults_are_the_measured_recipe_and_recorded(tiny_zoo, tmp_path, capsy
     assert not default_pca(6, 650, "transformer")[0]
     both = [{"metrics": {"train_loss": 0.1, "val_acc": 0.5}},
             {"metrics": {"train_loss": 0.2, "val_acc": 0.6}}]
-    assert default_condition(both)[0] == "train_loss"
-    # train_loss missing or constant on a model: val_acc, and the reason says why
-    name, why = default_condition([both[0], {"metrics": {"val_acc": 0.6}}])
-    assert name == "val_acc" and "not every finished model has a numeric train_loss" in why
-    assert default_condition([{"metrics": {"train_loss": 0.1, "val_acc": v}}
-                              for v in (0.5, 0.6)])[0] == "val_acc"
+    assert default_condition(both)[0] == "val_acc"
+    # val_acc missing or constant on a model: train_loss, and the reason says why
+    name, why = default_condition([both[0], {"metrics": {"train_loss": 0.2}}])
+    assert name == "train_loss" and "not every finished model has a numeric val_acc" in why
+    assert default_condition([{"metrics": {"train_loss": t, "val_acc": 0.5}}
+                              for t in (0.1, 0.2)])[0] == "train_loss"
     assert default_condition([{"metrics": {"val_acc": 0.5}}, {"metrics": {}}])[0] is None
     assert default_condition([{"metrics": {"val_acc": 0.5}}] * 2)[0] is None
     # the best value of a loss or an error is its lowest; of anything else its highest

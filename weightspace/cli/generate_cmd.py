@@ -50,8 +50,8 @@ def add_parser(sub) -> None:
     f.add_argument("--condition", metavar="NAME", default=AUTO,
                    help="condition on a per-model metric (e.g. val_acc) or hyperparameter "
                         "(e.g. weight_decay), with classifier-free guidance at sampling; "
-                        "none: unconditional (default: auto, train_loss when every "
-                        "finished model has it, else val_acc)")
+                        "none: unconditional (default: auto, val_acc when every "
+                        "finished model has it, else train_loss)")
     f.add_argument("--p-uncond", type=float_range(0, 1, hi_open=True), default=FS.p_uncond,
                    help="probability of dropping the condition in training (0.1)")
     f.add_argument("--no-ot", action="store_true", help="no minibatch OT coupling")
@@ -109,7 +109,7 @@ def add_parser(sub) -> None:
     _recipe_args(r)
     r.add_argument("--condition", metavar="NAME", default=AUTO,
                    help="fit condition: a metric or hyperparameter name, or none (default: "
-                        "auto, train_loss when every finished model has it, else val_acc)")
+                        "auto, val_acc when every finished model has it, else train_loss)")
     r.add_argument("-n", type=int_range(1, 100_000), default=100, help="samples (100)")
     _solver_args(r, "--sample-steps")
     r.add_argument("--target", metavar="VALUE", default=AUTO,
